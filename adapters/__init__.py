@@ -1,0 +1,1 @@
+"""Where tracks come from: one module per server family behind one small interface."""

@@ -1,0 +1,1 @@
+"""Audio analysis: decoding, features, the musicnn model, the library store and the analyzer."""

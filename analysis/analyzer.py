@@ -1,0 +1,184 @@
+"""The analyzer job: pending tracks → worker processes → batched writes to the store.
+
+Workers are separate processes because the network and librosa both hold the
+GIL for long stretches; each loads the model and warms librosa's JIT once, so
+per-track cost is only the track's own work. Results are written in small
+transactions as they arrive, so killing the process at any moment loses at most
+the analyses still in flight, and the next run resumes with what is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.sampling import SamplingPlan
+from analysis.store import LibraryStore, TrackRecord
+from analysis.types import TrackAnalysis
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 2.0
+
+_worker_model = None
+_worker_plan: SamplingPlan | None = None
+
+
+def _init_worker(model_path: str | None, threads: int, plan: SamplingPlan) -> None:
+    """Load the model once per process and run one tiny analysis to warm every JIT path."""
+    global _worker_model, _worker_plan
+    from analysis.model import MusicnnModel
+    from analysis.pipeline import analyse_excerpts
+
+    _worker_model = MusicnnModel(model_path, threads=threads)
+    _worker_plan = plan
+    rng = np.random.default_rng(0)
+    warm = (rng.standard_normal(16000 * 4) * 0.1).astype(np.float32)
+    analyse_excerpts([warm], 4.0, _worker_model, plan)
+
+
+def _analyse_in_worker(track_id: int, path: str) -> tuple[int, TrackAnalysis | None, str | None]:
+    from analysis.decode import DecodeError
+    from analysis.pipeline import analyse_file
+
+    assert _worker_model is not None and _worker_plan is not None
+    try:
+        return track_id, analyse_file(path, _worker_model, _worker_plan), None
+    except DecodeError as exc:
+        return track_id, None, str(exc)
+    except MemoryError:
+        return track_id, None, "out of memory while analysing"
+    except Exception as exc:  # a bad file must never stop the run
+        log.exception("analysis of %s failed", path)
+        return track_id, None, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class AnalysisReport:
+    total: int = 0
+    analysed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def tracks_per_second(self) -> float:
+        return self.analysed / self.seconds if self.seconds > 0 else 0.0
+
+
+ProgressCallback = Callable[[AnalysisReport], None]
+
+
+@dataclass(frozen=True)
+class AnalyzerSettings:
+    plan: SamplingPlan
+    version: str
+    workers: int = 1
+    model_threads: int = 1
+    write_batch: int = 16
+    max_attempts: int = 3
+    model_path: str | None = None
+
+
+class _Writer:
+    """Buffers results and writes them in one transaction per batch or per FLUSH_SECONDS."""
+
+    def __init__(self, store: LibraryStore, settings: AnalyzerSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.done: list[tuple[int, TrackAnalysis]] = []
+        self.failed: list[tuple[int, str, str]] = []
+        self.last_flush = time.monotonic()
+
+    async def add(self, track_id: int, result: TrackAnalysis | None, reason: str | None) -> None:
+        if result is not None:
+            self.done.append((track_id, result))
+        else:
+            self.failed.append((track_id, self.settings.version, reason or "unknown error"))
+        due = time.monotonic() - self.last_flush >= FLUSH_SECONDS
+        if len(self.done) + len(self.failed) >= self.settings.write_batch or due:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.done or self.failed:
+            done, failed = self.done, self.failed
+            self.done, self.failed = [], []
+            await self.store.write_results(done, failed)
+        self.last_flush = time.monotonic()
+
+
+def _pool(settings: AnalyzerSettings) -> ProcessPoolExecutor:
+    # spawn: the parent holds aiosqlite's thread and asyncio state that must not be forked.
+    return ProcessPoolExecutor(
+        max_workers=settings.workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(settings.model_path, settings.model_threads, settings.plan),
+    )
+
+
+async def run_analysis(
+    store: LibraryStore,
+    settings: AnalyzerSettings,
+    progress: ProgressCallback | None = None,
+    limit: int | None = None,
+) -> AnalysisReport:
+    """Analyse every pending track (at most ``limit``) and return what happened."""
+    todo = await store.pending(settings.version, settings.max_attempts, limit)
+    report = AnalysisReport(total=len(todo))
+    if not todo:
+        return report
+    started = time.monotonic()
+    writer = _Writer(store, settings)
+    queue: list[TrackRecord] = list(reversed(todo))
+    loop = asyncio.get_running_loop()
+    executor = _pool(settings)
+    in_flight: dict[asyncio.Future[tuple[int, TrackAnalysis | None, str | None]], TrackRecord] = {}
+    paths = {t.id: t.path or "" for t in todo}
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < settings.workers * 2:
+                track = queue.pop()
+                fut: Future = executor.submit(_analyse_in_worker, track.id, track.path or "")
+                in_flight[asyncio.wrap_future(fut, loop=loop)] = track
+            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                track = in_flight.pop(fut)
+                try:
+                    track_id, result, reason = fut.result()
+                except BrokenProcessPool:
+                    track_id, result, reason = track.id, None, "analysis worker crashed"
+                    broken = True
+                if result is None:
+                    report.failed += 1
+                    report.failures.append((paths.get(track_id, ""), reason or ""))
+                else:
+                    report.analysed += 1
+                await writer.add(track_id, result, reason)
+            if broken:
+                # Every other in-flight task died with the pool; record them and start afresh.
+                for fut, track in list(in_flight.items()):
+                    fut.cancel()
+                    report.failed += 1
+                    report.failures.append((track.path or "", "analysis worker crashed"))
+                    await writer.add(track.id, None, "analysis worker crashed")
+                in_flight.clear()
+                executor.shutdown(wait=False, cancel_futures=True)
+                executor = _pool(settings)
+            report.seconds = time.monotonic() - started
+            if progress is not None:
+                progress(report)
+    finally:
+        await writer.flush()
+        executor.shutdown(wait=False, cancel_futures=True)
+        report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,425 @@
+"""Audio decoding for analysis.
+
+Decoding is a large share of the per-track cost, so a track is decoded once
+and, where the format allows seeking, only the excerpts that will actually be
+analysed are read.  Two backends are used:
+
+* libsndfile (via ``soundfile``) for WAV, FLAC, OGG/Vorbis, Opus and MP3 - it
+  seeks sample-accurately and is cheap to open;
+* PyAV (bundled FFmpeg) for everything else (M4A/AAC, ALAC, WMA, ...).
+
+Every failure surfaces as :class:`DecodeError` with a short human reason, so
+callers can record *why* a track was skipped without knowing which backend
+was involved.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = ["AudioInfo", "DecodeError", "load_mono", "probe", "read_excerpts"]
+
+#: Exceptions the decoding libraries raise for bad input; all are mapped to
+#: DecodeError so one corrupt file can never take down a scan.
+_BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    sf.LibsndfileError,
+    av.FFmpegError,
+    RuntimeError,
+    OSError,
+    ValueError,
+    TypeError,
+    EOFError,
+    IndexError,
+    KeyError,
+)
+
+#: With PyAV, seek instead of decoding through gaps longer than this: a seek
+#: costs a demuxer index lookup plus a little pre-roll, decoding costs time
+#: proportional to the gap.
+_AV_SEEK_GAP_S = 8.0
+
+#: Containers whose seeks land on real timestamps.  Raw elementary streams
+#: (ADTS AAC, raw MP3 through FFmpeg ...) seek by byte estimate, which would
+#: put excerpts at the wrong place, so those are decoded sequentially.
+_AV_INDEXED_FORMATS = ("mp4", "mov", "matroska", "webm", "asf", "ogg", "flac", "wav", "aiff", "caf")
+
+_SOXR_QUALITY = "HQ"
+
+
+class DecodeError(Exception):
+    """A track could not be decoded; ``str(err)`` is a short human reason."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What is known about a file before decoding it."""
+
+    duration: float
+    samplerate: int
+    channels: int
+    seekable: bool
+    backend: str  # 'soundfile' or 'av'
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+
+
+def probe(path: str | os.PathLike[str]) -> AudioInfo:
+    """Read the header only, so callers can plan excerpts before decoding."""
+    p = _check_file(path)
+    sfile = _open_soundfile(p)
+    if sfile is not None:
+        with sfile:
+            return _soundfile_info(sfile)
+    with _open_av(p) as container:
+        return _av_info(container)
+
+
+def read_excerpts(
+    path: str | os.PathLike[str],
+    spans: Sequence[tuple[float, float]] | None,
+    sr: int = 16000,
+) -> list[np.ndarray]:
+    """Decode only the requested ``(start_s, duration_s)`` spans as mono float32 at ``sr``.
+
+    Spans are clipped to the file; spans falling entirely outside it are
+    dropped, so the result can be shorter than ``spans``.  ``spans=None``
+    returns the whole file as a single array.  Raises :class:`DecodeError`
+    when nothing could be decoded.
+    """
+    if sr <= 0:
+        raise ValueError("sr must be positive")
+    p = _check_file(path)
+    sfile = _open_soundfile(p)
+    try:
+        if sfile is not None:
+            with sfile:
+                native, native_sr = _read_soundfile(sfile, spans)
+        else:
+            with _open_av(p) as container:
+                native, native_sr = _read_av(container, spans)
+    except DecodeError:
+        raise
+    except _BACKEND_ERRORS as exc:
+        raise DecodeError(f"unsupported or corrupt audio: {_reason(exc)}") from exc
+
+    out = [_resample(x, native_sr, sr) for x in native if x.size]
+    out = [x for x in out if x.size]
+    if not out:
+        if spans is None:
+            raise DecodeError("empty audio file")
+        raise DecodeError("no audio decoded in the requested spans")
+    return out
+
+
+def load_mono(path: str | os.PathLike[str], sr: int = 16000) -> np.ndarray:
+    """Whole file as one mono float32 array at ``sr``."""
+    return read_excerpts(path, None, sr)[0]
+
+
+# --------------------------------------------------------------------------
+# helpers shared by both backends
+# --------------------------------------------------------------------------
+
+
+def _check_file(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError as exc:
+        raise DecodeError("file not found") from exc
+    except OSError as exc:
+        raise DecodeError(f"cannot access file: {_reason(exc)}") from exc
+    if not p.is_file():
+        raise DecodeError("not a regular file")
+    if size == 0:
+        raise DecodeError("empty audio file")
+    return p
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _frame_ranges(
+    spans: Sequence[tuple[float, float]] | None, native_sr: int, total: int | None
+) -> list[tuple[int, int]]:
+    """Convert second-based spans to clipped ``[start, stop)`` sample ranges.
+
+    ``total`` may be None when the length is unknown up front (PyAV without
+    a duration); clipping to the end then happens while decoding.
+    """
+    end_cap = total if total is not None else np.iinfo(np.int64).max
+    if spans is None:
+        return [(0, end_cap)]
+    ranges: list[tuple[int, int]] = []
+    for start_s, dur_s in spans:
+        if not (np.isfinite(start_s) and np.isfinite(dur_s)) or dur_s <= 0:
+            continue
+        a = max(0, int(round(start_s * native_sr)))
+        b = min(end_cap, int(round((start_s + dur_s) * native_sr)))
+        ranges.append((a, b))
+    return ranges
+
+
+def _to_mono(block: np.ndarray) -> np.ndarray:
+    """Average (frames, channels) to mono float32 without another copy when mono."""
+    if block.shape[1] == 1:
+        return np.ascontiguousarray(block[:, 0], dtype=np.float32)
+    return block.mean(axis=1, dtype=np.float32)
+
+
+def _resample(x: np.ndarray, native_sr: int, sr: int) -> np.ndarray:
+    if native_sr == sr:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    y = soxr.resample(x, native_sr, sr, quality=_SOXR_QUALITY)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------
+# soundfile backend
+# --------------------------------------------------------------------------
+
+
+def _open_soundfile(p: Path) -> sf.SoundFile | None:
+    """Open with libsndfile, or None when it does not handle the file (PyAV gets a try)."""
+    try:
+        f = sf.SoundFile(str(p))
+    except _BACKEND_ERRORS:
+        return None
+    if f.frames <= 0 or f.samplerate <= 0:
+        # libsndfile sometimes opens things it cannot really decode (or an
+        # MP3 without frame count); let FFmpeg have a look before giving up.
+        f.close()
+        return None
+    return f
+
+
+def _soundfile_info(f: sf.SoundFile) -> AudioInfo:
+    return AudioInfo(
+        duration=f.frames / f.samplerate,
+        samplerate=int(f.samplerate),
+        channels=int(f.channels),
+        seekable=bool(f.seekable()),
+        backend="soundfile",
+    )
+
+
+def _read_soundfile(
+    f: sf.SoundFile, spans: Sequence[tuple[float, float]] | None
+) -> tuple[list[np.ndarray], int]:
+    native_sr = int(f.samplerate)
+    total = int(f.frames)
+    ranges = _frame_ranges(spans, native_sr, total)
+    out: list[np.ndarray] = []
+    if f.seekable():
+        for a, b in ranges:
+            if b <= a:
+                out.append(np.zeros(0, np.float32))
+                continue
+            f.seek(a)
+            block = _to_mono(f.read(b - a, dtype="float32", always_2d=True))
+            if f.format != "MP3":  # MP3 frame counts can be estimates
+                _check_complete(len(block), b - a, native_sr, total)
+            out.append(block)
+    else:
+        whole = _to_mono(f.read(dtype="float32", always_2d=True))
+        _check_complete(len(whole), total, native_sr, total)
+        out = [whole[a:b] for a, b in ranges]
+    return out, native_sr
+
+
+def _check_complete(got: int, want: int, native_sr: int, total: int) -> None:
+    """Turn a decoder that silently stops early into an error.
+
+    libsndfile (and some FFmpeg demuxers) end a read at the first corrupt
+    page instead of failing; analysing what came before would describe a
+    different track than the one on disk.
+    """
+    tolerance = native_sr + total // 50  # 1 s + 2 %: header lengths are not exact
+    if want - got > tolerance:
+        raise DecodeError(
+            f"corrupt or truncated audio: decoded {got / native_sr:.1f} s of {want / native_sr:.1f} s"
+        )
+
+
+# --------------------------------------------------------------------------
+# PyAV backend
+# --------------------------------------------------------------------------
+
+
+class _AVContainer:
+    """Context manager that maps PyAV open failures to DecodeError."""
+
+    def __init__(self, p: Path) -> None:
+        try:
+            self.container = av.open(str(p), mode="r")
+        except _BACKEND_ERRORS as exc:
+            raise DecodeError(f"unsupported or corrupt audio: {_reason(exc)}") from exc
+        if not self.container.streams.audio:
+            self.container.close()
+            raise DecodeError("no audio stream")
+
+    def __enter__(self) -> av.container.InputContainer:
+        return self.container
+
+    def __exit__(self, *exc: object) -> None:
+        self.container.close()
+
+
+def _open_av(p: Path) -> _AVContainer:
+    return _AVContainer(p)
+
+
+def _av_duration(container: av.container.InputContainer) -> float | None:
+    stream = container.streams.audio[0]
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _av_seekable(container: av.container.InputContainer) -> bool:
+    name = container.format.name or ""
+    return _av_duration(container) is not None and any(k in name for k in _AV_INDEXED_FORMATS)
+
+
+def _av_info(container: av.container.InputContainer) -> AudioInfo:
+    stream = container.streams.audio[0]
+    ctx = stream.codec_context
+    rate = int(ctx.sample_rate or stream.rate or 0)
+    channels = int(ctx.layout.nb_channels) if ctx.layout is not None else 0
+    duration = _av_duration(container)
+    if duration is None:
+        # No header duration (some raw streams): count by decoding once.
+        try:
+            samples = sum(fr.samples for fr in container.decode(stream))
+        except _BACKEND_ERRORS as exc:
+            raise DecodeError(f"unsupported or corrupt audio: {_reason(exc)}") from exc
+        duration = samples / rate if rate else 0.0
+    if rate <= 0 or channels <= 0:
+        raise DecodeError("unsupported or corrupt audio: no sample rate or channels")
+    if duration <= 0:
+        raise DecodeError("empty audio file")
+    return AudioInfo(
+        duration=duration,
+        samplerate=rate,
+        channels=channels,
+        seekable=_av_seekable(container),
+        backend="av",
+    )
+
+
+def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """Convert any FFmpeg sample format to mono float32 in [-1, 1]."""
+    arr = frame.to_ndarray()
+    channels = frame.layout.nb_channels or 1
+    if frame.format.is_planar:
+        block = arr.T  # (samples, channels)
+    else:
+        block = arr.reshape(-1, channels)
+    if np.issubdtype(block.dtype, np.integer):
+        info = np.iinfo(block.dtype)
+        if info.min == 0:  # u8: unsigned, centred at 128
+            block = (block.astype(np.float32) - 128.0) / 128.0
+        else:
+            block = block.astype(np.float32) / float(-int(info.min))
+    return _to_mono(block)
+
+
+def _av_frames(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> Iterator[av.AudioFrame]:
+    for packet in container.demux(stream):
+        yield from packet.decode()
+
+
+def _read_av(
+    container: av.container.InputContainer, spans: Sequence[tuple[float, float]] | None
+) -> tuple[list[np.ndarray], int]:
+    """Decode once, front to back, keeping only samples that fall inside a span.
+
+    Sample positions come from counting decoded samples, which is exact;
+    after a seek they are re-anchored on the first frame's timestamp.
+    """
+    stream = container.streams.audio[0]
+    native_sr = int(stream.codec_context.sample_rate or 0)
+    if native_sr <= 0:
+        raise DecodeError("unsupported or corrupt audio: unknown sample rate")
+    ranges = _frame_ranges(spans, native_sr, None)
+    pieces: list[list[np.ndarray]] = [[] for _ in ranges]
+    filled = [0] * len(ranges)
+    # Visit spans in start order; the output keeps the caller's order.
+    order = sorted((i for i, (a, b) in enumerate(ranges) if b > a), key=lambda i: ranges[i][0])
+    if not order:
+        return [np.zeros(0, np.float32) for _ in ranges], native_sr
+
+    can_seek = _av_seekable(container) and stream.time_base is not None
+    gap = int(_AV_SEEK_GAP_S * native_sr)
+    pos = 0  # sample index of the next decoded sample
+    frames = _av_frames(container, stream)
+    anchor = False  # re-read position from the next frame's pts
+    k = 0  # index into `order` of the first span not yet complete
+    while k < len(order):
+        next_start = ranges[order[k]][0]
+        if can_seek and next_start - pos > gap:
+            target = (next_start / native_sr - 1.0) / stream.time_base
+            container.seek(max(0, int(target)), stream=stream, backward=True)
+            frames = _av_frames(container, stream)
+            anchor = True
+        frame = next(frames, None)
+        if frame is None:
+            break
+        if anchor:
+            if frame.pts is None:
+                # Cannot place samples after the seek: start over sequentially.
+                container.seek(0, stream=stream, backward=True)
+                frames = _av_frames(container, stream)
+                pos, can_seek, anchor = 0, False, False
+                for lst in pieces:
+                    lst.clear()
+                filled = [0] * len(ranges)
+                continue
+            pos = int(round(float(frame.pts * frame.time_base) * native_sr))
+            anchor = False
+        n = frame.samples
+        f_start, f_stop = pos, pos + n
+        pos = f_stop
+        if f_stop <= next_start:
+            continue
+        mono: np.ndarray | None = None
+        for i in order[k:]:
+            a, b = ranges[i]
+            if a >= f_stop:
+                break
+            lo, hi = max(a, f_start), min(b, f_stop)
+            if hi <= lo:
+                continue
+            if mono is None:
+                mono = _frame_to_mono(frame)
+            # Never take samples twice when a re-anchored position overlaps.
+            lo = max(lo, a + filled[i])
+            if hi > lo:
+                pieces[i].append(mono[lo - f_start : hi - f_start])
+                filled[i] = hi - a
+        while k < len(order) and ranges[order[k]][1] <= pos:
+            k += 1
+    duration = _av_duration(container)
+    if duration is not None:
+        total = int(duration * native_sr)
+        for (a, b), got in zip(ranges, filled, strict=True):
+            _check_complete(got, max(0, min(b, total) - a), native_sr, total)
+    out = [np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces]
+    return out, native_sr

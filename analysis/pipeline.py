@@ -1,0 +1,59 @@
+"""From an audio file to a :class:`TrackAnalysis`: decode once, then every feature.
+
+Pure apart from reading the file: the analyzer runs it in worker processes and
+the benchmark runs it inline, so both measure the same code.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from analysis import features
+from analysis.decode import DecodeError, probe, read_excerpts
+from analysis.melspec import patches
+from analysis.model import MusicnnModel
+from analysis.sampling import SAMPLE_RATE, SamplingPlan, excerpt_spans
+from analysis.types import TrackAnalysis
+
+FEATURES_VERSION = 1
+
+
+def analysis_version(model: MusicnnModel | str, plan: SamplingPlan) -> str:
+    """Model, patch plan and feature code together: changing any of them re-analyses."""
+    model_version = model if isinstance(model, str) else model.version
+    return f"{model_version}+{plan.tag}+f{FEATURES_VERSION}"
+
+
+def analyse_excerpts(
+    excerpts: list[np.ndarray], duration: float, model: MusicnnModel, plan: SamplingPlan
+) -> TrackAnalysis:
+    if not excerpts or sum(e.size for e in excerpts) == 0:
+        raise DecodeError("no audio samples")
+    batch = patches(excerpts)
+    tags, embeddings = model.run(batch)
+    key, scale, strength = features.estimate_key(excerpts, SAMPLE_RATE)
+    return TrackAnalysis(
+        embedding=embeddings.mean(axis=0).astype(np.float32),
+        tags=tags.mean(axis=0).astype(np.float32),
+        tempo=features.tempo_bpm(excerpts, SAMPLE_RATE),
+        key=key,
+        scale=scale,
+        key_strength=strength,
+        energy=features.energy(excerpts, SAMPLE_RATE),
+        loudness=features.loudness_db(excerpts),
+        duration=duration,
+        patches=int(batch.shape[0]),
+        version=analysis_version(model, plan),
+    )
+
+
+def analyse_file(
+    path: str | os.PathLike[str], model: MusicnnModel, plan: SamplingPlan
+) -> TrackAnalysis:
+    """Analyse one file; raises :class:`DecodeError` for audio that cannot be read."""
+    info = probe(path)
+    spans = excerpt_spans(info.duration, plan)
+    excerpts = read_excerpts(path, spans, sr=SAMPLE_RATE)
+    return analyse_excerpts(excerpts, info.duration, model, plan)

@@ -1,0 +1,393 @@
+"""The library store: tracks, their analyses and failures, in SQLite through aiosqlite.
+
+SQLite in WAL mode with one writer keeps every finished analysis safe the
+moment its transaction commits, so a killed process loses nothing that was
+written and the next run simply picks up what is still pending. Schema changes
+are numbered migrations recorded in ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import numpy as np
+
+from analysis.types import EMBEDDING_DIM, TrackAnalysis
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: tracks, analyses, failures
+    """
+    CREATE TABLE tracks (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        upstream_id TEXT NOT NULL,
+        path TEXT,
+        size INTEGER,
+        mtime REAL,
+        title TEXT,
+        artist TEXT,
+        album TEXT,
+        genre TEXT,
+        year INTEGER,
+        duration REAL,
+        raw TEXT,
+        added_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (source, upstream_id)
+    );
+    CREATE INDEX tracks_title ON tracks (title COLLATE NOCASE);
+    CREATE INDEX tracks_artist ON tracks (artist COLLATE NOCASE);
+    CREATE TABLE analyses (
+        track_id INTEGER PRIMARY KEY REFERENCES tracks (id) ON DELETE CASCADE,
+        version TEXT NOT NULL,
+        features TEXT NOT NULL,
+        embedding BLOB NOT NULL,
+        analysed_at REAL NOT NULL
+    );
+    CREATE TABLE failures (
+        track_id INTEGER PRIMARY KEY REFERENCES tracks (id) ON DELETE CASCADE,
+        version TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        failed_at REAL NOT NULL
+    );
+    """,
+)
+
+TRACK_COLUMNS = (
+    "path",
+    "size",
+    "mtime",
+    "title",
+    "artist",
+    "album",
+    "genre",
+    "year",
+    "duration",
+)
+
+
+@dataclass
+class TrackRecord:
+    """What an adapter knows about one track before analysis."""
+
+    source: str
+    upstream_id: str
+    path: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    title: str | None = None
+    artist: str | None = None
+    album: str | None = None
+    genre: str | None = None
+    year: int | None = None
+    duration: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredAnalysis:
+    track: TrackRecord
+    version: str
+    features: dict[str, Any]
+    embedding: np.ndarray
+    analysed_at: float
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+
+
+@dataclass(frozen=True)
+class LibraryStatus:
+    tracks: int
+    analysed: int
+    failed: int
+    pending: int
+    outdated: int
+
+
+def _row_to_track(row: aiosqlite.Row) -> TrackRecord:
+    return TrackRecord(
+        id=row["id"],
+        source=row["source"],
+        upstream_id=row["upstream_id"],
+        raw=json.loads(row["raw"]) if row["raw"] else {},
+        **{c: row[c] for c in TRACK_COLUMNS},
+    )
+
+
+class LibraryStore:
+    """One connection, one writer; open with ``await LibraryStore.open(path)``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path) -> LibraryStore:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=10000")
+        store = cls(db, path)
+        try:
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> LibraryStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0])
+
+    async def _migrate(self) -> None:
+        current = await self.schema_version()
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database {self.path} has schema {current}, newer than this musegate "
+                f"({len(MIGRATIONS)}); upgrade musegate"
+            )
+        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await self._db.executescript(
+                f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
+            )
+
+    # ---- tracks -------------------------------------------------------------
+
+    async def sync_source(self, source: str, records: Iterable[TrackRecord]) -> SyncResult:
+        """Make the store's tracks of ``source`` equal to ``records``.
+
+        Unchanged tracks (same size and mtime) keep their analysis; changed ones
+        lose it (and any failure) so they are analysed again; tracks that are no
+        longer listed leave the library.
+        """
+        async with self._db.execute(
+            "SELECT id, upstream_id, size, mtime FROM tracks WHERE source = ?", (source,)
+        ) as cur:
+            known = {row["upstream_id"]: row for row in await cur.fetchall()}
+        now = time.time()
+        added = changed = unchanged = 0
+        seen: set[str] = set()
+        for rec in records:
+            seen.add(rec.upstream_id)
+            values = [getattr(rec, c) for c in TRACK_COLUMNS]
+            raw = json.dumps(rec.raw, ensure_ascii=False, default=str)
+            old = known.get(rec.upstream_id)
+            if old is None:
+                await self._db.execute(
+                    f"INSERT INTO tracks (source, upstream_id, {', '.join(TRACK_COLUMNS)}, raw,"
+                    f" added_at, updated_at) VALUES (?, ?, {', '.join('?' * len(TRACK_COLUMNS))},"
+                    " ?, ?, ?)",
+                    (source, rec.upstream_id, *values, raw, now, now),
+                )
+                added += 1
+                continue
+            content_changed = (old["size"], old["mtime"]) != (rec.size, rec.mtime)
+            await self._db.execute(
+                f"UPDATE tracks SET {', '.join(f'{c} = ?' for c in TRACK_COLUMNS)}, raw = ?,"
+                " updated_at = ? WHERE id = ?",
+                (*values, raw, now, old["id"]),
+            )
+            if content_changed:
+                await self._db.execute("DELETE FROM analyses WHERE track_id = ?", (old["id"],))
+                await self._db.execute("DELETE FROM failures WHERE track_id = ?", (old["id"],))
+                changed += 1
+            else:
+                unchanged += 1
+        gone = [row["id"] for uid, row in known.items() if uid not in seen]
+        await self._db.executemany("DELETE FROM tracks WHERE id = ?", [(i,) for i in gone])
+        await self._db.commit()
+        return SyncResult(added, changed, len(gone), unchanged)
+
+    async def tracks_of_source(self, source: str) -> dict[str, TrackRecord]:
+        async with self._db.execute("SELECT * FROM tracks WHERE source = ?", (source,)) as cur:
+            return {r["upstream_id"]: _row_to_track(r) for r in await cur.fetchall()}
+
+    async def remove_tracks(self, track_ids: Sequence[int]) -> None:
+        await self._db.executemany("DELETE FROM tracks WHERE id = ?", [(i,) for i in track_ids])
+        await self._db.commit()
+
+    async def get_track(self, track_id: int) -> TrackRecord | None:
+        async with self._db.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)) as cur:
+            row = await cur.fetchone()
+        return _row_to_track(row) if row else None
+
+    async def find_tracks(self, query: str, limit: int = 20) -> list[TrackRecord]:
+        """Tracks whose path equals ``query``, else whose title/artist/album contain every word."""
+        resolved = str(Path(query).expanduser().resolve()) if query else query
+        async with self._db.execute(
+            "SELECT * FROM tracks WHERE path = ? OR path = ? ORDER BY id", (query, resolved)
+        ) as cur:
+            rows = await cur.fetchall()
+        if rows:
+            return [_row_to_track(r) for r in rows]
+        words = [w for w in query.lower().split() if w]
+        if not words:
+            return []
+        clause = " AND ".join(
+            "(lower(coalesce(title,'') || ' ' || coalesce(artist,'') || ' ' ||"
+            " coalesce(album,'') || ' ' || coalesce(path,'')) LIKE ?)"
+            for _ in words
+        )
+        async with self._db.execute(
+            f"SELECT * FROM tracks WHERE {clause} ORDER BY artist, album, title LIMIT ?",
+            (*[f"%{w}%" for w in words], limit),
+        ) as cur:
+            return [_row_to_track(r) for r in await cur.fetchall()]
+
+    # ---- analyses -----------------------------------------------------------
+
+    async def pending(
+        self, version: str, max_attempts: int, limit: int | None = None
+    ) -> list[TrackRecord]:
+        """Tracks without an analysis of ``version`` that have not failed too often with it."""
+        sql = (
+            "SELECT t.* FROM tracks t"
+            " LEFT JOIN analyses a ON a.track_id = t.id AND a.version = ?"
+            " LEFT JOIN failures f ON f.track_id = t.id AND f.version = ?"
+            " WHERE a.track_id IS NULL AND (f.track_id IS NULL OR f.attempts < ?)"
+            " ORDER BY t.id"
+        )
+        params: tuple[Any, ...] = (version, version, max_attempts)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        async with self._db.execute(sql, params) as cur:
+            return [_row_to_track(r) for r in await cur.fetchall()]
+
+    async def write_results(
+        self,
+        analyses: Sequence[tuple[int, TrackAnalysis]],
+        failures: Sequence[tuple[int, str, str]] = (),
+    ) -> None:
+        """Write a batch of finished analyses and failures in one transaction.
+
+        A track deleted from the library while it was being analysed is skipped
+        silently: its result has nowhere to belong.
+        """
+        now = time.time()
+        await self._db.executemany(
+            "INSERT INTO analyses (track_id, version, features, embedding, analysed_at)"
+            " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
+            " ON CONFLICT (track_id) DO UPDATE SET version = excluded.version,"
+            " features = excluded.features, embedding = excluded.embedding,"
+            " analysed_at = excluded.analysed_at",
+            [
+                (
+                    tid,
+                    a.version,
+                    json.dumps(a.features()),
+                    np.asarray(a.embedding, dtype="<f4").tobytes(),
+                    now,
+                    tid,
+                )
+                for tid, a in analyses
+            ],
+        )
+        await self._db.executemany(
+            "DELETE FROM failures WHERE track_id = ?", [(tid,) for tid, _ in analyses]
+        )
+        await self._db.executemany(
+            "INSERT INTO failures (track_id, version, reason, attempts, failed_at)"
+            " SELECT ?, ?, ?, 1, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
+            " ON CONFLICT (track_id) DO UPDATE SET reason = excluded.reason,"
+            " attempts = CASE WHEN failures.version = excluded.version"
+            " THEN failures.attempts + 1 ELSE 1 END,"
+            " version = excluded.version, failed_at = excluded.failed_at",
+            [(tid, version, reason, now, tid) for tid, version, reason in failures],
+        )
+        await self._db.commit()
+
+    async def get_analysis(self, track_id: int) -> StoredAnalysis | None:
+        async with self._db.execute(
+            "SELECT t.*, a.version, a.features, a.embedding, a.analysed_at"
+            " FROM analyses a JOIN tracks t ON t.id = a.track_id WHERE a.track_id = ?",
+            (track_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return StoredAnalysis(
+            track=_row_to_track(row),
+            version=row["version"],
+            features=json.loads(row["features"]),
+            embedding=np.frombuffer(row["embedding"], dtype="<f4"),
+            analysed_at=row["analysed_at"],
+        )
+
+    async def embeddings(self, version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All stored embeddings as (track ids int64 [N], float32 [N, 200]), optionally one version."""
+        sql = "SELECT track_id, embedding FROM analyses"
+        params: tuple[Any, ...] = ()
+        if version is not None:
+            sql += " WHERE version = ?"
+            params = (version,)
+        sql += " ORDER BY track_id"
+        async with self._db.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+        return ids, matrix.astype(np.float32, copy=False)
+
+    async def tracks_by_ids(self, ids: Sequence[int]) -> dict[int, TrackRecord]:
+        if not ids:
+            return {}
+        out: dict[int, TrackRecord] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            async with self._db.execute(
+                f"SELECT * FROM tracks WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+            ) as cur:
+                for row in await cur.fetchall():
+                    out[row["id"]] = _row_to_track(row)
+        return out
+
+    async def failures(self) -> list[tuple[TrackRecord, str, int]]:
+        async with self._db.execute(
+            "SELECT t.*, f.reason, f.attempts FROM failures f JOIN tracks t ON t.id = f.track_id"
+            " ORDER BY t.id"
+        ) as cur:
+            return [(_row_to_track(r), r["reason"], r["attempts"]) for r in await cur.fetchall()]
+
+    async def status(self, version: str, max_attempts: int) -> LibraryStatus:
+        async with self._db.execute(
+            "SELECT"
+            " (SELECT count(*) FROM tracks),"
+            " (SELECT count(*) FROM analyses WHERE version = ?),"
+            " (SELECT count(*) FROM failures f LEFT JOIN analyses a ON a.track_id = f.track_id"
+            "   AND a.version = ? WHERE a.track_id IS NULL),"
+            " (SELECT count(*) FROM analyses WHERE version != ?)",
+            (version, version, version),
+        ) as cur:
+            tracks, analysed, failed, outdated = await cur.fetchone()
+        pending = len(await self.pending(version, max_attempts))
+        return LibraryStatus(tracks, analysed, failed, pending, outdated)

@@ -1,0 +1,5 @@
+import sys
+
+from musegate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,273 @@
+"""The ``musegate`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from musegate.config import FIELDS, Config, ConfigError, describe, load_config
+
+log = logging.getLogger("musegate")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="musegate",
+        description="Sonic similarity for self-hosted music: analyse a library, find similar songs.",
+    )
+    parser.add_argument("--config", help="configuration file (default ./musegate.toml)")
+    parser.add_argument("--data-dir", help="where the database lives (overrides configuration)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("analyze", help="scan a music folder and analyse new or changed tracks")
+    p.add_argument("path", nargs="?", help="music folder (default: library_path)")
+    p.add_argument("--mode", choices=("sampled", "full"), help="patch selection")
+    p.add_argument("--workers", type=int, help="analysis processes (default: cores)")
+    p.add_argument("--limit", type=int, help="analyse at most this many tracks in this run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("status", help="library and analysis counts")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--failures", action="store_true", help="list failed tracks and reasons")
+
+    p = sub.add_parser("show", help="features and top tags of one track")
+    p.add_argument("track", help="a path, a track id, or words from title/artist/album")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("similar", help="tracks that sound most like TRACK")
+    p.add_argument("track", help="a path, a track id, or words from title/artist/album")
+    p.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("demo", help="generate a demo library, analyse it, show similar songs")
+    p.add_argument("--dir", default="demo-data", help="where the demo library and database go")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data_dir": getattr(args, "data_dir", None),
+        "analysis_mode": getattr(args, "mode", None),
+        "workers": getattr(args, "workers", None),
+        "library_path": getattr(args, "path", None),
+    }
+
+
+async def _with_store(config: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from analysis.store import LibraryStore
+
+    store = await LibraryStore.open(config.db_path)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _progress_bar(enabled: bool) -> tuple[Callable[[Any], None], Callable[[], None]]:
+    if not enabled:
+        return (lambda report: None), (lambda: None)
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(report: Any) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=report.total, unit="track", smoothing=0.1, file=sys.stderr)
+        b = bar["bar"]
+        b.n = report.analysed + report.failed
+        b.set_postfix(failed=report.failed, refresh=False)
+        b.refresh()
+
+    def close() -> None:
+        if "bar" in bar:
+            bar["bar"].close()
+
+    return update, close
+
+
+async def cmd_analyze(config: Config, args: argparse.Namespace) -> int:
+    from adapters.folder import FolderAdapter
+    from musegate import library
+
+    if not config.library_path:
+        print("musegate analyze: give a music folder (or set library_path)", file=sys.stderr)
+        return 2
+
+    async def run(store: Any) -> int:
+        adapter = FolderAdapter(config.library_path)
+        sync = await library.scan(store, adapter)
+        print(
+            f"scanned {adapter.root}: {sync.added} new, {sync.changed} changed, "
+            f"{sync.removed} removed, {sync.unchanged} unchanged"
+        )
+        update, close = _progress_bar(not args.no_progress and sys.stderr.isatty())
+        try:
+            report = await library.analyse(store, config, update, args.limit)
+        finally:
+            close()
+        print(
+            f"analysed {report.analysed} tracks in {report.seconds:.1f} s "
+            f"({report.tracks_per_second:.2f} tracks/s), {report.failed} failed"
+        )
+        for path, reason in report.failures[:20]:
+            print(f"  failed: {path}: {reason}")
+        return 0
+
+    return await _with_store(config, run)
+
+
+async def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from analysis.model import model_version
+    from musegate import library
+
+    async def run(store: Any) -> int:
+        settings = library.analyzer_settings(config)
+        st = await store.status(settings.version, settings.max_attempts)
+        data = {
+            "database": str(config.db_path),
+            "tracks": st.tracks,
+            "analysed": st.analysed,
+            "failed": st.failed,
+            "pending": st.pending,
+            "outdated": st.outdated,
+            "model_version": model_version(),
+            "analysis_version": settings.version,
+            "schema_version": await store.schema_version(),
+        }
+        failures = await store.failures() if args.failures else []
+        if args.json:
+            if args.failures:
+                data["failures"] = [
+                    {"path": t.path, "reason": r, "attempts": a} for t, r, a in failures
+                ]
+            print(json.dumps(data, indent=2))
+        else:
+            for key, value in data.items():
+                print(f"{key:17} {value}")
+            for track, reason, attempts in failures:
+                print(f"  failed ({attempts}x): {track.path}: {reason}")
+        return 0
+
+    return await _with_store(config, run)
+
+
+async def cmd_show(config: Config, args: argparse.Namespace) -> int:
+    from musegate import library
+
+    async def run(store: Any) -> int:
+        track = await library.resolve_track(store, args.track)
+        analysis = await store.get_analysis(track.id)
+        if analysis is None:
+            print(f"{library.describe_track(track)}: not analysed yet", file=sys.stderr)
+            return 1
+        feats = {k: v for k, v in analysis.features.items() if k != "tags"}
+        tags = library.top_tags(analysis)
+        if args.json:
+            out = {
+                "track": library.track_json(track),
+                "version": analysis.version,
+                "features": feats,
+                "top_tags": dict(tags),
+            }
+            print(json.dumps(out, indent=2))
+            return 0
+        print(library.describe_track(track))
+        print(f"  path       {track.path}")
+        print(f"  tempo      {feats['tempo']:.1f} bpm")
+        print(f"  key        {feats['key']} {feats['scale']} (strength {feats['key_strength']:.2f})")
+        print(f"  energy     {feats['energy']:.2f}")
+        print(f"  loudness   {feats['loudness']:.1f} dBFS")
+        print(f"  duration   {feats['duration']:.1f} s ({feats['patches']} patches analysed)")
+        print(f"  version    {analysis.version}")
+        print("  top tags   " + ", ".join(f"{label} {score:.2f}" for label, score in tags))
+        return 0
+
+    return await _with_store(config, run)
+
+
+async def cmd_similar(config: Config, args: argparse.Namespace) -> int:
+    from musegate import library
+
+    if args.n < 1:
+        print("musegate similar: -n must be at least 1", file=sys.stderr)
+        return 2
+
+    async def run(store: Any) -> int:
+        seed = await library.resolve_track(store, args.track)
+        result = await library.similar(store, config, seed, args.n)
+        if args.json:
+            out = {
+                "seed": library.track_json(seed),
+                "similar": [
+                    {**library.track_json(t), "similarity": round(s, 4)}
+                    for t, s in result.neighbours
+                ],
+            }
+            print(json.dumps(out, indent=2))
+            return 0
+        print(f"Similar to {library.describe_track(seed)}:")
+        for rank, (track, sim) in enumerate(result.neighbours, 1):
+            print(f"  {rank:2}. {sim:.3f}  {library.describe_track(track)}")
+        return 0
+
+    return await _with_store(config, run)
+
+
+def cmd_config(config: Config, args: argparse.Namespace) -> int:
+    shown = describe(config)
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    helps = {f.name: f.help for f in FIELDS}
+    for key, value in shown.items():
+        print(f"{key} = {json.dumps(value)}  # {helps[key]}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"musegate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "config":
+        return cmd_config(config, args)
+    if args.command == "demo":
+        from musegate.demo import run_demo
+
+        return asyncio.run(run_demo(config, args.dir))
+    from musegate.library import TrackNotFound
+
+    commands = {
+        "analyze": cmd_analyze,
+        "status": cmd_status,
+        "show": cmd_show,
+        "similar": cmd_similar,
+    }
+    try:
+        return asyncio.run(commands[args.command](config, args))
+    except TrackNotFound as exc:
+        print(f"musegate {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"musegate {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished analyses are saved; run again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Effective configuration: built-in defaults < ``musegate.toml`` < ``MUSEGATE_*`` variables.
+
+Configuration lives in one place so that every entry point (CLI, server, demo)
+validates it the same way and fails at start with an error naming the bad key,
+rather than half-way through a night-long analysis run.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MUSEGATE_"
+CONFIG_ENV = "MUSEGATE_CONFIG"
+DEFAULT_CONFIG_FILE = "musegate.toml"
+ANALYSIS_MODES = ("sampled", "full")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names key, value and source."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "musegate")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One configuration key: its type, default, and whether it must be masked when shown."""
+
+    name: str
+    kind: type
+    default: Callable[[], Any]
+    help: str
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("data_dir", str, _default_data_dir, "where the database and index live"),
+    Field("library_path", str, lambda: "", "music folder for the folder adapter"),
+    Field(
+        "analysis_mode",
+        str,
+        lambda: "sampled",
+        "'sampled' (default, measured to agree with 'full') or 'full' (every patch)",
+        choices=ANALYSIS_MODES,
+    ),
+    Field("workers", int, lambda: os.cpu_count() or 1, "analysis processes", minimum=1),
+    Field("model_threads", int, lambda: 1, "ONNX Runtime threads per worker", minimum=1),
+    Field("write_batch", int, lambda: 16, "analyses written per transaction", minimum=1),
+    Field("max_attempts", int, lambda: 3, "failed analyses retried this often", minimum=1),
+    Field(
+        "log_level",
+        str,
+        lambda: "INFO",
+        "logging level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
+)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str
+    library_path: str
+    analysis_mode: str
+    workers: int
+    model_threads: int
+    write_batch: int
+    max_attempts: int
+    log_level: str
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.data_dir) / "musegate.db"
+
+    def replace(self, **changes: Any) -> Config:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Config(**values)
+
+
+def _coerce(field: Field, value: Any, source: str) -> Any:
+    original = value
+
+    def bad(why: str) -> ConfigError:
+        shown = "***" if field.secret else repr(original)
+        return ConfigError(f"{field.name} = {shown} (from {source}): {why}")
+
+    if field.kind is int:
+        if isinstance(value, bool):
+            raise bad("expected an integer")
+        try:
+            value = int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise bad("expected an integer") from None
+        if field.minimum is not None and value < field.minimum:
+            raise bad(f"must be at least {field.minimum}")
+    elif field.kind is str:
+        if not isinstance(value, str):
+            raise bad("expected a string")
+        if field.choices:
+            candidate = value.upper() if field.name == "log_level" else value.lower()
+            if candidate not in field.choices:
+                raise bad(f"must be one of {', '.join(field.choices)}")
+            value = candidate
+    return value
+
+
+def _config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    candidate = Path(DEFAULT_CONFIG_FILE)
+    return candidate if candidate.exists() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge the three layers (plus command-line overrides) and validate every key."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for f in FIELDS:
+        values[f.name] = f.default()
+        sources[f.name] = "default"
+
+    file = _config_file(path, env)
+    if file is not None:
+        if not file.exists():
+            raise ConfigError(f"configuration file {file} does not exist")
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {file} is not valid TOML: {exc}") from None
+        data = data.get("musegate", data)
+        for key, value in data.items():
+            if key not in FIELD_BY_NAME:
+                raise ConfigError(f"{key} (from {file}): unknown configuration key")
+            values[key], sources[key] = value, str(file)
+
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in FIELD_BY_NAME:
+            raise ConfigError(f"{key} (from environment {name}): unknown configuration key")
+        values[key], sources[key] = value, f"environment {name}"
+
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key], sources[key] = value, "command line"
+
+    coerced = {f.name: _coerce(f, values[f.name], sources[f.name]) for f in FIELDS}
+    return Config(**coerced)
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The effective configuration for display, with secret values masked."""
+    return {
+        f.name: ("***" if f.secret and getattr(config, f.name) else getattr(config, f.name))
+        for f in FIELDS
+    }

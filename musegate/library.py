@@ -1,0 +1,111 @@
+"""Use cases shared by the CLI, the demo and (later) the server: scan, analyse, look up.
+
+Thin glue between the adapters, the analyzer, the store and the index, so that
+each entry point does the same thing the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.base import LibraryAdapter
+from analysis.analyzer import AnalysisReport, AnalyzerSettings, ProgressCallback, run_analysis
+from analysis.labels import MSD_LABELS
+from analysis.model import model_version
+from analysis.pipeline import analysis_version
+from analysis.sampling import plan_for_mode
+from analysis.store import LibraryStore, StoredAnalysis, SyncResult, TrackRecord
+from index.vectors import VectorIndex
+from musegate.config import Config
+
+
+class TrackNotFound(LookupError):
+    """No track matches what the user typed; the message says what was searched."""
+
+
+def analyzer_settings(config: Config) -> AnalyzerSettings:
+    plan = plan_for_mode(config.analysis_mode)
+    return AnalyzerSettings(
+        plan=plan,
+        version=analysis_version(model_version(), plan),
+        workers=config.workers,
+        model_threads=config.model_threads,
+        write_batch=config.write_batch,
+        max_attempts=config.max_attempts,
+    )
+
+
+async def scan(store: LibraryStore, adapter: LibraryAdapter) -> SyncResult:
+    known = await store.tracks_of_source(adapter.source)
+    records = await adapter.list_tracks(known)
+    return await store.sync_source(adapter.source, records)
+
+
+async def analyse(
+    store: LibraryStore,
+    config: Config,
+    progress: ProgressCallback | None = None,
+    limit: int | None = None,
+) -> AnalysisReport:
+    return await run_analysis(store, analyzer_settings(config), progress, limit)
+
+
+async def resolve_track(store: LibraryStore, query: str) -> TrackRecord:
+    """A path, a numeric id, or words from title/artist/album; ambiguity is an error."""
+    if query.isdigit():
+        track = await store.get_track(int(query))
+        if track is not None:
+            return track
+    matches = await store.find_tracks(query, limit=10)
+    if not matches:
+        raise TrackNotFound(f"no track matches {query!r}")
+    if len(matches) > 1:
+        exact = [t for t in matches if (t.title or "").lower() == query.lower()]
+        if len(exact) == 1:
+            return exact[0]
+        listing = "\n".join(f"  {t.id}: {describe_track(t)}" for t in matches)
+        raise TrackNotFound(
+            f"{query!r} matches several tracks; use a path, an id or more words:\n{listing}"
+        )
+    return matches[0]
+
+
+def describe_track(track: TrackRecord) -> str:
+    parts = [track.artist or "unknown artist", track.title or track.upstream_id]
+    return " — ".join(parts) + (f" ({track.album})" if track.album else "")
+
+
+def top_tags(analysis: StoredAnalysis, n: int = 8) -> list[tuple[str, float]]:
+    scores = analysis.features.get("tags", [])
+    ranked = sorted(zip(MSD_LABELS, scores, strict=False), key=lambda p: -p[1])
+    return [(label, float(score)) for label, score in ranked[:n]]
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    seed: TrackRecord
+    neighbours: list[tuple[TrackRecord, float]]
+
+
+async def similar(store: LibraryStore, config: Config, seed: TrackRecord, n: int) -> SimilarResult:
+    version = analyzer_settings(config).version
+    ids, matrix = await store.embeddings(version)
+    index = VectorIndex(ids, matrix)
+    if seed.id not in index:
+        raise TrackNotFound(
+            f"{describe_track(seed)} has not been analysed yet; run `musegate analyze` first"
+        )
+    found = index.search(index.vector(seed.id), n, exclude=[seed.id])
+    tracks = await store.tracks_by_ids([f.track_id for f in found])
+    return SimilarResult(seed, [(tracks[f.track_id], f.similarity) for f in found])
+
+
+def track_json(track: TrackRecord) -> dict[str, Any]:
+    return {
+        "id": track.id,
+        "title": track.title,
+        "artist": track.artist,
+        "album": track.album,
+        "path": track.path,
+    }

@@ -1,0 +1,55 @@
+"""Shared fixtures: generated audio only, so the suite needs no music and no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SR = 22050
+
+
+def sine_mix(freqs: list[float], seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    y = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) for f in freqs) / max(len(freqs), 1)
+    return (0.5 * y).astype(np.float32)
+
+
+def write_track(path: Path, audio: np.ndarray, sr: int = SR, **tags: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, sr)
+    if tags:
+        from mutagen import File
+
+        meta = File(path, easy=True)
+        if meta is not None:
+            if meta.tags is None and hasattr(meta, "add_tags"):
+                meta.add_tags()
+            for key, value in tags.items():
+                meta[key] = value
+            meta.save()
+    return path
+
+
+@pytest.fixture
+def small_library(tmp_path: Path) -> Path:
+    """Six short FLAC tracks in three obviously different families."""
+    root = tmp_path / "music"
+    families = {
+        "low": [55.0, 110.0],
+        "mid": [440.0, 660.0],
+        "noise": [],
+    }
+    for name, freqs in families.items():
+        for i in range(2):
+            if freqs:
+                audio = sine_mix([f * (1 + 0.01 * i) for f in freqs], 12.0, seed=i)
+            else:
+                audio = (np.random.default_rng(i).standard_normal(12 * SR) * 0.2).astype(np.float32)
+            write_track(
+                root / name / f"{name}{i}.flac", audio, title=f"{name} {i}", artist=f"artist {name}"
+            )
+    return root

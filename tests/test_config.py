@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from musegate.cli import main
+from musegate.config import FIELDS, ConfigError, Field, describe, load_config
+
+
+def test_defaults_file_and_env_layering(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "musegate.toml"
+    cfg_file.write_text('workers = 3\nanalysis_mode = "full"\ndata_dir = "/tmp/x"\n')
+    cfg = load_config(cfg_file, env={"MUSEGATE_WORKERS": "5"})
+    assert cfg.workers == 5  # environment beats the file
+    assert cfg.analysis_mode == "full"  # the file beats the default
+    assert cfg.data_dir == "/tmp/x"
+    assert cfg.model_threads == 1  # default
+    assert cfg.db_path == Path("/tmp/x/musegate.db")
+
+
+def test_section_table_is_accepted(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "m.toml"
+    cfg_file.write_text('[musegate]\nworkers = 2\n')
+    assert load_config(cfg_file, env={}).workers == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"MUSEGATE_WORKERS": "many"}, "workers = 'many' (from environment MUSEGATE_WORKERS)"),
+        ({"MUSEGATE_WORKERS": "0"}, "must be at least 1"),
+        ({"MUSEGATE_ANALYSIS_MODE": "fast"}, "analysis_mode = 'fast'"),
+        ({"MUSEGATE_COLOUR": "blue"}, "colour (from environment MUSEGATE_COLOUR): unknown"),
+    ],
+)
+def test_bad_values_name_key_and_value(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env=env)
+    assert fragment in str(err.value)
+
+
+def test_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("workers = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, env={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", env={})
+
+
+def test_secret_fields_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import musegate.config as config_module
+
+    secret = Field("log_level", str, lambda: "INFO", "pretend secret", secret=True,
+                   choices=("INFO",))
+    monkeypatch.setattr(
+        config_module, "FIELDS", tuple(secret if f.name == "log_level" else f for f in FIELDS)
+    )
+    shown = describe(load_config(None, env={}))
+    assert shown["log_level"] == "***"
+
+
+def test_cli_config_reports_errors(capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSEGATE_WRITE_BATCH", "-4")
+    assert main(["config"]) == 2
+    assert "write_batch = '-4'" in capsys.readouterr().err
+    monkeypatch.delenv("MUSEGATE_WRITE_BATCH")
+    monkeypatch.setenv("MUSEGATE_WORKERS", "7")
+    assert main(["config", "--json"]) == 0
+    assert '"workers": 7' in capsys.readouterr().out

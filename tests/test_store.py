@@ -1,0 +1,101 @@
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.store import MIGRATIONS, LibraryStore, TrackRecord
+from analysis.types import TrackAnalysis
+
+
+def analysis(seed: int, version: str = "v1") -> TrackAnalysis:
+    rng = np.random.default_rng(seed)
+    return TrackAnalysis(
+        embedding=rng.standard_normal(200).astype(np.float32),
+        tags=rng.uniform(size=50).astype(np.float32),
+        tempo=120.0, key="A", scale="minor", key_strength=0.7, energy=0.5,
+        loudness=-12.0, duration=30.0, patches=4, version=version,
+    )
+
+
+def rec(uid: str, size: int = 10, mtime: float = 1.0, **kw: object) -> TrackRecord:
+    return TrackRecord(source="s", upstream_id=uid, path=f"/m/{uid}", size=size, mtime=mtime, **kw)
+
+
+async def test_migrations_are_numbered_and_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "lib.db"
+    store = await LibraryStore.open(db)
+    assert await store.schema_version() == len(MIGRATIONS)
+    await store.close()
+    store = await LibraryStore.open(db)  # reopening runs nothing twice
+    assert await store.schema_version() == len(MIGRATIONS)
+    await store.close()
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"tracks", "analyses", "failures"} <= tables
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "lib.db"
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    con.close()
+    with pytest.raises(RuntimeError, match="newer than this musegate"):
+        await LibraryStore.open(db)
+
+
+async def test_sync_is_incremental(tmp_path: Path) -> None:
+    async with await LibraryStore.open(tmp_path / "lib.db") as store:
+        r = await store.sync_source("s", [rec("a"), rec("b"), rec("c", title="C")])
+        assert (r.added, r.changed, r.removed, r.unchanged) == (3, 0, 0, 0)
+        ids = {t.upstream_id: t.id for t in (await store.tracks_of_source("s")).values()}
+        await store.write_results([(ids["a"], analysis(1)), (ids["b"], analysis(2))])
+        # b changed on disk, c left, d arrived
+        r = await store.sync_source("s", [rec("a"), rec("b", size=11), rec("d")])
+        assert (r.added, r.changed, r.removed, r.unchanged) == (1, 1, 1, 1)
+        assert await store.get_analysis(ids["a"]) is not None  # unchanged keeps its analysis
+        assert await store.get_analysis(ids["b"]) is None  # changed is analysed again
+        assert await store.get_track(ids["c"]) is None
+        pending = {t.upstream_id for t in await store.pending("v1", 3)}
+        assert pending == {"b", "d"}
+
+
+async def test_results_failures_and_status(tmp_path: Path) -> None:
+    async with await LibraryStore.open(tmp_path / "lib.db") as store:
+        await store.sync_source("s", [rec("a"), rec("b"), rec("c")])
+        ids = {t.upstream_id: t.id for t in (await store.tracks_of_source("s")).values()}
+        a = analysis(1)
+        await store.write_results([(ids["a"], a)], [(ids["b"], "v1", "corrupt")])
+        stored = await store.get_analysis(ids["a"])
+        assert stored is not None
+        np.testing.assert_array_equal(stored.embedding, a.embedding)
+        assert stored.features["key"] == "A" and len(stored.features["tags"]) == 50
+        st = await store.status("v1", max_attempts=2)
+        assert (st.tracks, st.analysed, st.failed, st.pending) == (3, 1, 1, 2)
+        # a second failure reaches max_attempts: no longer pending
+        await store.write_results([], [(ids["b"], "v1", "corrupt again")])
+        st = await store.status("v1", max_attempts=2)
+        assert st.pending == 1
+        (track, reason, attempts), = await store.failures()
+        assert (track.upstream_id, reason, attempts) == ("b", "corrupt again", 2)
+        # a new analysis version makes everything pending again, failures included
+        assert len(await store.pending("v2", 2)) == 3
+        ids_arr, matrix = await store.embeddings("v1")
+        assert ids_arr.tolist() == [ids["a"]] and matrix.shape == (1, 200)
+        # results for a track that left the library are dropped, not an error
+        await store.remove_tracks([ids["c"]])
+        await store.write_results([(ids["c"], analysis(3))])
+        assert await store.get_analysis(ids["c"]) is None
+
+
+async def test_find_tracks(tmp_path: Path) -> None:
+    async with await LibraryStore.open(tmp_path / "lib.db") as store:
+        await store.sync_source("s", [
+            rec("x", title="Blue Monday", artist="New Order"),
+            rec("y", title="Blue in Green", artist="Miles Davis"),
+        ])
+        assert [t.title for t in await store.find_tracks("blue order")] == ["Blue Monday"]
+        assert len(await store.find_tracks("blue")) == 2
+        assert [t.upstream_id for t in await store.find_tracks("/m/y")] == ["y"]
+        assert await store.find_tracks("nothing here") == []
