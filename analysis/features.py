@@ -40,6 +40,17 @@ _BPM_MIN, _BPM_MAX = 40.0, 220.0
 _BPM_PRIOR_CENTRE = 120.0
 _BPM_PRIOR_OCTAVES = 1.0  # std-dev of the log2-normal prior: mild on purpose
 
+# Below this normalised autocorrelation there is no pulse worth reporting
+# (sustained pads, noise): 0.0 is more useful downstream than a random bpm.
+_MIN_PULSE = 0.05
+# Off-beat / on-beat strength above which the faster level is the beat.
+# Equal clicks give ~1.0; drum patterns with accented beats and eighth-note
+# hi-hats stay around 0.6-0.7 with the envelope used here.
+_HALF_PERIOD_RATIO = 0.85
+
+_ACF_SMOOTH = np.exp(-0.5 * (np.arange(-3, 4) / 1.0) ** 2)
+_ACF_SMOOTH /= _ACF_SMOOTH.sum()
+
 _KEY_NFFT = 4096  # 3.9 Hz bins at 16 kHz: semitone-resolving from ~70 Hz up
 _KEY_HOP = 2048
 
@@ -63,17 +74,43 @@ def _mean_power(excerpts: Sequence[np.ndarray]) -> float:
     return total / n
 
 
-def _onset_envelope(x: np.ndarray, sr: int) -> np.ndarray:
-    """Spectral flux on a log-mel spectrogram: mean dB rise per band per frame.
+@lru_cache(maxsize=8)
+def _mel_filter(sr: int) -> np.ndarray:
+    return librosa.filters.mel(sr=sr, n_fft=_ONSET_NFFT, n_mels=_ONSET_MELS).astype(np.float32)
 
-    Being in dB it is independent of overall level, which lets ``energy``
-    judge activity separately from loudness.
+
+def _mel_power(x: np.ndarray, sr: int) -> np.ndarray:
+    """(n_mels, frames) power mel spectrogram shared by tempo and energy."""
+    spec = librosa.stft(x, n_fft=_ONSET_NFFT, hop_length=_ONSET_HOP, center=False)
+    power = spec.real**2 + spec.imag**2
+    return _mel_filter(sr) @ power
+
+
+def _envelopes(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two onset envelopes from one mel spectrogram: (dB flux, pulse flux).
+
+    *dB flux* - mean positive rise per mel band in dB.  Level-independent,
+    so ``energy`` can judge activity apart from loudness, and every band's
+    onset counts equally, which makes it a robust beat-period detector.
+    The floor 80 dB below the excerpt's peak keeps noise in near-silent
+    bands from counting as activity.
+
+    *pulse flux* - the same on ``log1p(S / mean)``, close to linear for
+    ordinary levels and logarithmic only for strong transients, so loud
+    events (kick, snare) outweigh quiet broadband ones (hi-hats).  Used only
+    to decide whether the off-beats are as strong as the beats.
     """
     if x.size < _ONSET_NFFT:
-        return np.zeros(0, np.float32)
-    return librosa.onset.onset_strength(
-        y=x, sr=sr, hop_length=_ONSET_HOP, n_fft=_ONSET_NFFT, n_mels=_ONSET_MELS, center=False
-    ).astype(np.float32)
+        empty = np.zeros(0, np.float32)
+        return empty, empty
+    mel = _mel_power(x, sr)
+    db = 10.0 * np.log10(np.maximum(mel, 1e-10))
+    db = np.maximum(db, db.max() - 80.0)
+    db_flux = np.maximum(np.diff(db, axis=1), 0.0).mean(axis=0)
+    mean = float(mel.mean())
+    comp = np.log1p(mel / mean) if mean > 0.0 else np.zeros_like(mel)
+    pulse = np.maximum(np.diff(comp, axis=1), 0.0).mean(axis=0)
+    return db_flux.astype(np.float32), pulse.astype(np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -133,34 +170,47 @@ def _local_peak(ac: np.ndarray, lo: float, hi: float) -> tuple[float, float] | N
     return _parabolic(ac, i), float(ac[i])
 
 
+def _normalised_acf(envs: list[np.ndarray], max_lag: int) -> np.ndarray | None:
+    ac = _pooled_autocorrelation(envs, max_lag)
+    if ac[0] <= 1e-12:
+        return None
+    # A beat period that is not a whole number of frames splits its peak over
+    # two lags; a light smoothing restores comparable peak heights.
+    return np.convolve(ac, _ACF_SMOOTH, mode="same") / ac[0]
+
+
 def tempo_bpm(excerpts: Sequence[np.ndarray], sr: int = 16000) -> float:
-    """Tempo in beats per minute, or 0.0 when there is no usable pulse.
+    """Tempo in beats per minute (40-220), or 0.0 when there is no usable pulse.
 
     librosa's tempo estimator picks an integer autocorrelation lag, which is
     ~2 % coarse at typical hops; here the lag is interpolated and refined
-    from several multiples of the beat period.  A mild log-normal prior
-    around 120 bpm chooses among octave-related candidates, and a candidate
-    whose half-period is nearly as strong as itself is replaced by that
-    half-period: equal on- and off-beats mean the real pulse is the faster one
-    (this is what keeps 174 bpm from being reported as 87).
+    from several multiples of the beat period.
+
+    Octave choice: a mild log-normal prior around 120 bpm picks among the
+    autocorrelation peaks of the dB flux.  The prior alone would report a
+    174 bpm click as 87 (87 is nearer 120 on a log scale), so the winner is
+    then replaced by its half-period whenever, in the loudness-weighted
+    envelope, the off-beat is nearly as strong as the beat: equal on- and
+    off-beats mean the real pulse is the faster one, whereas accented beats
+    with eighth-note hi-hats keep the slower level.
     """
     xs = [x for x in _nonempty(excerpts) if x.size >= _ONSET_NFFT]
     if not xs or _mean_power(xs) <= _SILENT_RMS**2:
         return 0.0
     fps = sr / _ONSET_HOP
-    envs = [e for e in (_onset_envelope(x, sr) for x in xs) if e.size > 4]
-    if not envs:
+    pairs = [p for p in (_envelopes(x, sr) for x in xs) if p[0].size > 4]
+    if not pairs:
         return 0.0
     lag_min = 60.0 * fps / _BPM_MAX
     lag_max = 60.0 * fps / _BPM_MIN
-    longest = max(e.size for e in envs)
+    longest = max(p[0].size for p in pairs)
     max_lag = int(min(longest - 2, max(lag_max + 2, 4.0 * fps)))
     if max_lag < lag_min + 2:
         return 0.0
-    ac = _pooled_autocorrelation(envs, max_lag)
-    if ac[0] <= 1e-12:
+    ac = _normalised_acf([p[0] for p in pairs], max_lag)
+    ac_pulse = _normalised_acf([p[1] for p in pairs], max_lag)
+    if ac is None or ac_pulse is None:
         return 0.0
-    ac = ac / ac[0]
 
     # Candidate periods: every local maximum within the bpm range, weighted by the prior.
     lo = max(1, int(np.floor(lag_min)))
@@ -174,13 +224,17 @@ def tempo_bpm(excerpts: Sequence[np.ndarray], sr: int = 16000) -> float:
     prior = np.exp(-0.5 * (np.log2(bpm / _BPM_PRIOR_CENTRE) / _BPM_PRIOR_OCTAVES) ** 2)
     best = int(idx[np.argmax(ac[idx] * prior)])
     period, strength = _parabolic(ac, best), float(ac[best])
+    if strength < _MIN_PULSE:
+        return 0.0
 
-    # Prefer the faster pulse when its period is (almost) as strong.
-    while period / 2.0 >= lag_min:
-        half = _local_peak(ac, 0.45 * period, 0.55 * period)
-        if half is None or half[1] < 0.8 * strength:
+    # Prefer the faster pulse when its off-beat is (almost) as strong as its beat.
+    while 0.55 * period >= lag_min:
+        beat = _local_peak(ac_pulse, 0.93 * period, 1.07 * period)
+        half = _local_peak(ac_pulse, max(lag_min, 0.45 * period), 0.55 * period)
+        if beat is None or half is None or half[1] < _HALF_PERIOD_RATIO * beat[1]:
             break
-        period, strength = half
+        near = _local_peak(ac, max(lag_min, 0.45 * period), 0.55 * period)
+        period, strength = near if near is not None else (half[0], strength)
 
     # Refine with the multiples of the period that are still clearly there.
     ks, ps = [1.0], [period]
@@ -193,7 +247,7 @@ def tempo_bpm(excerpts: Sequence[np.ndarray], sr: int = 16000) -> float:
         k += 1
     karr, parr = np.array(ks), np.array(ps)
     period = float(np.dot(karr, parr) / np.dot(karr, karr))
-    return float(60.0 * fps / period)
+    return float(np.clip(60.0 * fps / period, _BPM_MIN, _BPM_MAX))
 
 
 # --------------------------------------------------------------------------
@@ -228,8 +282,9 @@ def estimate_key(excerpts: Sequence[np.ndarray], sr: int = 16000) -> tuple[str, 
 
     Chroma is pooled over all frames of all excerpts; summing magnitudes
     rather than per-frame-normalised chroma keeps near-silent frames from
-    voting as loudly as the music.  Magnitudes are square-root compressed so
-    a few loud bass notes do not decide the key alone.  Strength is the
+    voting as loudly as the music.  Linear magnitudes are used: compressing
+    them (sqrt, log) lifts the upper partials, whose fifths and thirds pull
+    the estimate towards the dominant key.  Strength is the
     Pearson correlation with the winning profile, clipped to [0, 1]; an
     ambiguous or atonal excerpt gives a low value.
     """
@@ -240,7 +295,7 @@ def estimate_key(excerpts: Sequence[np.ndarray], sr: int = 16000) -> tuple[str, 
     chroma = np.zeros(12)
     for x in xs:
         mag = np.abs(librosa.stft(x, n_fft=_KEY_NFFT, hop_length=_KEY_HOP, center=False))
-        chroma += (fb @ np.sqrt(mag)).sum(axis=1)
+        chroma += (fb @ mag).sum(axis=1)
     c = chroma - chroma.mean()
     norm = np.linalg.norm(c)
     if norm <= 1e-12:
@@ -293,7 +348,7 @@ def energy(excerpts: Sequence[np.ndarray], sr: int = 16000) -> float:
     loud = float(np.clip((level - _LOUD_FLOOR_DB) / (_LOUD_FULL_DB - _LOUD_FLOOR_DB), 0.0, 1.0))
     if loud <= 0.0:
         return 0.0
-    envs = [e for e in (_onset_envelope(x, sr) for x in xs) if e.size]
+    envs = [e for e in (_envelopes(x, sr)[0] for x in xs) if e.size]
     frames = sum(e.size for e in envs)
     if frames == 0:
         activity = 0.0

@@ -1,0 +1,288 @@
+"""Analysis speed and agreement on the dev corpus, every method measured in the same run.
+
+    make bench                 # or: .venv/bin/python bench/analysis.py [--limit N]
+
+Methods, each timed per track on one pinned core (one ONNX Runtime thread):
+  sampled    musegate's default (excerpts read by seeking, features included)
+  full       musegate's full mode (every patch, features included)
+  reference  AudioMuse-AI-style: librosa.load of the whole track at 16 kHz, every
+             non-overlapping patch through the same ONNX model, and librosa's
+             beat tracker, chroma and RMS over the whole track
+  bliss      bliss-rs through its PyPI binding bliss-audio 0.1.11 (a peer, 20-d features)
+
+Agreement: recall@10 of each method's neighbours against the full mode's.
+Plan sweep: from the reference run's per-patch embeddings (the same patch grid as
+full mode), the recall@10 of other excerpt plans, to show why the default is what
+it is. Results are printed and written to docs/benchmarks.md (--no-write to skip).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from datetime import date  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from analysis.sampling import PATCH_SECONDS, SamplingPlan, excerpt_spans  # noqa: E402
+
+CORPUS_SCRIPT = REPO.parent / "shared" / "corpus" / "build-dev-corpus.sh"
+METHODS = ("sampled", "full", "reference", "bliss")
+SWEEP = (
+    SamplingPlan(segments=2, patches_per_segment=2),
+    SamplingPlan(segments=3, patches_per_segment=2),
+    SamplingPlan(segments=4, patches_per_segment=2),
+    SamplingPlan(segments=3, patches_per_segment=3),
+    SamplingPlan(segments=4, patches_per_segment=3),
+    SamplingPlan(segments=5, patches_per_segment=3),
+    SamplingPlan(segments=6, patches_per_segment=3),
+    SamplingPlan(segments=8, patches_per_segment=2),
+)
+
+
+def corpus_dir() -> Path:
+    env = os.environ.get("MUSEGATE_CORPUS")
+    default = Path(env) if env else Path.home() / ".cache" / "musegate" / "corpus"
+    if (default / ".complete").exists():
+        return default
+    print("building the dev corpus (several minutes the first time) …", flush=True)
+    out = subprocess.run(["bash", str(CORPUS_SCRIPT)], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def read_manifest(root: Path) -> list[tuple[Path, str]]:
+    rows = (root / "manifest.tsv").read_text().splitlines()[1:]
+    return [(root / r.split("\t")[0], r.split("\t")[1]) for r in rows if r.strip()]
+
+
+# ---- worker side ------------------------------------------------------------------
+
+_model = None
+
+
+def _init(core_queue: multiprocessing.Queue) -> None:
+    global _model
+    core = core_queue.get()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    from analysis.model import MusicnnModel
+
+    _model = MusicnnModel(threads=1)
+
+
+def _reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """AudioMuse-AI-style: whole-track load, every patch, librosa features on the whole track."""
+    import librosa
+
+    from analysis.melspec import patches
+
+    y, sr = librosa.load(path, sr=16000, mono=True)
+    batch = patches([y])
+    _tags, emb = _model.run(batch)
+    librosa.beat.beat_track(y=y, sr=sr)
+    librosa.feature.chroma_stft(y=y, sr=sr)
+    librosa.feature.rms(y=y)
+    return emb.mean(axis=0), emb
+
+
+def _run(method: str, path: Path) -> tuple[str, str, float, np.ndarray, np.ndarray | None]:
+    from analysis.pipeline import analyse_file
+    from analysis.sampling import DEFAULT, FULL
+
+    started = time.process_time()
+    per_patch = None
+    if method == "sampled":
+        vec = analyse_file(path, _model, DEFAULT).embedding
+    elif method == "full":
+        vec = analyse_file(path, _model, FULL).embedding
+    elif method == "reference":
+        vec, per_patch = _reference(path)
+    else:
+        import bliss_audio
+
+        vec = np.asarray(bliss_audio.Song(str(path)).analysis, dtype=np.float32)
+    return method, str(path), time.process_time() - started, vec, per_patch
+
+
+# ---- measures ----------------------------------------------------------------------
+
+
+def neighbours(matrix: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
+    if metric == "cosine":
+        m = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        score = m @ m.T
+    else:
+        d = ((matrix[:, None, :] - matrix[None, :, :]) ** 2).sum(-1)
+        score = -d
+    np.fill_diagonal(score, -np.inf)
+    return np.argsort(-score, axis=1, kind="stable")[:, :k]
+
+
+def recall_at(a: np.ndarray, b: np.ndarray) -> float:
+    k = a.shape[1]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
+
+
+def precision_same_label(nn: np.ndarray, labels: list[str]) -> float:
+    lab = np.array(labels)
+    return float(np.mean(lab[nn] == lab[:, None]))
+
+
+def plan_patch_rows(duration: float, n_patches: int, plan: SamplingPlan) -> list[int]:
+    """Patches of the full-track grid that fall inside the plan's excerpts."""
+    spans = excerpt_spans(duration, plan)
+    if spans is None:
+        return list(range(n_patches))
+    rows: list[int] = []
+    for start, length in spans:
+        first = int(np.ceil(start / PATCH_SECONDS))
+        rows += [i for i in range(first, first + plan.patches_per_segment) if i < n_patches]
+    return rows or list(range(n_patches))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, help="only the first N tracks")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args()
+
+    root = corpus_dir()
+    tracks = read_manifest(root)[: args.limit]
+    paths = [p for p, _ in tracks]
+    labels = [lab for _, lab in tracks]
+    cores = os.cpu_count() or 1
+    print(f"{len(paths)} tracks from {root}, {cores} pinned worker processes", flush=True)
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    for c in range(cores):
+        queue.put(c)
+    results: dict[str, dict[str, tuple[float, np.ndarray, np.ndarray | None]]] = {
+        m: {} for m in METHODS
+    }
+    wall = time.monotonic()
+    with ProcessPoolExecutor(cores, mp_context=ctx, initializer=_init, initargs=(queue,)) as pool:
+        futures = [pool.submit(_run, m, p) for p in paths for m in METHODS]
+        for i, fut in enumerate(futures, 1):
+            method, path, secs, vec, per_patch = fut.result()
+            results[method][path] = (secs, vec, per_patch)
+            if i % 20 == 0:
+                print(f"  {i}/{len(futures)} runs", flush=True)
+    wall = time.monotonic() - wall
+
+    keys = [str(p) for p in paths]
+    secs = {m: np.array([results[m][k][0] for k in keys]) for m in METHODS}
+    mats = {m: np.stack([results[m][k][1] for k in keys]) for m in METHODS}
+    k = min(10, len(keys) - 1)
+    nn = {m: neighbours(mats[m], k, "euclid" if m == "bliss" else "cosine") for m in METHODS}
+    ref_time = secs["reference"].mean()
+
+    durations = {str(p): float(r.split("\t")[3]) for p, r in zip(
+        paths, (root / "manifest.tsv").read_text().splitlines()[1:], strict=False)}
+    rows = []
+    for m in METHODS:
+        rows.append((
+            m,
+            secs[m].mean(),
+            ref_time / secs[m].mean(),
+            recall_at(nn[m], nn["full"]),
+            precision_same_label(nn[m], labels),
+        ))
+    sweep_rows = []
+    for plan in SWEEP:
+        vecs = []
+        used = []
+        for key in keys:
+            per_patch = results["reference"][key][2]
+            sel = plan_patch_rows(durations[key], len(per_patch), plan)
+            used.append(len(sel))
+            vecs.append(per_patch[sel].mean(axis=0))
+        sweep_rows.append((plan.tag, float(np.mean(used)),
+                           recall_at(neighbours(np.stack(vecs), k), nn["full"])))
+
+    total_minutes = sum(durations.values()) / 60
+    header = (
+        f"{len(keys)} tracks ({total_minutes:.0f} min of music, mean "
+        f"{total_minutes * 60 / len(keys):.0f} s), wall {wall:.0f} s on {cores} cores"
+    )
+    table = [
+        "| method | s per track per core | speed vs reference | recall@10 vs full | same-soundtrack precision@10 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ] + [f"| {m} | {s:.3f} | {r:.2f}× | {rec:.3f} | {p:.3f} |" for m, s, r, rec, p in rows]
+    sweep = [
+        "| plan (segments × patches) | mean patches per track | recall@10 vs full |",
+        "| --- | ---: | ---: |",
+    ] + [f"| {tag} | {n:.1f} | {rec:.3f} |" for tag, n, rec in sweep_rows]
+    random_precision = float(np.mean([
+        (np.array(labels) == lab).sum() - 1 for lab in labels]) / (len(labels) - 1))
+    print(header)
+    print("\n".join(table))
+    print(f"random-neighbour precision@10 baseline: {random_precision:.3f}")
+    print("\n".join(sweep))
+
+    if not args.no_write:
+        cpu = platform.processor() or platform.machine()
+        try:
+            model_name = next(
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            )
+        except (OSError, StopIteration):
+            model_name = cpu
+        section = "\n".join([
+            "## Analysis speed and agreement (`make bench` → `bench/analysis.py`)",
+            "",
+            f"Measured {date.today().isoformat()} on {model_name}, {cores} cores, "
+            f"Python {platform.python_version()}; command: `make bench`.",
+            "",
+            header + ". Times are CPU seconds of one pinned core per track, one ONNX "
+            "Runtime thread. The reference is AudioMuse-AI's way of analysing a track "
+            "(whole-file librosa.load at 16 kHz, every patch through the same model, "
+            "librosa beat tracking, chroma and RMS over the whole track).",
+            "",
+            *table,
+            "",
+            f"Random-neighbour precision@10 baseline: {random_precision:.3f}. "
+            "bliss's recall is against musicnn's neighbours, a different feature space; "
+            "its precision column is the comparable one.",
+            "",
+            "Patch-plan sweep (same run, simulated on the reference's per-patch embeddings; "
+            "`s4x3` is the default):",
+            "",
+            *sweep,
+            "",
+        ])
+        write_section(REPO / "docs" / "benchmarks.md", "## Analysis speed", section)
+        print("written to docs/benchmarks.md")
+    return 0
+
+
+def write_section(doc: Path, marker: str, section: str) -> None:
+    """Replace the section starting with ``marker`` (up to the next '## ') or append it."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
+    start = text.find(marker)
+    if start < 0:
+        text = text.rstrip() + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    doc.write_text(text.rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from analysis.melspec import log_mel, patches
+from analysis.sampling import DEFAULT, FULL, PATCH_FRAMES, SamplingPlan, excerpt_spans, plan_for_mode
+
+
+def test_full_reads_everything() -> None:
+    assert excerpt_spans(240.0, FULL) is None
+
+
+def test_sampled_spans_are_spread_inside_the_track() -> None:
+    spans = excerpt_spans(240.0, DEFAULT)
+    assert spans is not None and len(spans) == DEFAULT.segments
+    starts = [s for s, _ in spans]
+    assert starts == sorted(starts)
+    for start, length in spans:
+        assert start >= 240 * DEFAULT.skip_edges - 1e-6
+        assert start + length <= 240 * (1 - DEFAULT.skip_edges) + 1e-6
+    for (s1, l1), (s2, _) in zip(spans, spans[1:], strict=False):
+        assert s1 + l1 <= s2  # no overlap
+
+
+def test_short_tracks_are_read_whole() -> None:
+    assert excerpt_spans(20.0, DEFAULT) is None
+    assert excerpt_spans(0.0, DEFAULT) is None
+
+
+def test_excerpts_yield_whole_patches() -> None:
+    plan = SamplingPlan(segments=2, patches_per_segment=3)
+    y = np.zeros(int(plan.excerpt_seconds * 16000), np.float32)
+    assert patches([y, y]).shape == (6, PATCH_FRAMES, 96)
+
+
+def test_short_audio_gives_one_padded_patch() -> None:
+    p = patches([np.ones(1000, np.float32) * 0.1])
+    assert p.shape == (1, PATCH_FRAMES, 96)
+    assert np.all(p[0, 10:] == 0)
+
+
+def test_log_mel_is_compressed_power() -> None:
+    y = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000).astype(np.float32)
+    mel = log_mel(y)
+    assert mel.shape[1] == 96 and mel.min() >= 0
+    assert int(mel.mean(axis=0).argmax()) in range(30, 60)  # ~1 kHz band
+
+
+def test_plan_for_mode() -> None:
+    assert plan_for_mode("full") is FULL and plan_for_mode("sampled") is DEFAULT
+    with pytest.raises(ValueError, match="unknown analysis mode"):
+        plan_for_mode("fast")
