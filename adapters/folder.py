@@ -20,8 +20,7 @@ from analysis.store import TrackRecord
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = frozenset(
-    ".mp3 .flac .ogg .oga .opus .wav .wave .m4a .mp4 .aac .alac .wma .aif .aiff .wv .ape .mpc"
-    .split()
+    [".mp3", ".flac", ".ogg", ".oga", ".opus", ".wav", ".wave", ".m4a", ".mp4", ".aac", ".alac", ".wma", ".aif", ".aiff", ".wv", ".ape", ".mpc"]
 )
 
 

@@ -40,6 +40,7 @@ def _init_worker(model_path: str | None, threads: int, plan: SamplingPlan) -> No
 
     _worker_model = MusicnnModel(model_path, threads=threads)
     _worker_plan = plan
+    log.debug("analysis worker ready with providers %s", _worker_model.providers)
     rng = np.random.default_rng(0)
     warm = (rng.standard_normal(16000 * 4) * 0.1).astype(np.float32)
     analyse_excerpts([warm], 4.0, _worker_model, plan)

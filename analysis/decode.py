@@ -326,10 +326,8 @@ def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     """Convert any FFmpeg sample format to mono float32 in [-1, 1]."""
     arr = frame.to_ndarray()
     channels = frame.layout.nb_channels or 1
-    if frame.format.is_planar:
-        block = arr.T  # (samples, channels)
-    else:
-        block = arr.reshape(-1, channels)
+    # Planar arrives as (channels, samples), packed as (1, samples * channels).
+    block = arr.T if frame.format.is_planar else arr.reshape(-1, channels)
     if np.issubdtype(block.dtype, np.integer):
         info = np.iinfo(block.dtype)
         if info.min == 0:  # u8: unsigned, centred at 128
@@ -359,6 +357,12 @@ def _read_av(
     if native_sr <= 0:
         raise DecodeError("unsupported or corrupt audio: unknown sample rate")
     ranges = _frame_ranges(spans, native_sr, None)
+    duration = _av_duration(container)
+    if duration is not None:
+        # Spans starting past the header's end can only be reached by seeking
+        # to nowhere; drop them up front (ends are clipped while decoding).
+        end = int(duration * native_sr)
+        ranges = [(a, b) if a < end else (a, a) for a, b in ranges]
     pieces: list[list[np.ndarray]] = [[] for _ in ranges]
     filled = [0] * len(ranges)
     # Visit spans in start order; the output keeps the caller's order.
@@ -372,9 +376,11 @@ def _read_av(
     frames = _av_frames(container, stream)
     anchor = False  # re-read position from the next frame's pts
     k = 0  # index into `order` of the first span not yet complete
+    sought = -1  # last `k` a seek was made for: at most one seek per span
     while k < len(order):
         next_start = ranges[order[k]][0]
-        if can_seek and next_start - pos > gap:
+        if can_seek and sought != k and next_start - pos > gap:
+            sought = k
             target = (next_start / native_sr - 1.0) / stream.time_base
             container.seek(max(0, int(target)), stream=stream, backward=True)
             frames = _av_frames(container, stream)
@@ -416,7 +422,6 @@ def _read_av(
                 filled[i] = hi - a
         while k < len(order) and ranges[order[k]][1] <= pos:
             k += 1
-    duration = _av_duration(container)
     if duration is not None:
         total = int(duration * native_sr)
         for (a, b), got in zip(ranges, filled, strict=True):

@@ -342,6 +342,26 @@ class LibraryStore:
             analysed_at=row["analysed_at"],
         )
 
+    async def analysed(self, version: str) -> list[StoredAnalysis]:
+        """Every track analysed with ``version``, in track-id order (one query)."""
+        async with self._db.execute(
+            "SELECT t.*, a.version, a.features, a.embedding, a.analysed_at"
+            " FROM analyses a JOIN tracks t ON t.id = a.track_id WHERE a.version = ?"
+            " ORDER BY t.id",
+            (version,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            StoredAnalysis(
+                track=_row_to_track(r),
+                version=r["version"],
+                features=json.loads(r["features"]),
+                embedding=np.frombuffer(r["embedding"], dtype="<f4"),
+                analysed_at=r["analysed_at"],
+            )
+            for r in rows
+        ]
+
     async def embeddings(self, version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All stored embeddings as (track ids int64 [N], float32 [N, 200]), optionally one version."""
         sql = "SELECT track_id, embedding FROM analyses"

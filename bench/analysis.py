@@ -148,7 +148,7 @@ def plan_patch_rows(duration: float, n_patches: int, plan: SamplingPlan) -> list
     if spans is None:
         return list(range(n_patches))
     rows: list[int] = []
-    for start, length in spans:
+    for start, _length in spans:
         first = int(np.ceil(start / PATCH_SECONDS))
         rows += [i for i in range(first, first + plan.patches_per_segment) if i < n_patches]
     return rows or list(range(n_patches))

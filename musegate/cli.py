@@ -242,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing noise
     if args.command == "config":
         return cmd_config(config, args)
     if args.command == "demo":

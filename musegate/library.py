@@ -16,6 +16,7 @@ from analysis.model import model_version
 from analysis.pipeline import analysis_version
 from analysis.sampling import plan_for_mode
 from analysis.store import LibraryStore, StoredAnalysis, SyncResult, TrackRecord
+from index.catalogue import Catalogue, CatalogueRow
 from index.vectors import VectorIndex
 from musegate.config import Config
 
@@ -109,3 +110,20 @@ def track_json(track: TrackRecord) -> dict[str, Any]:
         "album": track.album,
         "path": track.path,
     }
+
+
+async def load_catalogue(store: LibraryStore, config: Config) -> Catalogue:
+    """The analysed library (current analysis version) as the arrays the algorithms use."""
+    rows = await store.analysed(analyzer_settings(config).version)
+    return Catalogue.from_rows([
+        CatalogueRow(
+            track_id=a.track.id or 0,
+            embedding=a.embedding,
+            features=a.features,
+            title=a.track.title,
+            artist=a.track.artist,
+            album=a.track.album,
+            duration=a.track.duration,
+        )
+        for a in rows
+    ])

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from analysis.melspec import log_mel, patches
-from analysis.sampling import DEFAULT, FULL, PATCH_FRAMES, SamplingPlan, excerpt_spans, plan_for_mode
+from analysis.sampling import (
+    DEFAULT,
+    FULL,
+    PATCH_FRAMES,
+    SamplingPlan,
+    excerpt_spans,
+    plan_for_mode,
+)
 
 
 def test_full_reads_everything() -> None:
