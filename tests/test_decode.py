@@ -114,7 +114,9 @@ def test_whole_file(encoded: tuple[str, Path]) -> None:
     x = load_mono(path, sr=16000)
     assert x.dtype == np.float32
     assert len(x) == pytest.approx(DURATION * 16000, abs=0.1 * 16000)
-    assert read_excerpts(path, None, sr=22050)[0].size == pytest.approx(DURATION * 22050, abs=0.1 * 22050)
+    assert read_excerpts(path, None, sr=22050)[0].size == pytest.approx(
+        DURATION * 22050, abs=0.1 * 22050
+    )
 
 
 def test_m4a_seek_far_ahead(tmp_path: Path) -> None:
@@ -128,7 +130,9 @@ def test_m4a_seek_far_ahead(tmp_path: Path) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=sr, layout="mono")
         for i in range(0, mono.size, 1024):
-            frame = av.AudioFrame.from_ndarray(mono[None, i : i + 1024].copy(), format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                mono[None, i : i + 1024].copy(), format="fltp", layout="mono"
+            )
             frame.sample_rate = sr
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -138,7 +142,9 @@ def test_m4a_seek_far_ahead(tmp_path: Path) -> None:
     out = read_excerpts(path, spans)
     for (start, dur), x in zip(spans, out, strict=True):
         assert abs(len(x) - dur * 16000) <= 2
-        assert _dominant_freq(x[800:-800]) == pytest.approx(300.0 + 100.0 * np.floor(start / 10.0), abs=8)
+        assert _dominant_freq(x[800:-800]) == pytest.approx(
+            300.0 + 100.0 * np.floor(start / 10.0), abs=8
+        )
 
 
 def test_stereo_is_averaged_to_mono(tmp_path: Path) -> None:

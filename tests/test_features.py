@@ -8,7 +8,9 @@ import pytest
 from analysis.features import energy, estimate_key, loudness_db, tempo_bpm
 
 SR = 16000
-NOTE = {n: i for i, n in enumerate(("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"))}
+NOTE = {
+    n: i for i, n in enumerate(("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"))
+}
 
 
 def click_track(bpm: float, seconds: float) -> np.ndarray:
