@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mutagen
 
+from adapters.base import HistoryEntry, NoListeningHistory
 from analysis.store import TrackRecord
 
 log = logging.getLogger(__name__)
@@ -100,12 +102,68 @@ def scan_folder(
     return records
 
 
+_UNSAFE_NAME = re.compile(r'[\x00-\x1f/\\:*?"<>|]+')
+
+
+def playlist_filename(name: str) -> str:
+    """A file name for playlist ``name`` that cannot escape the playlist folder."""
+    cleaned = _UNSAFE_NAME.sub(" ", name).strip().strip(".").strip()
+    cleaned = " ".join(cleaned.split())[:120]
+    if not cleaned:
+        raise ValueError(f"playlist name {name!r} has no usable characters")
+    return f"{cleaned}.m3u8"
+
+
+def render_m3u8(tracks: list[TrackRecord], playlist_file: Path) -> str:
+    """Extended M3U, UTF-8, paths relative to the playlist so the folder can move as a whole."""
+    lines = ["#EXTM3U"]
+    base = playlist_file.parent
+    for t in tracks:
+        if not t.path:
+            continue  # a track without a local file cannot be played from an M3U
+        seconds = int(round(t.duration)) if t.duration else -1
+        label = " - ".join(p for p in (t.artist, t.title) if p) or Path(t.path).stem
+        lines.append(f"#EXTINF:{seconds},{label}")
+        try:
+            entry = os.path.relpath(t.path, base)
+        except ValueError:  # another drive on Windows: only an absolute path works
+            entry = t.path
+        lines.append(Path(entry).as_posix())
+    return "\n".join(lines) + "\n"
+
+
 class FolderAdapter:
     """Tracks are the audio files under ``root``; the upstream id is the relative path."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], playlist_dir: str | os.PathLike[str] | None = None
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.source = f"folder:{self.root}"
+        self.playlist_dir = (
+            Path(playlist_dir).expanduser().resolve() if playlist_dir else self.root / "Playlists"
+        )
+
+    async def write_playlist(self, name: str, tracks: list[TrackRecord]) -> str:
+        """Write ``name``.m3u8 into the playlist folder (replacing one of that name); returns its path."""
+        target = self.playlist_dir / playlist_filename(name)
+        text = render_m3u8(tracks, target)
+
+        def write() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
+
+        await asyncio.to_thread(write)
+        return str(target)
+
+    async def listening_history(self, user: str | None = None) -> list[HistoryEntry]:
+        """A folder of files records no plays, so a fingerprint cannot be made from it."""
+        raise NoListeningHistory(
+            "the folder source has no listening history, so there is no sonic fingerprint to "
+            "compute; connect a media server (Navidrome, Jellyfin, LMS...) that records plays"
+        )
 
     async def list_tracks(self, known: Mapping[str, TrackRecord]) -> list[TrackRecord]:
         if not self.root.is_dir():

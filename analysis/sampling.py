@@ -26,9 +26,9 @@ class SamplingPlan:
     """``segments`` excerpts of ``patches_per_segment`` patches each; ``full`` ignores both."""
 
     mode: str = "sampled"
-    segments: int = 4
-    patches_per_segment: int = 3
-    skip_edges: float = 0.05
+    segments: int = 32
+    patches_per_segment: int = 1
+    skip_edges: float = 0.0
 
     @property
     def tag(self) -> str:
@@ -44,14 +44,17 @@ class SamplingPlan:
 
 FULL = SamplingPlan(mode="full")
 DEFAULT = SamplingPlan()
+FAST = SamplingPlan(mode="fast", segments=12)
+PLANS = {"sampled": DEFAULT, "fast": FAST, "full": FULL}
 
 
 def plan_for_mode(mode: str) -> SamplingPlan:
-    if mode == "full":
-        return FULL
-    if mode == "sampled":
-        return DEFAULT
-    raise ValueError(f"unknown analysis mode {mode!r}: expected 'sampled' or 'full'")
+    try:
+        return PLANS[mode]
+    except KeyError:
+        raise ValueError(
+            f"unknown analysis mode {mode!r}: expected one of {', '.join(PLANS)}"
+        ) from None
 
 
 def excerpt_spans(duration: float, plan: SamplingPlan) -> list[tuple[float, float]] | None:

@@ -10,9 +10,26 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from musegate.cli_features import (
+    CommandError,
+    cmd_alchemy,
+    cmd_cluster,
+    cmd_fingerprint,
+    cmd_instant,
+    cmd_path,
+    cmd_serve,
+    cmd_similar,
+)
 from musegate.config import FIELDS, Config, ConfigError, describe, load_config
 
 log = logging.getLogger("musegate")
+
+
+def _result_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--export", metavar="NAME",
+                   help="also save the result as playlist NAME (an M3U8 file for a music folder)")
+    p.add_argument("--max-per-artist", type=int, help="songs per artist (default: max_per_artist)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -26,7 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="scan a music folder and analyse new or changed tracks")
     p.add_argument("path", nargs="?", help="music folder (default: library_path)")
-    p.add_argument("--mode", choices=("sampled", "full"), help="patch selection")
+    p.add_argument("--mode", choices=("sampled", "fast", "full"), help="patch selection")
     p.add_argument("--workers", type=int, help="analysis processes (default: cores)")
     p.add_argument("--limit", type=int, help="analyse at most this many tracks in this run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -39,10 +56,59 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("track", help="a path, a track id, or words from title/artist/album")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("similar", help="tracks that sound most like TRACK")
-    p.add_argument("track", help="a path, a track id, or words from title/artist/album")
+    p = sub.add_parser("similar", help="tracks that sound most like one or more tracks, an album or an artist")
+    p.add_argument("track", nargs="*", help="paths, track ids, or words from title/artist/album")
+    p.add_argument("--album", help="seed with every analysed track of this album")
+    p.add_argument("--artist", help="seed with every analysed track of this artist")
     p.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    p.add_argument("--mood", action="append", metavar="TAG=VALUE",
+                   help="keep songs near this tag score (or energy/tempo), e.g. sad=0.7; repeatable")
+    _result_flags(p)
+
+    p = sub.add_parser("path", help="a smooth path of songs from track A to track B")
+    p.add_argument("start", help="first track")
+    p.add_argument("end", help="last track")
+    p.add_argument("-n", type=int, default=25, help="songs in the path, both ends included (default 25)")
+    p.add_argument("--via", action="append", default=[], metavar="TRACK",
+                   help="a waypoint the path must pass (repeatable, in order)")
+    _result_flags(p)
+
+    p = sub.add_parser("alchemy", help="songs like the ADD ingredients and unlike the SUBTRACT ones")
+    p.add_argument("--add", action="append", default=[], metavar="INGREDIENT",
+                   help="TRACK, song:TRACK, artist:NAME or tag:NAME (repeatable)")
+    p.add_argument("--subtract", action="append", default=[], metavar="INGREDIENT",
+                   help="same forms as --add (repeatable)")
+    p.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = plain nearest (default); higher = more varied picks")
+    p.add_argument("--min-distance", type=float, default=0.2,
+                   help="least cosine distance from the SUBTRACT centroid (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for temperature > 0")
+    _result_flags(p)
+
+    p = sub.add_parser("cluster", help="cluster the library into named playlists")
+    p.add_argument("-n", "--playlists", type=int, default=10, help="how many playlists (default 10)")
+    p.add_argument("--trials", type=int, default=16, help="parameter settings to try (default 16)")
+    p.add_argument("--max-songs", type=int, default=100, help="songs per playlist at most")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--export", action="store_true",
+                   help="also export every playlist (named as shown) through the library source")
+
+    p = sub.add_parser("instant", help="a playlist from a sentence, e.g. 'sad piano around 70 bpm'")
+    p.add_argument("text", help="what you want to hear")
+    p.add_argument("-n", type=int, default=30, help="how many (default 30)")
+    p.add_argument("--no-llm", action="store_true", help="use only the built-in interpreter")
+    _result_flags(p)
+
+    p = sub.add_parser("fingerprint", help="songs like what you play most (needs listening history)")
+    p.add_argument("--user", help="whose history (media-server sources)")
+    p.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    _result_flags(p)
+
+    p = sub.add_parser("serve", help="run musegate's HTTP API (and later the proxy)")
+    p.add_argument("--host", help="listen address (default: host setting)")
+    p.add_argument("--port", type=int, help="listen port (default: port setting)")
 
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     p.add_argument("--json", action="store_true")
@@ -57,7 +123,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": getattr(args, "data_dir", None),
         "analysis_mode": getattr(args, "mode", None),
         "workers": getattr(args, "workers", None),
-        "library_path": getattr(args, "path", None),
+        "library_path": getattr(args, "path", None) if args.command == "analyze" else None,
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
     }
 
 
@@ -193,34 +261,6 @@ async def cmd_show(config: Config, args: argparse.Namespace) -> int:
     return await _with_store(config, run)
 
 
-async def cmd_similar(config: Config, args: argparse.Namespace) -> int:
-    from musegate import library
-
-    if args.n < 1:
-        print("musegate similar: -n must be at least 1", file=sys.stderr)
-        return 2
-
-    async def run(store: Any) -> int:
-        seed = await library.resolve_track(store, args.track)
-        result = await library.similar(store, config, seed, args.n)
-        if args.json:
-            out = {
-                "seed": library.track_json(seed),
-                "similar": [
-                    {**library.track_json(t), "similarity": round(s, 4)}
-                    for t, s in result.neighbours
-                ],
-            }
-            print(json.dumps(out, indent=2))
-            return 0
-        print(f"Similar to {library.describe_track(seed)}:")
-        for rank, (track, sim) in enumerate(result.neighbours, 1):
-            print(f"  {rank:2}. {sim:.3f}  {library.describe_track(track)}")
-        return 0
-
-    return await _with_store(config, run)
-
-
 def cmd_config(config: Config, args: argparse.Namespace) -> int:
     shown = describe(config)
     if args.json:
@@ -256,9 +296,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "show": cmd_show,
         "similar": cmd_similar,
+        "path": cmd_path,
+        "alchemy": cmd_alchemy,
+        "cluster": cmd_cluster,
+        "instant": cmd_instant,
+        "fingerprint": cmd_fingerprint,
+        "serve": cmd_serve,
     }
     try:
         return asyncio.run(commands[args.command](config, args))
+    except CommandError as exc:
+        print(f"musegate {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     except TrackNotFound as exc:
         print(f"musegate {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,8 @@ from typing import Any
 ENV_PREFIX = "MUSEGATE_"
 CONFIG_ENV = "MUSEGATE_CONFIG"
 DEFAULT_CONFIG_FILE = "musegate.toml"
-ANALYSIS_MODES = ("sampled", "full")
+ANALYSIS_MODES = ("sampled", "fast", "full")
+LLM_PROVIDERS = ("", "ollama", "openai")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,7 @@ class Field:
     secret: bool = False
     choices: tuple[str, ...] = ()
     minimum: int | None = None
+    maximum: int | None = None
 
 
 FIELDS: tuple[Field, ...] = (
@@ -49,7 +51,7 @@ FIELDS: tuple[Field, ...] = (
         "analysis_mode",
         str,
         lambda: "sampled",
-        "'sampled' (default, measured to agree with 'full') or 'full' (every patch)",
+        "'sampled' (default: 32 spread patches), 'fast' (12 patches) or 'full' (every patch)",
         choices=ANALYSIS_MODES,
     ),
     Field("workers", int, lambda: os.cpu_count() or 1, "analysis processes", minimum=1),
@@ -63,6 +65,33 @@ FIELDS: tuple[Field, ...] = (
         "logging level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     ),
+    Field("host", str, lambda: "127.0.0.1", "address `musegate serve` listens on"),
+    Field("port", int, lambda: 8765, "port `musegate serve` listens on", minimum=1, maximum=65535),
+    Field(
+        "base_path",
+        str,
+        lambda: "/musegate",
+        "URL prefix of musegate's own API, so it never shadows a path of the upstream server",
+    ),
+    Field("max_per_artist", int, lambda: 3, "songs per artist in a playlist (0 = no cap)", minimum=0),
+    Field(
+        "hnsw_threshold",
+        int,
+        lambda: 100_000,
+        "above this many tracks the index is HNSW (approximate) instead of exact",
+        minimum=1,
+    ),
+    Field("playlist_dir", str, lambda: "", "where exported M3U8 playlists go (default DATA_DIR/playlists)"),
+    Field(
+        "llm_provider",
+        str,
+        lambda: "",
+        "'' (built-in interpreter only), 'ollama' or 'openai' (any OpenAI-compatible server)",
+        choices=LLM_PROVIDERS,
+    ),
+    Field("llm_url", str, lambda: "", "base URL of the LLM server, e.g. http://localhost:11434"),
+    Field("llm_model", str, lambda: "", "model name the LLM server knows, e.g. llama3.1:8b"),
+    Field("llm_api_key", str, lambda: "", "API key for an OpenAI-compatible server", secret=True),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -77,10 +106,29 @@ class Config:
     write_batch: int
     max_attempts: int
     log_level: str
+    host: str
+    port: int
+    base_path: str
+    max_per_artist: int
+    hnsw_threshold: int
+    playlist_dir: str
+    llm_provider: str
+    llm_url: str
+    llm_model: str
+    llm_api_key: str
 
     @property
     def db_path(self) -> Path:
         return Path(self.data_dir) / "musegate.db"
+
+    @property
+    def index_path(self) -> Path:
+        """The FAISS index is derived data, so it lives beside the database it is built from."""
+        return Path(self.data_dir) / "musegate.index"
+
+    @property
+    def playlist_path(self) -> Path:
+        return Path(self.playlist_dir) if self.playlist_dir else Path(self.data_dir) / "playlists"
 
     def replace(self, **changes: Any) -> Config:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -104,6 +152,8 @@ def _coerce(field: Field, value: Any, source: str) -> Any:
             raise bad("expected an integer") from None
         if field.minimum is not None and value < field.minimum:
             raise bad(f"must be at least {field.minimum}")
+        if field.maximum is not None and value > field.maximum:
+            raise bad(f"must be at most {field.maximum}")
     elif field.kind is str:
         if not isinstance(value, str):
             raise bad("expected a string")
@@ -112,6 +162,10 @@ def _coerce(field: Field, value: Any, source: str) -> Any:
             if candidate not in field.choices:
                 raise bad(f"must be one of {', '.join(field.choices)}")
             value = candidate
+        if field.name == "base_path":
+            value = "/" + value.strip().strip("/") if value.strip().strip("/") else ""
+            if any(c in value for c in "?#{} "):
+                raise bad("must be a plain URL path such as /musegate")
     return value
 
 

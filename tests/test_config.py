@@ -28,7 +28,7 @@ def test_section_table_is_accepted(tmp_path: Path) -> None:
     [
         ({"MUSEGATE_WORKERS": "many"}, "workers = 'many' (from environment MUSEGATE_WORKERS)"),
         ({"MUSEGATE_WORKERS": "0"}, "must be at least 1"),
-        ({"MUSEGATE_ANALYSIS_MODE": "fast"}, "analysis_mode = 'fast'"),
+        ({"MUSEGATE_ANALYSIS_MODE": "quick"}, "analysis_mode = 'quick'"),
         ({"MUSEGATE_COLOUR": "blue"}, "colour (from environment MUSEGATE_COLOUR): unknown"),
     ],
 )

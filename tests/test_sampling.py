@@ -55,4 +55,4 @@ def test_log_mel_is_compressed_power() -> None:
 def test_plan_for_mode() -> None:
     assert plan_for_mode("full") is FULL and plan_for_mode("sampled") is DEFAULT
     with pytest.raises(ValueError, match="unknown analysis mode"):
-        plan_for_mode("fast")
+        plan_for_mode("quick")

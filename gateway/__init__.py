@@ -1,0 +1,1 @@
+"""The web face of musegate: its JSON API (and, later, the proxy) in one aiohttp app."""

@@ -1,0 +1,124 @@
+"""The aiohttp application: one factory, typed state, resources with a lifetime.
+
+``create_app`` wires the store, the loaded library (catalogue + FAISS index),
+the background jobs and the library source into one ``web.Application``. The
+store and the library live exactly as long as the app (``cleanup_ctx``), so
+tests, ``musegate serve`` and later the proxy all get the same wiring. The
+proxy and protocol handlers of later issues add their routes to this same app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from adapters.folder import FolderAdapter
+from analysis.store import LibraryStore
+from gateway import api, compat, keys
+from gateway.jobs import JobManager
+from gateway.params import ApiError, error_response
+from musegate.config import Config
+from musegate.services import LibraryService
+
+log = logging.getLogger(__name__)
+
+# How often the server looks for new or changed analyses (a cheap query).
+REFRESH_SECONDS = 30.0
+
+_DEFAULT: Any = object()
+
+
+def default_adapter(config: Config) -> Any:
+    """The configured library source, or None when there is none (API features still work)."""
+    if config.library_path:
+        return FolderAdapter(config.library_path, playlist_dir=config.playlist_path)
+    return None
+
+
+def _is_api(request: web.Request, base: str) -> bool:
+    path = request.path
+    return path.startswith(f"{base}/api") or path.lower().startswith("/audiomuseai/")
+
+
+def error_middleware(base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, exc.field)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and _is_api(request, base):
+                return error_response(exc.status, exc.reason)
+            raise
+        except Exception:
+            if not _is_api(request, base):
+                raise
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(500, "internal error; see the server log")
+
+    return middleware
+
+
+def create_app(
+    config: Config,
+    *,
+    adapter: Any = _DEFAULT,
+    refresh_seconds: float | None = REFRESH_SECONDS,
+) -> web.Application:
+    """The whole musegate web application for ``config``.
+
+    ``adapter`` overrides the library source (tests pass fakes); ``refresh_seconds``
+    None turns the background reload off (tests call ``service.refresh()`` instead).
+    """
+    base = config.base_path
+    app = web.Application(middlewares=[error_middleware(base)])
+    app[keys.CONFIG] = config
+    app[keys.ADAPTER] = default_adapter(config) if adapter is _DEFAULT else adapter
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        store = await LibraryStore.open(config.db_path)
+        jobs = JobManager()
+        watcher: asyncio.Task[None] | None = None
+        try:
+            service = LibraryService(store, config)
+            await service.refresh(force=True)
+            app[keys.STORE] = store
+            app[keys.SERVICE] = service
+            app[keys.JOBS] = jobs
+            if refresh_seconds:
+                watcher = asyncio.create_task(service.watch(refresh_seconds))
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await jobs.close()
+            await store.close()
+
+    app.cleanup_ctx.append(lifetime)
+    for method, path, handler in api.routes(base) + compat.routes(base):
+        app.router.add_route(method, path, handler)
+    return app
+
+
+async def serve(config: Config) -> None:
+    """Run until cancelled (Ctrl-C): what ``musegate serve`` does."""
+    runner = web.AppRunner(create_app(config))
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    print(f"musegate listening on http://{config.host}:{config.port}{config.base_path}/api "
+          f"(OpenAPI at {config.base_path}/api/openapi.json)", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

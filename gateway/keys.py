@@ -1,0 +1,19 @@
+"""Typed application state shared by the handlers (aiohttp ``AppKey``s)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from analysis.store import LibraryStore
+from gateway.jobs import JobManager
+from musegate.config import Config
+from musegate.services import LibraryService
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", LibraryStore)
+SERVICE = web.AppKey("service", LibraryService)
+JOBS = web.AppKey("jobs", JobManager)
+# The library source (FolderAdapter today): playlists are written and history read through it.
+ADAPTER = web.AppKey("adapter", Any)

@@ -1,0 +1,377 @@
+"""The FAISS index every similarity feature searches, with persistence that never crashes.
+
+Exact inner-product search (``IndexFlatIP`` on L2-normalised vectors, so the
+score is cosine similarity) is fast enough and has perfect recall up to about
+100k tracks; above ``hnsw_threshold`` an HNSW graph keeps queries in the
+millisecond range at a small recall cost. Both sit behind one interface.
+
+FAISS labels are internal *positions*, not track ids: ``_ids[pos]`` maps back.
+The flat index removes vectors for real (positions shift, ``_ids`` shifts with
+them); HNSW cannot delete from its graph, so removed positions become
+tombstones that searches skip through an ``IDSelector`` until enough pile up to
+justify a rebuild.
+
+The index is derived data. Its file is a small header, the id column and the
+serialised FAISS index, closed by a SHA-256 of everything before it, so a
+truncated or damaged file is detected and the caller rebuilds from the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+MAGIC = b"MUSEGATE-INDEX\x00\x01"
+FORMAT_VERSION = 1
+DEFAULT_HNSW_THRESHOLD = 100_000
+_DIGEST = 32
+# Rebuild the HNSW graph once this share of its nodes are tombstones: filtered
+# graph search loses recall and speed as dead nodes accumulate.
+_MAX_DEAD_SHARE = 0.2
+
+
+def _as_matrix(vectors: np.ndarray) -> np.ndarray:
+    m = np.ascontiguousarray(vectors, dtype=np.float32)
+    return m[None, :] if m.ndim == 1 else m
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Queries are normalised so returned scores are cosines whatever the caller passed."""
+    m = _as_matrix(vectors)
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return np.ascontiguousarray(m / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+class SimilarityIndex:
+    """Cosine search over (track id, L2-normalised vector) pairs; exact or HNSW by size."""
+
+    def __init__(
+        self,
+        dim: int,
+        hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 96,
+    ) -> None:
+        self.dim = int(dim)
+        self.hnsw_threshold = int(hnsw_threshold)
+        self.hnsw_m = int(hnsw_m)
+        self.ef_construction = int(ef_construction)
+        self.ef_search = int(ef_search)
+        self._ids = np.zeros(0, np.int64)
+        self._alive = np.zeros(0, bool)
+        self._pos: dict[int, int] = {}
+        self._index: faiss.Index = self._empty("flat")
+
+    # construction -----------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+        **params: int,
+    ) -> SimilarityIndex:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        matrix = _as_matrix(vectors)
+        if len(ids) != len(matrix):
+            raise ValueError(f"{len(ids)} ids for {len(matrix)} vectors")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("track ids must be unique")
+        dim = matrix.shape[1] if matrix.size else 200
+        index = cls(dim, hnsw_threshold, **params)
+        index._reset(ids, matrix)
+        return index
+
+    def _empty(self, kind: str) -> faiss.Index:
+        if kind == "hnsw":
+            graph = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = self.ef_construction
+            graph.hnsw.efSearch = self.ef_search
+            return graph
+        return faiss.IndexFlatIP(self.dim)
+
+    def _reset(self, ids: np.ndarray, matrix: np.ndarray) -> None:
+        kind = "hnsw" if len(ids) > self.hnsw_threshold else "flat"
+        self._index = self._empty(kind)
+        if len(ids):
+            self._index.add(matrix)
+        self._ids = ids.copy()
+        self._alive = np.ones(len(ids), bool)
+        self._pos = {int(t): i for i, t in enumerate(ids)}
+
+    def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        live = np.flatnonzero(self._alive)
+        if not len(live):
+            return self._ids[:0], np.zeros((0, self.dim), np.float32)
+        everything = self._index.reconstruct_n(0, self._index.ntotal)
+        return self._ids[live], np.ascontiguousarray(everything[live])
+
+    # properties -------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """"flat" (exact) or "hnsw" (approximate), for status pages and tests."""
+        return "hnsw" if isinstance(self._index, faiss.IndexHNSWFlat) else "flat"
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Live track ids in index order."""
+        return self._ids[self._alive]
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def __contains__(self, track_id: object) -> bool:
+        try:
+            return int(track_id) in self._pos  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def vector(self, track_id: int) -> np.ndarray:
+        """The stored vector of ``track_id``; KeyError when it is not indexed."""
+        return self._index.reconstruct(self._pos[int(track_id)])
+
+    def memory_bytes(self) -> int:
+        """Approximate resident size, for the status page and the docs' sizing table."""
+        n = self._index.ntotal
+        size = n * self.dim * 4 + n * 8
+        if self.kind == "hnsw":
+            # level-0 links are 2*M int32 per node, upper levels add ~1/M of that again
+            size += int(n * self.hnsw_m * 2 * 4 * (1 + 1 / self.hnsw_m)) + n * 8
+        return size
+
+    # search -----------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` cosines and track ids per query, best first; missing slots are -1 / -inf."""
+        q = _unit(queries)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query has {q.shape[1]} dimensions, index has {self.dim}")
+        k = int(k)
+        sims = np.full((len(q), max(k, 0)), -np.inf, np.float32)
+        out = np.full((len(q), max(k, 0)), -1, np.int64)
+        if k <= 0 or not len(self):
+            return sims, out
+        want = min(k, len(self))
+        dead = np.flatnonzero(~self._alive)
+        if len(dead):
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, want))
+            d, pos = self._index.search(q, want, params=params)
+        elif self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, want))
+            d, pos = self._index.search(q, want, params=params)
+        else:
+            d, pos = self._index.search(q, want)
+        found = pos >= 0
+        sims[:, :want] = np.where(found, d, -np.inf)
+        out[:, :want] = np.where(found, self._ids[np.where(found, pos, 0)], -1)
+        return sims, out
+
+    # maintenance ------------------------------------------------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Index new analyses; an id already present is replaced (its analysis changed)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        matrix = _as_matrix(vectors)
+        if len(ids) != len(matrix):
+            raise ValueError(f"{len(ids)} ids for {len(matrix)} vectors")
+        if not len(ids):
+            return
+        if matrix.shape[1] != self.dim:
+            raise ValueError(f"vectors have {matrix.shape[1]} dimensions, index has {self.dim}")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("track ids must be unique")
+        replaced = [int(t) for t in ids if int(t) in self._pos]
+        if replaced:
+            self.remove(np.array(replaced, np.int64))
+        if len(self) + len(ids) > self.hnsw_threshold and self.kind == "flat":
+            old_ids, old_vectors = self._live_vectors()
+            self._reset(np.concatenate([old_ids, ids]), np.concatenate([old_vectors, matrix]))
+            return
+        start = self._index.ntotal
+        self._index.add(matrix)
+        self._ids = np.concatenate([self._ids, ids])
+        self._alive = np.concatenate([self._alive, np.ones(len(ids), bool)])
+        self._pos.update({int(t): start + i for i, t in enumerate(ids)})
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Forget tracks that left the library; unknown ids are ignored. Returns how many went."""
+        positions = np.array(
+            sorted({self._pos[int(t)] for t in np.asarray(ids).reshape(-1) if int(t) in self._pos}),
+            dtype=np.int64,
+        )
+        if not len(positions):
+            return 0
+        if self.kind == "flat":
+            self._index.remove_ids(faiss.IDSelectorBatch(positions))
+            keep = np.ones(len(self._ids), bool)
+            keep[positions] = False
+            self._ids = self._ids[keep]
+            self._alive = self._alive[keep]
+            self._pos = {int(t): i for i, t in enumerate(self._ids)}
+        else:
+            self._alive[positions] = False
+            for p in positions:
+                del self._pos[int(self._ids[p])]
+            dead_share = 1.0 - len(self._pos) / max(len(self._ids), 1)
+            if dead_share > _MAX_DEAD_SHARE or len(self._pos) <= self.hnsw_threshold // 2:
+                self._reset(*self._live_vectors())
+        return len(positions)
+
+    # persistence ------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temp file + rename) so a crash mid-write leaves the old file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = json.dumps({
+            "format": FORMAT_VERSION,
+            "dim": self.dim,
+            "hnsw_threshold": self.hnsw_threshold,
+            "hnsw_m": self.hnsw_m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "count": len(self._ids),
+        }).encode()
+        body = b"".join([
+            MAGIC,
+            struct.pack("<I", len(header)),
+            header,
+            self._ids.astype("<i8").tobytes(),
+            np.packbits(self._alive).tobytes(),
+            faiss.serialize_index(self._index).tobytes(),
+        ])
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(body)
+            fh.write(hashlib.sha256(body).digest())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        expected_ids: np.ndarray | None = None,
+        expected_vectors: np.ndarray | None = None,
+    ) -> SimilarityIndex | None:
+        """The saved index, or None when it is missing, corrupt or stale (caller rebuilds)."""
+        index, _ = _load_checked(Path(path), expected_ids, expected_vectors)
+        return index
+
+
+def _load_checked(
+    path: Path, expected_ids: np.ndarray | None, expected_vectors: np.ndarray | None
+) -> tuple[SimilarityIndex | None, str]:
+    """Load and say why not; every failure is a reason string, never an exception."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as exc:
+        return None, f"unreadable ({exc.__class__.__name__})"
+    try:
+        index = _parse(data)
+    except Exception as exc:  # noqa: BLE001 - any damage at all means "rebuild"
+        return None, f"corrupt ({exc})"
+    if expected_ids is not None:
+        expected = np.sort(np.asarray(expected_ids, dtype=np.int64).reshape(-1))
+        if not np.array_equal(np.sort(index.ids), expected):
+            return None, f"stale (index has {len(index)} tracks, store has {len(expected)})"
+    if expected_vectors is not None and len(index):
+        reason = _vectors_differ(index, expected_ids, expected_vectors)
+        if reason:
+            return None, reason
+    return index, "loaded"
+
+
+def _vectors_differ(
+    index: SimilarityIndex, ids: np.ndarray | None, vectors: np.ndarray
+) -> str | None:
+    """Spot-check a few vectors: re-analysis with a new model keeps ids but changes vectors."""
+    matrix = _as_matrix(vectors)
+    if matrix.shape[1] != index.dim:
+        return f"stale (index has {index.dim} dimensions, store has {matrix.shape[1]})"
+    if ids is None:
+        return None
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    picks = np.unique(np.linspace(0, len(ids) - 1, num=min(len(ids), 64)).astype(np.int64))
+    stored = np.stack([index.vector(int(ids[p])) for p in picks])
+    if not np.allclose(stored, matrix[picks], atol=1e-5):
+        return "stale (vectors changed since the index was saved)"
+    return None
+
+
+def _parse(data: bytes) -> SimilarityIndex:
+    if len(data) < len(MAGIC) + 4 + _DIGEST or not data.startswith(MAGIC):
+        raise ValueError("not a musegate index file")
+    body, digest = data[:-_DIGEST], data[-_DIGEST:]
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError("checksum mismatch")
+    offset = len(MAGIC)
+    (header_len,) = struct.unpack_from("<I", body, offset)
+    offset += 4
+    header = json.loads(body[offset : offset + header_len])
+    offset += header_len
+    if header.get("format") != FORMAT_VERSION:
+        raise ValueError(f"format {header.get('format')} is not {FORMAT_VERSION}")
+    count = int(header["count"])
+    ids = np.frombuffer(body, dtype="<i8", count=count, offset=offset).astype(np.int64)
+    offset += 8 * count
+    n_bits = (count + 7) // 8
+    alive = np.unpackbits(np.frombuffer(body, np.uint8, n_bits, offset), count=count).astype(bool)
+    offset += n_bits
+    faiss_index = faiss.deserialize_index(np.frombuffer(body[offset:], dtype=np.uint8))
+    if faiss_index.ntotal != count or faiss_index.d != int(header["dim"]):
+        raise ValueError("index does not match its id column")
+    index = SimilarityIndex(
+        int(header["dim"]),
+        int(header["hnsw_threshold"]),
+        int(header["hnsw_m"]),
+        int(header["ef_construction"]),
+        int(header["ef_search"]),
+    )
+    index._index = faiss_index
+    if isinstance(faiss_index, faiss.IndexHNSWFlat):
+        faiss_index.hnsw.efSearch = index.ef_search
+    index._ids = ids
+    index._alive = alive
+    index._pos = {int(t): int(i) for i, t in zip(np.flatnonzero(alive), ids[alive], strict=True)}
+    if len(index._pos) != int(alive.sum()):
+        raise ValueError("duplicate track ids")
+    return index
+
+
+def load_or_build(
+    path: str | os.PathLike[str],
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+) -> tuple[SimilarityIndex, str]:
+    """The saved index when it matches the store, else a fresh one (saved); never raises on a bad file."""
+    path = Path(path)
+    index, reason = _load_checked(path, ids, vectors)
+    if index is not None:
+        if (index.kind == "hnsw") != (len(index) > hnsw_threshold):
+            reason = "rebuilt: index kind does not match the size threshold"
+        else:
+            index.hnsw_threshold = int(hnsw_threshold)
+            return index, "loaded"
+    else:
+        reason = f"rebuilt: {reason}"
+    index = SimilarityIndex.build(ids, vectors, hnsw_threshold)
+    try:
+        index.save(path)
+    except OSError as exc:
+        reason += f" (not saved: {exc.__class__.__name__})"
+    return index, reason

@@ -1,0 +1,204 @@
+"""The rules every playlist obeys: no duplicate recordings, a cap per artist, best first.
+
+Similar songs, paths, alchemy and the fingerprint all end the same way — a
+ranked stream of candidates is thinned into a playlist — so the rules live
+here once. A "duplicate" is the same recording in another encoding or cut
+(a FLAC and an MP3 of one song, a remaster): users never want those offered as
+"similar", and they would crowd out real neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.catalogue import Catalogue, normalise_text
+from index.faiss_index import SimilarityIndex
+
+DUPLICATE_COSINE = 0.995
+DUPLICATE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Match:
+    track_id: int
+    similarity: float  # cosine to the query, best first
+
+
+def _text_keys(cat: Catalogue) -> list[str]:
+    """Normalised "title|artist" per row, cached on the catalogue (rebuilt, never mutated)."""
+    cached = cat.__dict__.get("_musegate_text_keys")
+    if cached is None or len(cached) != len(cat):
+        cached = [
+            f"{normalise_text(t)}|{normalise_text(a)}" if normalise_text(t) else ""
+            for t, a in zip(cat.titles, cat.artists, strict=True)
+        ]
+        cat.__dict__["_musegate_text_keys"] = cached
+    return cached
+
+
+def artist_keys(cat: Catalogue) -> list[str]:
+    """Normalised artist per row ("" = unknown, which is never capped: we cannot tell them apart)."""
+    cached = cat.__dict__.get("_musegate_artist_keys")
+    if cached is None or len(cached) != len(cat):
+        cached = [normalise_text(a) for a in cat.artists]
+        cat.__dict__["_musegate_artist_keys"] = cached
+    return cached
+
+
+def duplicate_of(cat: Catalogue, row_a: int, row_b: int) -> bool:
+    """Same recording: near-identical embedding, or same title+artist within 3 s of duration."""
+    if row_a == row_b:
+        return True
+    if float(cat.vectors[row_a] @ cat.vectors[row_b]) >= DUPLICATE_COSINE:
+        return True
+    keys = _text_keys(cat)
+    return (
+        bool(keys[row_a])
+        and keys[row_a] == keys[row_b]
+        and abs(float(cat.duration[row_a]) - float(cat.duration[row_b])) <= DUPLICATE_SECONDS
+    )
+
+
+class PlaylistBuilder:
+    """Accepts candidates in rank order and keeps those the playlist rules allow.
+
+    ``blockers`` are rows that are not in the playlist but whose duplicates must
+    not enter it either (the seed songs, songs already played).
+    ``counted`` rows are already in the playlist (path anchors): they count
+    towards the artist cap and block their duplicates.
+    """
+
+    def __init__(
+        self,
+        cat: Catalogue,
+        max_per_artist: int = 3,
+        blockers: Iterable[int] = (),
+        counted: Iterable[int] = (),
+    ) -> None:
+        self.cat = cat
+        self.max_per_artist = max_per_artist
+        self._artists = artist_keys(cat)
+        self._texts = _text_keys(cat)
+        self._used: set[int] = set()
+        self._per_artist: dict[str, int] = {}
+        self._by_text: dict[str, list[float]] = {}
+        # vectors of every guarded row in a growing buffer: one GEMV per duplicate check
+        self._guard_vecs = np.zeros((16, cat.vectors.shape[1]), np.float32)
+        self._n_guard = 0
+        self.rows: list[int] = []
+        for r in blockers:
+            self._guard(int(r))
+        for r in counted:
+            self._guard(int(r))
+            self._count_artist(int(r), +1)
+
+    def _guard(self, row: int) -> None:
+        self._used.add(row)
+        if self._n_guard == len(self._guard_vecs):
+            self._guard_vecs = np.concatenate([self._guard_vecs, np.zeros_like(self._guard_vecs)])
+        self._guard_vecs[self._n_guard] = self.cat.vectors[row]
+        self._n_guard += 1
+        if self._texts[row]:
+            self._by_text.setdefault(self._texts[row], []).append(float(self.cat.duration[row]))
+
+    def _count_artist(self, row: int, delta: int) -> None:
+        artist = self._artists[row]
+        if artist:
+            self._per_artist[artist] = self._per_artist.get(artist, 0) + delta
+
+    def allows(self, row: int) -> bool:
+        if row in self._used:
+            return False
+        artist = self._artists[row]
+        if artist and self.max_per_artist > 0 and self._per_artist.get(artist, 0) >= self.max_per_artist:
+            return False
+        key = self._texts[row]
+        if key and key in self._by_text:
+            duration = float(self.cat.duration[row])
+            if any(abs(duration - d) <= DUPLICATE_SECONDS for d in self._by_text[key]):
+                return False
+        if self._n_guard:
+            sims = self._guard_vecs[: self._n_guard] @ self.cat.vectors[row]
+            if float(sims.max()) >= DUPLICATE_COSINE:
+                return False
+        return True
+
+    def offer(self, row: int) -> bool:
+        """Take ``row`` if the rules allow it; say whether it was taken."""
+        if not self.allows(row):
+            return False
+        self._guard(row)
+        self._count_artist(row, +1)
+        self.rows.append(row)
+        return True
+
+
+def rank_order(track_ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """Best first, ties by track id, so equal input gives equal output on every run."""
+    return np.lexsort((track_ids, -np.round(sims.astype(np.float64), 6)))
+
+
+def select_neighbours(
+    cat: Catalogue,
+    index: SimilarityIndex,
+    query: np.ndarray,
+    n: int,
+    max_per_artist: int = 3,
+    blockers: Collection[int] = (),
+    exclude_rows: Collection[int] = (),
+    allowed: np.ndarray | None = None,
+    accept: Callable[[int], bool] | None = None,
+) -> list[Match]:
+    """The ``n`` best rows for ``query`` under the playlist rules.
+
+    With an ``allowed`` mask (a mood filter, say) the allowed rows are scored
+    exactly with one matrix product, since the ANN index cannot filter on tags;
+    otherwise the index is asked for a growing candidate pool until ``n`` pass.
+    """
+    q = np.asarray(query, np.float32).reshape(-1)
+    norm = float(np.linalg.norm(q))
+    if norm > 0:
+        q = q / norm
+    skip = {int(r) for r in exclude_rows}
+    matches: list[Match] = []
+    builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers)
+    if n <= 0 or not len(cat):
+        return matches
+
+    def consume(rows: np.ndarray, sims: np.ndarray) -> None:
+        for r, s in zip(rows, sims, strict=True):
+            r = int(r)
+            if r in skip or (accept is not None and not accept(r)):
+                continue
+            if builder.offer(r):
+                matches.append(Match(int(cat.ids[r]), float(s)))
+                if len(matches) >= n:
+                    return
+
+    if allowed is not None:
+        rows = np.flatnonzero(allowed)
+        sims = cat.vectors[rows] @ q
+        order = rank_order(cat.ids[rows], sims)
+        consume(rows[order], sims[order])
+        return matches
+
+    k = min(len(index), max(4 * n + len(blockers) + len(skip), 32))
+    while True:
+        sims, ids = index.search(q, k)
+        found = ids[0] >= 0
+        ids, sims = ids[0][found], sims[0][found]
+        known = np.array([cat.has(int(t)) for t in ids], bool)
+        ids, sims = ids[known], sims[known]
+        order = rank_order(ids, sims)
+        rows = cat.rows(ids[order]) if len(ids) else np.zeros(0, np.int64)
+        # Re-rank the whole pool each round so ties at the old pool edge resolve by id.
+        matches.clear()
+        builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers)
+        consume(rows, sims[order])
+        if len(matches) >= n or k >= len(index):
+            break
+        k = min(len(index), k * 4)
+    return matches

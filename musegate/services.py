@@ -1,0 +1,253 @@
+"""The loaded library every feature reads: catalogue + similarity index, kept fresh.
+
+The server and the CLI both need "the analysed library as arrays, plus its
+FAISS index, matching the store". Loading that is the slow part (one query,
+one array build, an index load or rebuild), so it happens once and is then
+refreshed only when the store's analyses change. Readers get an immutable
+snapshot; an index that must change in place (HNSW, too costly to rebuild on
+every new analysis) is only touched while no reader holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from analysis.store import LibraryStore
+from index.catalogue import Catalogue, CatalogueRow, normalise_text
+from index.faiss_index import SimilarityIndex, load_or_build
+from musegate.config import Config
+from musegate.library import analyzer_settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Above this many changed tracks a rebuild is cheaper than add/remove one by one.
+_INCREMENTAL_LIMIT = 5_000
+
+
+@dataclass(frozen=True)
+class LibrarySnapshot:
+    """One consistent view: row i of the catalogue, the index and the id maps agree."""
+
+    catalogue: Catalogue
+    index: SimilarityIndex
+    index_status: str
+    upstream_ids: dict[int, str] = field(default_factory=dict)  # musegate id -> source's id
+    by_upstream: dict[str, int] = field(default_factory=dict)  # source's id -> musegate id
+    signature: tuple[Any, ...] = ()
+
+    def ids_of_album(self, album: str, artist: str | None = None) -> list[int]:
+        """Analysed tracks of an album (matched loosely: case, accents and '(Remastered)' ignored)."""
+        want = normalise_text(album)
+        want_artist = normalise_text(artist) if artist else None
+        cat = self.catalogue
+        return [
+            int(cat.ids[i])
+            for i, name in enumerate(cat.albums)
+            if want and normalise_text(name) == want
+            and (want_artist is None or normalise_text(cat.artists[i]) == want_artist)
+        ]
+
+    def ids_of_artist(self, artist: str) -> list[int]:
+        want = normalise_text(artist)
+        cat = self.catalogue
+        return [int(cat.ids[i]) for i, a in enumerate(cat.artists) if want and normalise_text(a) == want]
+
+    def resolve_id(self, value: Any) -> int | None:
+        """A musegate track id, or the source's own id (what AudioMuse-AI clients send)."""
+        text = str(value).strip()
+        if text in self.by_upstream:
+            return self.by_upstream[text]
+        if text.lstrip("-").isdigit() and self.catalogue.has(int(text)):
+            return int(text)
+        return None
+
+
+class ReadWriteLock:
+    """Many concurrent readers or one writer; writers wait for readers to leave."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writing = False
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writing)
+            self._writing = True
+            await self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class LibraryService:
+    """Owns the current snapshot; ``refresh()`` reloads it when the analyses changed."""
+
+    def __init__(self, store: LibraryStore, config: Config) -> None:
+        self.store = store
+        self.config = config
+        self.version = analyzer_settings(config).version
+        self._snapshot: LibrarySnapshot | None = None
+        self._lock = ReadWriteLock()
+        self._refreshing = asyncio.Lock()
+
+    @property
+    def snapshot(self) -> LibrarySnapshot:
+        if self._snapshot is None:
+            raise RuntimeError("library not loaded: call `await service.refresh()` first")
+        return self._snapshot
+
+    async def signature(self) -> tuple[Any, ...]:
+        """Cheap fingerprint of the current analyses; any add, remove or re-analysis changes it.
+
+        LibraryStore offers no such query yet, so this reads its connection directly.
+        """
+        db = self.store._db  # noqa: SLF001 - see docstring
+        async with db.execute(
+            "SELECT count(*), coalesce(max(analysed_at), 0), coalesce(sum(track_id), 0)"
+            " FROM analyses WHERE version = ?",
+            (self.version,),
+        ) as cur:
+            row = await cur.fetchone()
+        return tuple(row)
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Reload when the store changed (or when ``force``); says whether anything was reloaded."""
+        async with self._refreshing:
+            sig = await self.signature()
+            old = self._snapshot
+            if old is not None and not force and sig == old.signature:
+                return False
+            rows = await self.store.analysed(self.version)
+            catalogue = await asyncio.to_thread(
+                Catalogue.from_rows,
+                [
+                    CatalogueRow(
+                        track_id=a.track.id or 0,
+                        embedding=a.embedding,
+                        features=a.features,
+                        title=a.track.title,
+                        artist=a.track.artist,
+                        album=a.track.album,
+                        duration=a.track.duration,
+                    )
+                    for a in rows
+                ],
+            )
+            upstream = {int(a.track.id or 0): a.track.upstream_id for a in rows}
+            by_upstream = {u: i for i, u in upstream.items()}
+            index, status = await self._index_for(old, catalogue)
+            self._snapshot = LibrarySnapshot(
+                catalogue, index, status, upstream, by_upstream, sig
+            )
+            log.info("library loaded: %d analysed tracks, index %s (%s)",
+                     len(catalogue), index.kind, status)
+            return True
+
+    async def _index_for(
+        self, old: LibrarySnapshot | None, cat: Catalogue
+    ) -> tuple[SimilarityIndex, str]:
+        path = self.config.index_path
+        threshold = self.config.hnsw_threshold
+        if old is None or old.index.kind == "flat":
+            # An exact index is a plain copy of the vectors: rebuilding it is cheaper than diffing.
+            if old is None:
+                return await asyncio.to_thread(load_or_build, path, cat.ids, cat.vectors, threshold)
+            index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            await asyncio.to_thread(_save_quietly, index, path)
+            return index, "rebuilt: analyses changed"
+        gone, changed = _diff(old.catalogue, cat)
+        if len(gone) + len(changed) > _INCREMENTAL_LIMIT:
+            index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            status = "rebuilt: many analyses changed"
+        else:
+            index = old.index
+            rows = cat.rows(changed) if len(changed) else np.zeros(0, np.int64)
+            async with self._lock.write():
+                await asyncio.to_thread(index.remove, gone)
+                await asyncio.to_thread(index.add, changed, cat.vectors[rows])
+            status = f"updated: {len(changed)} added or changed, {len(gone)} removed"
+        await asyncio.to_thread(_save_quietly, index, path)
+        return index, status
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[LibrarySnapshot]:
+        """The snapshot, guaranteed not to be mutated until the block ends."""
+        async with self._lock.read():
+            yield self.snapshot
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a pure feature function on the snapshot in a worker thread (the loop stays free)."""
+        async with self.reading() as snap:
+            return await asyncio.to_thread(fn, snap.catalogue, snap.index, *args, **kwargs)
+
+    async def watch(self, interval: float) -> None:
+        """Poll the store and refresh forever (cancel to stop); errors are logged, not fatal."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a failed refresh keeps the old snapshot
+                log.exception("refreshing the library failed; keeping the previous one")
+
+
+def _diff(old: Catalogue, new: Catalogue) -> tuple[np.ndarray, np.ndarray]:
+    """(ids that left, ids that are new or whose vector changed) between two catalogues."""
+    gone = np.setdiff1d(old.ids, new.ids)
+    added = np.setdiff1d(new.ids, old.ids)
+    common = np.intersect1d(old.ids, new.ids)
+    if len(common):
+        differs = ~np.all(
+            np.isclose(old.vectors[old.rows(common)], new.vectors[new.rows(common)], atol=1e-6),
+            axis=1,
+        )
+        changed = np.concatenate([added, common[differs]])
+    else:
+        changed = added
+    return gone.astype(np.int64), np.sort(changed).astype(np.int64)
+
+
+def _save_quietly(index: SimilarityIndex, path: Any) -> None:
+    try:
+        index.save(path)
+    except OSError as exc:
+        log.warning("could not save the index to %s: %s (it will be rebuilt next start)", path, exc)
+
+
+async def open_service(store: LibraryStore, config: Config) -> LibraryService:
+    service = LibraryService(store, config)
+    await service.refresh(force=True)
+    return service
+
+
+def unique_ids(values: Sequence[int]) -> list[int]:
+    """Order-preserving de-duplication (a seed named twice is still one seed)."""
+    seen: set[int] = set()
+    return [v for v in values if not (v in seen or seen.add(v))]

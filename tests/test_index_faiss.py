@@ -1,0 +1,189 @@
+"""The similarity index: exact/HNSW switching, add/remove, and persistence that never crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.faiss_index import SimilarityIndex, load_or_build
+from tests.catalogue_factory import make_library
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return make_library(n_clusters=6, per_cluster=50, spread=0.6, seed=3)
+
+
+def test_exact_search_finds_itself_first_with_cosine_scores(lib) -> None:
+    cat = lib.cat
+    index = SimilarityIndex.build(cat.ids, cat.vectors)
+    assert index.kind == "flat"
+    assert len(index) == len(cat)
+    sims, ids = index.search(cat.vectors[:4], 5)
+    assert sims.shape == ids.shape == (4, 5)
+    assert list(ids[:, 0]) == list(cat.ids[:4])
+    assert np.allclose(sims[:, 0], 1.0, atol=1e-5)
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+    expected = cat.vectors[:4] @ cat.vectors.T
+    assert np.allclose(sims[:, 1], np.sort(expected, axis=1)[:, -2], atol=1e-5)
+
+
+def test_single_query_and_missing_slots(lib) -> None:
+    cat = lib.cat
+    index = SimilarityIndex.build(cat.ids[:3], cat.vectors[:3])
+    sims, ids = index.search(cat.vectors[0] * 7.0, 5)  # scale does not change the cosine
+    assert ids.shape == (1, 5)
+    assert ids[0, 0] == cat.ids[0] and np.isclose(sims[0, 0], 1.0, atol=1e-5)
+    assert list(ids[0, 3:]) == [-1, -1]
+    assert np.all(np.isneginf(sims[0, 3:]))
+    empty = SimilarityIndex.build(np.zeros(0, np.int64), np.zeros((0, 200), np.float32))
+    assert len(empty) == 0
+    assert list(empty.search(cat.vectors[0], 2)[1][0]) == [-1, -1]
+
+
+def test_hnsw_above_threshold_gives_the_same_top_results_on_clustered_data(lib) -> None:
+    cat = lib.cat
+    flat = SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=10_000)
+    hnsw = SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=50)
+    assert (flat.kind, hnsw.kind) == ("flat", "hnsw")
+    queries = cat.vectors[::7]
+    _, exact = flat.search(queries, 10)
+    _, approx = hnsw.search(queries, 10)
+    assert np.array_equal(exact[:, 0], approx[:, 0])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx, strict=True)])
+    assert recall >= 0.95
+
+
+def test_add_switches_to_hnsw_at_the_threshold_and_keeps_everything(lib) -> None:
+    cat = lib.cat
+    index = SimilarityIndex.build(cat.ids[:40], cat.vectors[:40], hnsw_threshold=100)
+    assert index.kind == "flat"
+    index.add(cat.ids[40:100], cat.vectors[40:100])
+    assert index.kind == "flat" and len(index) == 100
+    index.add(cat.ids[100:], cat.vectors[100:])
+    assert index.kind == "hnsw" and len(index) == len(cat)
+    assert all(int(t) in index for t in cat.ids)
+    _, ids = index.search(cat.vectors[150], 1)
+    assert ids[0, 0] == cat.ids[150]
+
+
+def test_add_replaces_a_reanalysed_track(lib) -> None:
+    cat = lib.cat
+    index = SimilarityIndex.build(cat.ids[:20], cat.vectors[:20])
+    index.add(cat.ids[:1], cat.vectors[30:31])
+    assert len(index) == 20
+    assert np.allclose(index.vector(int(cat.ids[0])), cat.vectors[30])
+    with pytest.raises(ValueError):
+        index.add(cat.ids[:2], cat.vectors[:1])
+
+
+@pytest.mark.parametrize("threshold", [10_000, 50])
+def test_removed_tracks_are_never_returned(lib, threshold: int) -> None:
+    cat = lib.cat
+    index = SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=threshold)
+    gone = cat.ids[:30]
+    assert index.remove(np.concatenate([gone, [999_999]])) == 30
+    assert index.remove(gone) == 0
+    assert len(index) == len(cat) - 30
+    assert not any(int(t) in index for t in gone)
+    assert 999_999 not in index and "nonsense" not in index
+    _, ids = index.search(cat.vectors[:30], 20)
+    assert not set(ids.ravel()) & set(gone.tolist())
+    _, ids = index.search(cat.vectors[40], 1)
+    assert ids[0, 0] == cat.ids[40]
+    # after many removals the HNSW graph is rebuilt without tombstones
+    index.remove(cat.ids[30:150])
+    assert len(index) == len(cat) - 150
+    assert set(index.ids.tolist()) == set(cat.ids[150:].tolist())
+
+
+@pytest.mark.parametrize("threshold", [10_000, 50])
+def test_save_load_round_trip(tmp_path: Path, lib, threshold: int) -> None:
+    cat = lib.cat
+    index = SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=threshold)
+    index.remove(cat.ids[:5])  # tombstones (HNSW) survive the round trip
+    path = tmp_path / "sub" / "index.faiss"
+    index.save(path)
+    loaded = SimilarityIndex.load(path, expected_ids=cat.ids[5:])
+    assert loaded is not None
+    assert loaded.kind == index.kind and len(loaded) == len(index)
+    a = index.search(cat.vectors[::11], 8)
+    b = loaded.search(cat.vectors[::11], 8)
+    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+    assert not list(tmp_path.glob("sub/*.tmp"))
+
+
+def _saved(tmp_path: Path, lib) -> Path:
+    path = tmp_path / "index.faiss"
+    SimilarityIndex.build(lib.cat.ids, lib.cat.vectors).save(path)
+    return path
+
+
+def test_load_returns_none_for_missing_garbage_truncated_and_stale(tmp_path: Path, lib) -> None:
+    cat = lib.cat
+    assert SimilarityIndex.load(tmp_path / "nope.faiss") is None
+    path = _saved(tmp_path, lib)
+    data = path.read_bytes()
+    assert SimilarityIndex.load(path, cat.ids) is not None
+    assert SimilarityIndex.load(path, cat.ids[1:]) is None  # a track left
+    assert SimilarityIndex.load(path, np.append(cat.ids, 10_000)) is None  # a track arrived
+    (tmp_path / "garbage").write_bytes(np.random.default_rng(0).bytes(5000))
+    assert SimilarityIndex.load(tmp_path / "garbage") is None
+    (tmp_path / "truncated").write_bytes(data[: len(data) // 2])
+    assert SimilarityIndex.load(tmp_path / "truncated") is None
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    (tmp_path / "flipped").write_bytes(bytes(flipped))
+    assert SimilarityIndex.load(tmp_path / "flipped") is None
+    (tmp_path / "empty").write_bytes(b"")
+    assert SimilarityIndex.load(tmp_path / "empty") is None
+    (tmp_path / "dir").mkdir()
+    assert SimilarityIndex.load(tmp_path / "dir") is None
+
+
+def test_load_or_build_rebuilds_and_saves(tmp_path: Path, lib) -> None:
+    cat = lib.cat
+    path = tmp_path / "index.faiss"
+    index, status = load_or_build(path, cat.ids, cat.vectors)
+    assert status.startswith("rebuilt: missing")
+    assert len(index) == len(cat) and path.exists()
+    index, status = load_or_build(path, cat.ids, cat.vectors)
+    assert status == "loaded"
+
+    path.write_bytes(b"\x00garbage" * 100)
+    index, status = load_or_build(path, cat.ids, cat.vectors)
+    assert status.startswith("rebuilt: corrupt") and len(index) == len(cat)
+    assert load_or_build(path, cat.ids, cat.vectors)[1] == "loaded"
+
+    path.write_bytes(path.read_bytes()[:-100])
+    assert load_or_build(path, cat.ids, cat.vectors)[1].startswith("rebuilt: corrupt")
+
+    index, status = load_or_build(path, cat.ids[10:], cat.vectors[10:])
+    assert status.startswith("rebuilt: stale") and len(index) == len(cat) - 10
+    assert int(cat.ids[0]) not in index
+
+    changed = cat.vectors[10:].copy()
+    changed[::2] = changed[::2][:, ::-1]
+    index, status = load_or_build(path, cat.ids[10:], changed)
+    assert status.startswith("rebuilt: stale")
+    assert np.allclose(index.vector(int(cat.ids[10])), changed[0])
+
+
+def test_load_or_build_switches_kind_with_the_threshold(tmp_path: Path, lib) -> None:
+    cat = lib.cat
+    path = tmp_path / "index.faiss"
+    index, _ = load_or_build(path, cat.ids, cat.vectors, hnsw_threshold=10_000)
+    assert index.kind == "flat"
+    index, status = load_or_build(path, cat.ids, cat.vectors, hnsw_threshold=50)
+    assert status.startswith("rebuilt") and index.kind == "hnsw"
+    assert load_or_build(path, cat.ids, cat.vectors, hnsw_threshold=50)[1] == "loaded"
+
+
+def test_unwritable_location_still_gives_an_index(tmp_path: Path, lib) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    index, status = load_or_build(blocker / "index.faiss", lib.cat.ids, lib.cat.vectors)
+    assert len(index) == len(lib.cat)
+    assert "not saved" in status

@@ -1,0 +1,154 @@
+"""Song paths: endpoints, waypoints, no repeats, playlist rules, and a minimised largest jump."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from index.faiss_index import SimilarityIndex
+from index.path import (
+    PathStep,
+    SongPath,
+    _anchors,
+    _fill,
+    _Improver,
+    _targets,
+    greedy_path_baseline,
+    slerp,
+    song_path,
+)
+from index.results import duplicate_of
+from tests.catalogue_factory import make_library
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return make_library(
+        n_clusters=6, per_cluster=50, spread=0.9, artists_per_cluster=6, near_duplicates=15,
+        text_duplicates=15, seed=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def index(lib):
+    return SimilarityIndex.build(lib.cat.ids, lib.cat.vectors)
+
+
+def _check_rules(cat, path: SongPath, cap: int = 3) -> None:
+    ids = path.track_ids
+    assert len(ids) == len(set(ids)), "a song repeats"
+    rows = cat.rows(ids)
+    assert not any(duplicate_of(cat, int(a), int(b)) for a, b in itertools.combinations(rows, 2))
+    artists = [cat.artists[r] for r in rows]
+    # anchors may exceed the cap only if the caller chose them so; our fixtures never do
+    assert max(artists.count(a) for a in set(artists)) <= cap
+    v = cat.vectors[rows].astype(np.float64)
+    jumps = 1.0 - np.sum(v[:-1] * v[1:], axis=1)
+    assert path.steps[0].distance == 0.0
+    assert np.allclose([s.distance for s in path.steps[1:]], jumps, atol=1e-5)
+    assert np.isclose(path.max_jump, jumps.max(), atol=1e-6)
+    assert np.isclose(path.mean_jump, jumps.mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize(("a", "b"), [(0, 120), (10, 260), (55, 70), (3, 299)])
+def test_path_endpoints_length_and_rules(lib, index, a: int, b: int) -> None:
+    cat = lib.cat
+    start, end = int(cat.ids[a]), int(cat.ids[b])
+    path = song_path(cat, index, start, end, length=20)
+    assert isinstance(path, SongPath) and all(isinstance(s, PathStep) for s in path.steps)
+    assert len(path.steps) == 20
+    assert path.track_ids[0] == start and path.track_ids[-1] == end
+    _check_rules(cat, path)
+
+
+@pytest.mark.parametrize(("a", "b"), [(0, 120), (10, 260), (55, 70), (3, 299), (101, 201)])
+def test_largest_jump_never_worse_than_the_greedy_baseline(lib, index, a: int, b: int) -> None:
+    cat = lib.cat
+    start, end = int(cat.ids[a]), int(cat.ids[b])
+    ours = song_path(cat, index, start, end, length=25)
+    baseline = greedy_path_baseline(cat, index, start, end, length=25)
+    assert len(baseline.steps) == 25
+    assert baseline.track_ids[0] == start and baseline.track_ids[-1] == end
+    assert ours.max_jump <= baseline.max_jump + 1e-9
+
+
+def test_improvement_pass_never_raises_the_largest_jump(lib, index) -> None:
+    cat = lib.cat
+    for a, b in [(0, 120), (10, 260), (101, 201)]:
+        anchors = _anchors(cat, int(cat.ids[a]), int(cat.ids[b]), 25, ())
+        targets, layout = _targets(cat, anchors, 25, spherical=True)
+        rows, pool = _fill(cat, index, anchors, targets, layout, 3, 30)
+        improver = _Improver(cat, pool, {int(r) for r in anchors}, 3)
+        before = improver.jumps([improver.where[r] for r in rows])
+        improved = improver.improve(rows, 500)
+        after = improver.jumps([improver.where[r] for r in improved])
+        assert after.max() <= before.max() + 1e-12
+        assert improved[0] == rows[0] and improved[-1] == rows[-1]
+        assert len(set(improved)) == len(improved)
+
+
+def test_waypoints_are_visited_in_order(lib, index) -> None:
+    cat = lib.cat
+    start, w1, w2, end = (int(cat.ids[i]) for i in (0, 60, 160, 280))
+    path = song_path(cat, index, start, end, length=16, waypoints=[w1, w2])
+    ids = path.track_ids
+    assert len(ids) == 16 and ids[0] == start and ids[-1] == end
+    assert ids.index(w1) < ids.index(w2)
+    _check_rules(cat, path)
+
+
+def test_short_paths(lib, index) -> None:
+    cat = lib.cat
+    a, b = int(cat.ids[0]), int(cat.ids[200])
+    two = song_path(cat, index, a, b, length=2)
+    assert two.track_ids == [a, b] and two.max_jump == two.steps[1].distance
+    three = song_path(cat, index, a, b, length=3, waypoints=[int(cat.ids[100])])
+    assert three.track_ids == [a, int(cat.ids[100]), b]
+
+
+def test_bad_requests(lib, index) -> None:
+    cat = lib.cat
+    a, b = int(cat.ids[0]), int(cat.ids[1])
+    with pytest.raises(ValueError):
+        song_path(cat, index, a, b, length=1)
+    with pytest.raises(ValueError):
+        song_path(cat, index, a, a)
+    with pytest.raises(ValueError):
+        song_path(cat, index, a, b, length=3, waypoints=[int(cat.ids[5]), int(cat.ids[6])])
+    with pytest.raises(ValueError):
+        song_path(cat, index, a, b, waypoints=[a])
+    with pytest.raises(KeyError):
+        song_path(cat, index, a, 987_654)
+
+
+def test_deterministic(lib, index) -> None:
+    cat = lib.cat
+    a, b = int(cat.ids[4]), int(cat.ids[204])
+    assert song_path(cat, index, a, b) == song_path(cat, index, a, b)
+
+
+def test_library_too_small_gives_a_shorter_path() -> None:
+    small = make_library(n_clusters=2, per_cluster=4, artists_per_cluster=2, seed=5).cat
+    index = SimilarityIndex.build(small.ids, small.vectors)
+    path = song_path(small, index, int(small.ids[0]), int(small.ids[7]), length=25,
+                     max_per_artist=1)
+    # 8 songs by 4 artists, one song each allowed: the path holds exactly 4 songs
+    assert path.track_ids[0] == int(small.ids[0]) and path.track_ids[-1] == int(small.ids[7])
+    assert len(path.steps) == 4
+    assert len(set(path.track_ids)) == len(path.track_ids)
+
+
+def test_slerp_stays_on_the_great_circle() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 200))
+    a /= np.linalg.norm(a)
+    b /= np.linalg.norm(b)
+    pts = slerp(a, b, np.linspace(0, 1, 5)).astype(np.float64)
+    assert np.allclose(np.linalg.norm(pts, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(pts[0], a, atol=1e-5) and np.allclose(pts[-1], b, atol=1e-5)
+    angles = np.arccos(np.clip(np.sum(pts[:-1] * pts[1:], axis=1), -1, 1))
+    assert np.allclose(angles, angles[0], atol=1e-4)  # evenly spaced
+    anti = slerp(a, -a, np.array([0.5]))
+    assert np.isclose(np.linalg.norm(anti), 1.0, atol=1e-5)
