@@ -484,3 +484,32 @@ async def test_compat_health(env: Env) -> None:
     async with env.session.get("/AudioMuseAI/health") as resp:
         assert resp.status == 200
         assert await resp.read() == b""
+
+
+async def test_instant_through_a_configured_llm(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The server asks the configured OpenAI-compatible LLM, and falls back when it fails."""
+    from tests.fakes.llm_server import FakeLLM
+
+    fake = await FakeLLM(api_key="sk-test-secret").start()
+    try:
+        fake.reply({"tempo_min": 120, "include_tags": [{"tag": "dance", "weight": 1.0}]})
+        config = make_config(tmp_path, llm_provider="openai", llm_url=fake.url,
+                             llm_model="any", llm_api_key="sk-test-secret")
+        lib = await fill_store(config)
+        app = create_app(config, refresh_seconds=None)
+        async with TestServer(app) as server, aiohttp.ClientSession(
+            base_url=str(server.make_url("/"))
+        ) as session:
+            e = Env(session, lib, app)
+            body = await e.post(f"{API}/instant", {"text": "club bangers", "n": 5})
+            assert body["interpretation"]["source"] == "llm"
+            assert all(lib.style_of[i] == "Techno" for i in _ids(body["tracks"]))
+            assert fake.requests[-1]["path"] == "/v1/chat/completions"
+            fake.reply(status=500)
+            body = await e.post(f"{API}/instant", {"text": "sad slow music", "n": 5})
+            assert body["interpretation"]["source"] == "builtin"
+            assert body["tracks"]
+        assert "sk-test-secret" not in caplog.text
+    finally:
+        await fake.close()
