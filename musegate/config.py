@@ -18,6 +18,7 @@ ENV_PREFIX = "MUSEGATE_"
 CONFIG_ENV = "MUSEGATE_CONFIG"
 DEFAULT_CONFIG_FILE = "musegate.toml"
 ANALYSIS_MODES = ("sampled", "fast", "full")
+SOURCES = ("folder", "subsonic")
 LLM_PROVIDERS = ("", "ollama", "openai")
 
 
@@ -92,6 +93,37 @@ FIELDS: tuple[Field, ...] = (
     Field("llm_url", str, lambda: "", "base URL of the LLM server, e.g. http://localhost:11434"),
     Field("llm_model", str, lambda: "", "model name the LLM server knows, e.g. llama3.1:8b"),
     Field("llm_api_key", str, lambda: "", "API key for an OpenAI-compatible server", secret=True),
+    Field(
+        "source",
+        str,
+        lambda: "folder",
+        "where the library comes from: 'folder' (library_path) or 'subsonic' (upstream_url)",
+        choices=SOURCES,
+    ),
+    Field(
+        "upstream_url",
+        str,
+        lambda: "",
+        "the music server musegate stands in front of, e.g. http://navidrome:4533 (with its sub-path if any)",
+    ),
+    Field("upstream_user", str, lambda: "", "service account musegate scans the library with"),
+    Field("upstream_password", str, lambda: "", "that account's password", secret=True),
+    Field("upstream_api_key", str, lambda: "", "OpenSubsonic API key instead of a password", secret=True),
+    Field(
+        "upstream_auth",
+        str,
+        lambda: "auto",
+        "how musegate signs its own requests: 'auto', 'token' (Navidrome…), 'password' (LMS) or 'apikey'",
+        choices=("auto", "token", "password", "apikey"),
+    ),
+    Field(
+        "path_map",
+        str,
+        lambda: "",
+        "read audio from a mounted copy: 'SERVER_PREFIX=LOCAL_PREFIX' pairs separated by ';'",
+    ),
+    Field("scan_cron", str, lambda: "0 3 * * *", "when the library is rescanned (cron, local time)"),
+    Field("auth_cache_seconds", int, lambda: 60, "how long a successful credential check is reused", minimum=0),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -116,6 +148,15 @@ class Config:
     llm_url: str
     llm_model: str
     llm_api_key: str
+    source: str
+    upstream_url: str
+    upstream_user: str
+    upstream_password: str
+    upstream_api_key: str
+    upstream_auth: str
+    path_map: str
+    scan_cron: str
+    auth_cache_seconds: int
 
     @property
     def db_path(self) -> Path:
