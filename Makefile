@@ -26,8 +26,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q 'bliss-audio==0.1.11'
+	$(BIN)/python -m pip install -q 'bliss-audio==0.1.11' 'voyager>=2.0'
 	$(BIN)/python bench/analysis.py
+	$(BIN)/python bench/index.py
 
 clean:
 	rm -rf $(VENV) demo-data build *.egg-info

@@ -462,11 +462,21 @@ async def status(request: web.Request) -> web.Response:
     })
 
 
+def _scheduled(request: web.Request) -> list[dict[str, Any]]:
+    """The library scan/analysis job, when ``musegate serve`` runs the scheduler."""
+    scheduler = request.app.get(keys.SCHEDULER)
+    return [scheduler.state.to_json()] if scheduler is not None else []
+
+
 async def jobs_list(request: web.Request) -> web.Response:
-    return web.json_response({"jobs": [j.to_json() for j in request.app[keys.JOBS].list()]})
+    jobs = _scheduled(request) + [j.to_json() for j in request.app[keys.JOBS].list()]
+    return web.json_response({"jobs": jobs})
 
 
 async def job_get(request: web.Request) -> web.Response:
+    for state in _scheduled(request):
+        if state["id"] == request.match_info["job_id"]:
+            return web.json_response(state)
     job = request.app[keys.JOBS].get(request.match_info["job_id"])
     if job is None:
         raise not_found("job_id", f"no job {request.match_info['job_id']!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -72,6 +73,7 @@ def create_app(
     *,
     adapter: Any = _DEFAULT,
     refresh_seconds: float | None = REFRESH_SECONDS,
+    schedule: bool = False,
 ) -> web.Application:
     """The whole musegate web application for ``config``.
 
@@ -95,8 +97,19 @@ def create_app(
             app[keys.JOBS] = jobs
             if refresh_seconds:
                 watcher = asyncio.create_task(service.watch(refresh_seconds))
+            if schedule and app[keys.ADAPTER] is not None:
+                from musegate.scheduler import LibraryScheduler
+
+                scheduler = LibraryScheduler(
+                    store, config, app[keys.ADAPTER],
+                    on_analysed=lambda: service.refresh(force=True),
+                )
+                app[keys.SCHEDULER] = scheduler
+                scheduler.start()
             yield
         finally:
+            if keys.SCHEDULER in app:
+                await app[keys.SCHEDULER].shutdown()
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -111,14 +124,25 @@ def create_app(
 
 
 async def serve(config: Config) -> None:
-    """Run until cancelled (Ctrl-C): what ``musegate serve`` does."""
-    runner = web.AppRunner(create_app(config))
+    """Run until Ctrl-C or SIGTERM: what ``musegate serve`` does.
+
+    SIGTERM (systemd, podman stop) ends the server the same clean way as Ctrl-C:
+    the scheduler stops, analyses already finished are in the database, and the
+    next start resumes what was pending.
+    """
+    runner = web.AppRunner(create_app(config, schedule=True))
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     print(f"musegate listening on http://{config.host}:{config.port}{config.base_path}/api "
           f"(OpenAPI at {config.base_path}/api/openapi.json)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        print("musegate stopping", flush=True)
     finally:
         await runner.cleanup()

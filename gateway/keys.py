@@ -17,3 +17,5 @@ SERVICE = web.AppKey("service", LibraryService)
 JOBS = web.AppKey("jobs", JobManager)
 # The library source (FolderAdapter today): playlists are written and history read through it.
 ADAPTER = web.AppKey("adapter", Any)
+# Present only when the server runs the library scheduler (``musegate serve``).
+SCHEDULER = web.AppKey("scheduler", Any)

@@ -210,6 +210,12 @@ async def cmd_status(config: Config, args: argparse.Namespace) -> int:
             "analysis_version": settings.version,
             "schema_version": await store.schema_version(),
         }
+        from musegate.scheduler import read_state
+
+        job = read_state(config.data_dir)
+        if job is not None:
+            data["library_job"] = {k: job.get(k) for k in (
+                "status", "message", "progress", "started", "finished", "next_run", "error")}
         failures = await store.failures() if args.failures else []
         if args.json:
             if args.failures:
@@ -219,12 +225,27 @@ async def cmd_status(config: Config, args: argparse.Namespace) -> int:
             print(json.dumps(data, indent=2))
         else:
             for key, value in data.items():
-                print(f"{key:17} {value}")
+                if key == "library_job":
+                    print(f"{'library job':17} {_describe_job(value)}")
+                else:
+                    print(f"{key:17} {value}")
             for track, reason, attempts in failures:
                 print(f"  failed ({attempts}x): {track.path}: {reason}")
         return 0
 
     return await _with_store(config, run)
+
+
+def _describe_job(job: dict[str, Any]) -> str:
+    import time as _time
+
+    def when(ts: float | None) -> str:
+        return _time.strftime("%Y-%m-%d %H:%M", _time.localtime(ts)) if ts else "-"
+
+    text = f"{job.get('status')}: {job.get('message') or ''}"
+    if job.get("status") in ("scanning", "analysing"):
+        text += f" ({100 * float(job.get('progress') or 0):.0f}%)"
+    return text + f"; last finished {when(job.get('finished'))}, next {when(job.get('next_run'))}"
 
 
 async def cmd_show(config: Config, args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ each entry point does the same thing the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,11 @@ async def analyse(
     config: Config,
     progress: ProgressCallback | None = None,
     limit: int | None = None,
+    locate: Callable[[TrackRecord], str] | None = None,
 ) -> AnalysisReport:
-    return await run_analysis(store, analyzer_settings(config), progress, limit)
+    """Analyse pending tracks; ``locate`` says where a track's audio is (default: its path)."""
+    extra = {"locate": locate} if locate is not None else {}
+    return await run_analysis(store, analyzer_settings(config), progress, limit, **extra)
 
 
 async def resolve_track(store: LibraryStore, query: str) -> TrackRecord:

@@ -1,0 +1,212 @@
+"""Keeps the analysis current while ``musegate serve`` runs: scan, then analyse what is new.
+
+APScheduler's AsyncIOScheduler runs in the server's own event loop: a library
+scan at start and on ``scan_cron`` (default nightly), each followed by the
+analysis of new and changed tracks in the process pool, and never two runs at
+once. The state of the last and current run is also written to
+``DATA_DIR/jobs.json`` so that ``musegate status`` — a separate process — can
+show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from analysis.analyzer import AnalysisReport
+from analysis.store import LibraryStore
+from musegate import library
+from musegate.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "library-scan"
+STATE_FILE = "jobs.json"
+# Progress is written to disk at most this often.
+_STATE_WRITE_SECONDS = 2.0
+
+
+def cron_trigger(expression: str) -> CronTrigger:
+    """The trigger for ``scan_cron``; a bad expression is a configuration error naming it."""
+    try:
+        return CronTrigger.from_crontab(expression)
+    except ValueError as exc:
+        raise ConfigError(f"scan_cron = {expression!r}: not a cron expression ({exc})") from None
+
+
+@dataclass
+class RunState:
+    """One scan-and-analyse run as users see it in `musegate status` and /api/jobs."""
+
+    id: str = JOB_ID
+    kind: str = "library-scan"
+    status: str = "idle"  # idle | scanning | analysing | done | failed
+    progress: float = 0.0
+    message: str = ""
+    started: float | None = None
+    finished: float | None = None
+    next_run: float | None = None
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    analysed: int = 0
+    failed: int = 0
+    total: int = 0
+    error: str | None = None
+    runs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_state(data_dir: str | Path) -> dict[str, Any] | None:
+    """The last state written by a server using ``data_dir`` (None when it never ran)."""
+    path = Path(data_dir) / STATE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class LibraryScheduler:
+    """Owns the AsyncIOScheduler and the one library job."""
+
+    def __init__(
+        self,
+        store: LibraryStore,
+        config: Config,
+        adapter: Any,
+        on_analysed: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.adapter = adapter
+        self.on_analysed = on_analysed
+        self.state = RunState()
+        self._lock = asyncio.Lock()
+        self._scheduler = AsyncIOScheduler()
+        self._trigger = cron_trigger(config.scan_cron)
+        self._task: asyncio.Task[None] | None = None
+        self._last_write = 0.0
+
+    def start(self, run_now: bool = True) -> None:
+        self._scheduler.add_job(
+            self.run_once,
+            self._trigger,
+            id=JOB_ID,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+            replace_existing=True,
+        )
+        self._scheduler.start()
+        if run_now:
+            self._scheduler.add_job(self.run_once, id=f"{JOB_ID}-at-start", max_instances=1)
+        self._update_next_run()
+        self._write_state(force=True)
+
+    async def shutdown(self) -> None:
+        """Stop scheduling and end a run in progress; finished analyses are already saved."""
+        with contextlib.suppress(Exception):
+            self._scheduler.shutdown(wait=False)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.state.status in ("scanning", "analysing"):
+            self.state.status, self.state.message = "idle", "stopped by shutdown"
+        self._write_state(force=True)
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    async def run_once(self) -> bool:
+        """Scan and analyse now; False (and nothing done) when a run is already going."""
+        if self._lock.locked():
+            log.info("library scan skipped: the previous run is still going")
+            return False
+        async with self._lock:
+            self._task = asyncio.current_task()
+            await self._run()
+            return True
+
+    async def _run(self) -> None:
+        st = self.state
+        st.status, st.progress, st.error = "scanning", 0.0, None
+        st.started, st.finished = time.time(), None
+        st.analysed = st.failed = st.total = 0
+        st.message = "scanning the library"
+        st.runs += 1
+        self._write_state(force=True)
+        try:
+            if self.adapter is None:
+                raise RuntimeError("no library source configured (library_path or upstream_url)")
+            sync = await library.scan(self.store, self.adapter)
+            st.added, st.changed, st.removed = sync.added, sync.changed, sync.removed
+            if sync.removed and self.on_analysed is not None:
+                await self.on_analysed()
+            st.status, st.message = "analysing", "analysing new and changed tracks"
+            self._write_state(force=True)
+            locate = getattr(self.adapter, "audio_location", None)
+            report = await library.analyse(self.store, self.config, self._progress, locate=locate)
+            self._progress(report)
+            st.status = "done"
+            st.message = (
+                f"{sync.added} new, {sync.changed} changed, {sync.removed} removed; "
+                f"{report.analysed} analysed, {report.failed} failed"
+            )
+            if self.on_analysed is not None:
+                await self.on_analysed()
+        except asyncio.CancelledError:
+            st.status, st.message = "idle", "stopped"
+            raise
+        except Exception as exc:  # a failed run is reported and retried on the next schedule
+            log.exception("library scan failed")
+            st.status, st.error = "failed", f"{type(exc).__name__}: {exc}"
+            st.message = "failed; will retry at the next scheduled run"
+        finally:
+            st.finished = time.time()
+            st.history = (st.history + [{
+                "started": st.started, "finished": st.finished, "status": st.status,
+                "message": st.message,
+            }])[-10:]
+            self._update_next_run()
+            self._write_state(force=True)
+
+    def _progress(self, report: AnalysisReport) -> None:
+        st = self.state
+        st.total, st.analysed, st.failed = report.total, report.analysed, report.failed
+        st.progress = (report.analysed + report.failed) / report.total if report.total else 1.0
+        st.message = f"analysed {report.analysed + report.failed} of {report.total}"
+        self._write_state()
+
+    def _update_next_run(self) -> None:
+        job = self._scheduler.get_job(JOB_ID) if self._scheduler.running else None
+        when = getattr(job, "next_run_time", None) if job is not None else None
+        self.state.next_run = when.timestamp() if when is not None else None
+
+    def _write_state(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_write < _STATE_WRITE_SECONDS:
+            return
+        self._last_write = now
+        path = Path(self.config.data_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.state.to_json()), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:  # a full disk must not stop the analysis
+            log.warning("cannot write %s: %s", path, exc)
