@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q 'bliss-audio==0.1.11' 'voyager>=2.0'
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/index.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) demo-data build *.egg-info

@@ -5,6 +5,11 @@ GIL for long stretches; each loads the model and warms librosa's JIT once, so
 per-track cost is only the track's own work. Results are written in small
 transactions as they arrive, so killing the process at any moment loses at most
 the analyses still in flight, and the next run resumes with what is pending.
+
+Where a track's audio lives is the adapter's business: ``locate`` (for example
+``SubsonicAdapter.audio_location``) turns a track into a local path or an
+``http(s)`` URL in the parent process, and the worker reads either. URLs carry
+credentials, so they are only ever logged or reported through ``redact_url``.
 """
 
 from __future__ import annotations
@@ -47,19 +52,37 @@ def _init_worker(model_path: str | None, threads: int, plan: SamplingPlan) -> No
 
 
 def _analyse_in_worker(track_id: int, path: str) -> tuple[int, TrackAnalysis | None, str | None]:
-    from analysis.decode import DecodeError
+    from analysis.decode import DecodeError, fetch, is_url, redact_url
     from analysis.pipeline import analyse_file
 
     assert _worker_model is not None and _worker_plan is not None
     try:
-        return track_id, analyse_file(path, _worker_model, _worker_plan), None
+        # Fetched once here: probe and read_excerpts then both read the in-memory copy.
+        source = fetch(path) if is_url(path) else path
+        return track_id, analyse_file(source, _worker_model, _worker_plan), None  # type: ignore[arg-type]
     except DecodeError as exc:
-        return track_id, None, str(exc)
+        return track_id, None, redact_url(str(exc))
     except MemoryError:
         return track_id, None, "out of memory while analysing"
     except Exception as exc:  # a bad file must never stop the run
-        log.exception("analysis of %s failed", path)
-        return track_id, None, f"{type(exc).__name__}: {exc}"
+        log.error("analysis of %s failed", redact_url(path), exc_info=not is_url(path))
+        return track_id, None, redact_url(f"{type(exc).__name__}: {exc}")
+
+
+Locator = Callable[[TrackRecord], str]
+
+
+def _location(track: TrackRecord, locate: Locator | None) -> str:
+    """Where the worker reads ``track``: the adapter's answer, else the stored path."""
+    if locate is None:
+        return track.path or ""
+    try:
+        return locate(track)
+    except Exception as exc:  # noqa: BLE001 - one unlocatable track must not stop the run
+        from analysis.decode import redact_url
+
+        log.warning("cannot locate audio of track %s: %s", track.id, redact_url(str(exc)))
+        return track.path or ""
 
 
 @dataclass
@@ -131,8 +154,13 @@ async def run_analysis(
     settings: AnalyzerSettings,
     progress: ProgressCallback | None = None,
     limit: int | None = None,
+    locate: Locator | None = None,
 ) -> AnalysisReport:
-    """Analyse every pending track (at most ``limit``) and return what happened."""
+    """Analyse every pending track (at most ``limit``) and return what happened.
+
+    ``locate`` maps a track to the path or URL its audio is read from (default:
+    ``track.path``); it runs here, in the parent, so workers need no adapter.
+    """
     todo = await store.pending(settings.version, settings.max_attempts, limit)
     report = AnalysisReport(total=len(todo))
     if not todo:
@@ -148,7 +176,9 @@ async def run_analysis(
         while queue or in_flight:
             while queue and len(in_flight) < settings.workers * 2:
                 track = queue.pop()
-                fut: Future = executor.submit(_analyse_in_worker, track.id, track.path or "")
+                fut: Future = executor.submit(
+                    _analyse_in_worker, track.id, _location(track, locate)
+                )
                 in_flight[asyncio.wrap_future(fut, loop=loop)] = track
             finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             broken = False

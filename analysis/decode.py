@@ -11,21 +11,56 @@ analysed are read.  Two backends are used:
 Every failure surfaces as :class:`DecodeError` with a short human reason, so
 callers can record *why* a track was skipped without knowing which backend
 was involved.
+
+A location may also be an ``http(s)://`` URL (a media server's ``download``
+endpoint when the library is not mounted locally).  It is fetched into memory
+with a size cap - never a temp file, so nothing is left behind by a killed
+worker - and both backends decode the in-memory copy.  Such URLs carry
+credentials in their query string, so reasons and logs only ever show them
+through :func:`redact_url`.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["AudioInfo", "DecodeError", "load_mono", "probe", "read_excerpts"]
+__all__ = [
+    "AudioInfo",
+    "DecodeError",
+    "MAX_REMOTE_BYTES",
+    "fetch",
+    "is_url",
+    "load_mono",
+    "probe",
+    "read_excerpts",
+    "redact_url",
+]
+
+#: A location: a local path, an http(s) URL, or audio already in memory.
+Location = str | os.PathLike[str] | BinaryIO
+
+#: Downloads larger than this are refused rather than filling a worker's memory
+#: (a 24-bit/192 kHz hour of FLAC is ~1.5 GB; ordinary tracks are < 100 MB).
+MAX_REMOTE_BYTES = 512 * 1024 * 1024
+
+#: Seconds without progress before a download is abandoned.
+REMOTE_TIMEOUT = 60.0
+
+_CHUNK = 1 << 20
+_URL_QUERY = re.compile(r"(https?://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE)
 
 #: Exceptions the decoding libraries raise for bad input; all are mapped to
 #: DecodeError so one corrupt file can never take down a scan.
@@ -74,7 +109,55 @@ class AudioInfo:
 # --------------------------------------------------------------------------
 
 
-def probe(path: str | os.PathLike[str]) -> AudioInfo:
+def is_url(location: object) -> bool:
+    """True for an ``http(s)://`` location (fetched into memory, not opened as a file)."""
+    return isinstance(location, str) and location[:8].lower().startswith(("http://", "https://"))
+
+
+def redact_url(text: str) -> str:
+    """``text`` with every URL's query string (where Subsonic credentials live) replaced."""
+    return _URL_QUERY.sub(r"\1?<redacted>", text)
+
+
+def fetch(url: str, max_bytes: int = MAX_REMOTE_BYTES, timeout: float = REMOTE_TIMEOUT) -> io.BytesIO:
+    """Download ``url`` into memory (at most ``max_bytes``); DecodeError on any failure.
+
+    Runs in analysis worker processes, which are synchronous, hence urllib. The
+    whole file is needed anyway: the decoders seek in it to read the excerpts.
+    """
+    shown = redact_url(url)
+    request = urllib.request.Request(url, headers={"User-Agent": "musegate"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise DecodeError(
+                    f"remote audio too large ({int(declared)} bytes, limit {max_bytes}): {shown}"
+                )
+            ctype = (resp.headers.get("Content-Type") or "").lower()
+            buf = io.BytesIO()
+            while chunk := resp.read(_CHUNK):
+                if buf.tell() + len(chunk) > max_bytes:
+                    raise DecodeError(f"remote audio larger than the limit of {max_bytes} bytes: {shown}")
+                buf.write(chunk)
+    except DecodeError:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise DecodeError(f"download failed with HTTP {exc.code}: {shown}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DecodeError(f"download failed ({redact_url(_reason_text(reason))}): {shown}") from None
+    if ctype.startswith(("text/xml", "application/xml", "application/json", "text/html")):
+        # A Subsonic server answers errors (bad credentials, unknown id) with 200 + XML/JSON.
+        snippet = redact_url(buf.getvalue()[:200].decode("utf-8", errors="replace"))
+        raise DecodeError(f"server answered with {ctype.split(';')[0]} instead of audio: {snippet}")
+    if buf.tell() == 0:
+        raise DecodeError("empty audio file")
+    buf.seek(0)
+    return buf
+
+
+def probe(path: Location) -> AudioInfo:
     """Read the header only, so callers can plan excerpts before decoding."""
     p = _check_file(path)
     sfile = _open_soundfile(p)
@@ -86,7 +169,7 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
 
 
 def read_excerpts(
-    path: str | os.PathLike[str],
+    path: Location,
     spans: Sequence[tuple[float, float]] | None,
     sr: int = 16000,
 ) -> list[np.ndarray]:
@@ -122,7 +205,7 @@ def read_excerpts(
     return out
 
 
-def load_mono(path: str | os.PathLike[str], sr: int = 16000) -> np.ndarray:
+def load_mono(path: Location, sr: int = 16000) -> np.ndarray:
     """Whole file as one mono float32 array at ``sr``."""
     return read_excerpts(path, None, sr)[0]
 
@@ -132,7 +215,22 @@ def load_mono(path: str | os.PathLike[str], sr: int = 16000) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _check_file(path: str | os.PathLike[str]) -> Path:
+_Source = Path | BinaryIO
+
+
+def _check_file(path: Location) -> _Source:
+    """A local file checked to exist and be non-empty, or the bytes of a remote/in-memory one."""
+    if is_url(path):
+        return fetch(str(path))
+    if not isinstance(path, (str, os.PathLike)):
+        try:
+            size = path.seek(0, io.SEEK_END)
+            path.seek(0)
+        except (OSError, ValueError) as exc:
+            raise DecodeError(f"cannot read audio stream: {_reason(exc)}") from exc
+        if size == 0:
+            raise DecodeError("empty audio file")
+        return path
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -147,9 +245,13 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+def _reason_text(value: object) -> str:
+    text = str(value).strip() or type(value).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _reason(exc: BaseException) -> str:
+    return redact_url(_reason_text(exc))
 
 
 def _frame_ranges(
@@ -192,10 +294,14 @@ def _resample(x: np.ndarray, native_sr: int, sr: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _open_soundfile(p: Path) -> sf.SoundFile | None:
+def _open_soundfile(p: _Source) -> sf.SoundFile | None:
     """Open with libsndfile, or None when it does not handle the file (PyAV gets a try)."""
     try:
-        f = sf.SoundFile(str(p))
+        if isinstance(p, Path):
+            f = sf.SoundFile(str(p))
+        else:
+            p.seek(0)
+            f = sf.SoundFile(p)
     except _BACKEND_ERRORS:
         return None
     if f.frames <= 0 or f.samplerate <= 0:
@@ -262,9 +368,13 @@ def _check_complete(got: int, want: int, native_sr: int, total: int) -> None:
 class _AVContainer:
     """Context manager that maps PyAV open failures to DecodeError."""
 
-    def __init__(self, p: Path) -> None:
+    def __init__(self, p: _Source) -> None:
         try:
-            self.container = av.open(str(p), mode="r")
+            if isinstance(p, Path):
+                self.container = av.open(str(p), mode="r")
+            else:
+                p.seek(0)
+                self.container = av.open(p, mode="r")
         except _BACKEND_ERRORS as exc:
             raise DecodeError(f"unsupported or corrupt audio: {_reason(exc)}") from exc
         if not self.container.streams.audio:
@@ -278,7 +388,7 @@ class _AVContainer:
         self.container.close()
 
 
-def _open_av(p: Path) -> _AVContainer:
+def _open_av(p: _Source) -> _AVContainer:
     return _AVContainer(p)
 
 

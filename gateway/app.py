@@ -36,6 +36,12 @@ _DEFAULT: Any = object()
 
 def default_adapter(config: Config) -> Any:
     """The configured library source, or None when there is none (API features still work)."""
+    if config.source == "subsonic":
+        if not config.upstream_url:
+            return None
+        from adapters.subsonic import SubsonicAdapter
+
+        return SubsonicAdapter.from_config(config)
     if config.library_path:
         return FolderAdapter(config.library_path, playlist_dir=config.playlist_path)
     return None
@@ -84,6 +90,7 @@ def create_app(
     app = web.Application(middlewares=[error_middleware(base)])
     app[keys.CONFIG] = config
     app[keys.ADAPTER] = default_adapter(config) if adapter is _DEFAULT else adapter
+    owns_adapter = adapter is _DEFAULT
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         store = await LibraryStore.open(config.db_path)
@@ -110,6 +117,9 @@ def create_app(
         finally:
             if keys.SCHEDULER in app:
                 await app[keys.SCHEDULER].shutdown()
+            close = getattr(app[keys.ADAPTER], "close", None) if owns_adapter else None
+            if close is not None:
+                await close()
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -120,6 +130,16 @@ def create_app(
     app.cleanup_ctx.append(lifetime)
     for method, path, handler in api.routes(base) + compat.routes(base):
         app.router.add_route(method, path, handler)
+    if config.source == "subsonic" and config.upstream_url:
+        # The intercepted Subsonic similarity endpoints (before the pass-through below).
+        from gateway.subsonic import add_subsonic
+
+        add_subsonic(app, config)
+    if config.upstream_url:
+        # Keep this last: the pass-through is the catch-all for whatever no route above answers.
+        from gateway.proxy import add_proxy
+
+        add_proxy(app, config.upstream_url, exclude_prefix=base)
     return app
 
 

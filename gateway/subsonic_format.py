@@ -64,6 +64,12 @@ class EnvelopeCache:
 ENVELOPE = web.AppKey("subsonic_envelope", EnvelopeCache)
 
 
+# The merged GET + POST-form parameters of an intercepted request (for error formatting).
+PARAMS: Any = (
+    web.RequestKey("subsonic_params", dict) if hasattr(web, "RequestKey") else "subsonic_params"
+)
+
+
 def params_of(request: web.Request, form: MultiMapping[str] | None = None) -> dict[str, str]:
     """First value of each parameter, query string first, then a POSTed form."""
     out: dict[str, str] = {}
@@ -83,7 +89,7 @@ def response_format(params: Mapping[str, str]) -> tuple[str, str | None]:
 
 def _request_params(request: web.Request) -> Mapping[str, str]:
     # Handlers stash the merged GET + POST-form parameters here; fall back to the query string.
-    stored = request.get("subsonic_params")
+    stored = request.get(PARAMS)
     return stored if stored is not None else request.query
 
 

@@ -22,7 +22,8 @@ Facts about supysonic 0.7.9 that tests must know (read from its source):
 
 * API version 1.12.0: **no token auth** (``t``+``s`` without ``p`` answers error
   10 "missing parameter"), no ``apiKey``; ``p`` (plain or ``enc:``) and HTTP
-  Basic work. Wrong credentials → error 40.
+  Basic work. Wrong credentials → error 40. py-sonic therefore needs
+  ``libsonic.Connection("http://127.0.0.1", user, pw, port=server.port, legacyAuth=True)``.
 * Music folders are global: every user sees every folder (no per-user access),
   so folder isolation between users cannot be tested against supysonic.
 * Ids are UUIDs (songs, albums, artists); folder ids are integers.

@@ -1,0 +1,585 @@
+"""Any Subsonic / OpenSubsonic server as a library source: Navidrome, LMS, gonic, supysonic…
+
+musegate reads the library with a service account (``upstream_user``), never
+with a caller's credentials: the scan, the audio downloads, playlists and
+history all go through :class:`SubsonicClient`, which signs each request the
+way the server accepts.
+
+Server quirks live here and nowhere else:
+
+* Auth. Navidrome and most servers take token auth (``t`` = md5(password +
+  salt), ``s`` = salt). LMS refuses it with error 41 and wants ``p`` or an API
+  key; servers older than API 1.13 (supysonic) do not know ``t``/``s`` and
+  answer error 10 (missing ``p``). ``auto`` tries token auth once with ``ping``
+  and settles on ``p=enc:…`` when the server answers 10, 41 or 42.
+* Ids are opaque (LMS prefixes them, supysonic uses UUIDs): never parsed.
+* ``path`` is what the server chooses to expose (Navidrome reports a fake one
+  unless configured otherwise), so a mapped local file is trusted only when its
+  size equals the song's ``size``; otherwise the audio is downloaded.
+* Song objects carry the service account's own per-user data (playCount,
+  starred, rating…); that is stripped before the object is stored as ``raw``,
+  since raw objects may be shown to other users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from adapters.base import HistoryEntry, NoListeningHistory
+from analysis.decode import redact_url
+from analysis.store import TrackRecord
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.16.1"
+CLIENT_NAME = "musegate"
+PAGE_SIZE = 500
+ALBUM_CONCURRENCY = 8
+HISTORY_ALBUMS = 50
+# POST the parameters as a form beyond this query length (long playlists): URLs
+# of tens of kilobytes are refused by some proxies and servers.
+MAX_QUERY_CHARS = 4000
+
+#: Errors meaning "this server does not take token auth": 41 (LMS, LDAP users),
+#: 42 (OpenSubsonic: mechanism not supported), 10 (pre-1.13 servers: ``p`` missing).
+TOKEN_UNSUPPORTED = frozenset({10, 41, 42})
+AUTH_FAILED = frozenset({40, 41, 42, 43, 44})
+
+#: Fields of a song that belong to the service account rather than to the song.
+PER_USER_FIELDS = frozenset(
+    {"playCount", "played", "starred", "userRating", "bookmarkPosition", "averageRating"}
+)
+
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]]
+
+
+class SubsonicError(Exception):
+    """The server answered ``status="failed"`` (or could not be used); ``code`` is Subsonic's."""
+
+    def __init__(self, code: int, message: str, server: str = "") -> None:
+        self.code = code
+        self.message = message
+        self.server = server
+        where = f"Subsonic server {server}: " if server else ""
+        super().__init__(f"{where}{message} (error {code})")
+
+
+class SubsonicAuthError(SubsonicError):
+    """The service account was refused: a configuration problem, not a transient one."""
+
+
+class SubsonicUnavailable(SubsonicError):
+    """The server could not be reached or did not answer like a Subsonic server."""
+
+
+def _items(params: Params) -> list[tuple[str, str]]:
+    """Flatten params, expanding lists into repeated keys (``songId=a&songId=b``)."""
+    pairs = params.items() if isinstance(params, Mapping) else params
+    out: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            out.extend((key, _text(v)) for v in value)
+        else:
+            out.append((key, _text(value)))
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class SubsonicClient:
+    """A service-account session with one Subsonic server; always JSON, always signed.
+
+    ``auth`` is ``auto`` (token, falling back to password on servers that refuse
+    tokens), ``token``, ``password`` or ``apikey``. Credentials never reach a log
+    line: only endpoint names are logged.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        user: str = "",
+        password: str = "",
+        api_key: str = "",
+        auth: str = "auto",
+        client_name: str = CLIENT_NAME,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if auth not in ("auto", "token", "password", "apikey"):
+            raise ValueError(f"unknown upstream_auth {auth!r}")
+        if not url:
+            raise ValueError("upstream_url is empty")
+        self.url = url.rstrip("/")
+        self.user = user
+        self._password = password
+        self._api_key = api_key
+        self.client_name = client_name
+        self.auth = auth
+        # The scheme actually used: decided on first use when ``auto``.
+        self.mode: str | None = None if auth == "auto" else auth
+        if auth == "auto" and api_key and not password:
+            self.mode = "apikey"
+        self._session = session
+        self._own_session = session is None
+        self._negotiating = asyncio.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> SubsonicClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+            self._own_session = True
+        return self._session
+
+    # ---- signing ---------------------------------------------------------------
+
+    def _auth_params(self, mode: str) -> list[tuple[str, str]]:
+        base = [("c", self.client_name), ("v", API_VERSION), ("f", "json")]
+        if mode == "apikey":
+            return [("apiKey", self._api_key), *base]
+        if mode == "token":
+            salt = secrets.token_hex(8)
+            token = hashlib.md5((self._password + salt).encode("utf-8")).hexdigest()  # noqa: S324 - Subsonic's scheme
+            return [("u", self.user), ("t", token), ("s", salt), *base]
+        return [("u", self.user), ("p", "enc:" + self._password.encode("utf-8").hex()), *base]
+
+    def signed_url(self, endpoint: str, params: Params = ()) -> str:
+        """A URL for ``endpoint`` carrying the service account's credentials (for downloads).
+
+        Requires the auth scheme to be known (after any successful ``call``), since
+        a URL cannot fall back by itself. Treat it as a secret.
+        """
+        mode = self.mode or ("apikey" if self.auth == "apikey" else "password")
+        query = urlencode([*self._auth_params(mode), *_items(params)])
+        return f"{self.url}/rest/{endpoint}?{query}"
+
+    # ---- calls -----------------------------------------------------------------
+
+    async def call(self, endpoint: str, params: Params = (), **kw: Any) -> dict[str, Any]:
+        """``endpoint``'s ``subsonic-response`` body; SubsonicError when it failed.
+
+        Parameters come as keywords or as ``params`` (a mapping or pairs; list
+        values repeat the key, as ``songId`` must).
+        """
+        extra = _items(params) + _items(kw)
+        if self.mode is None:
+            await self._negotiate()
+        assert self.mode is not None
+        return await self._request(endpoint, self.mode, extra)
+
+    async def _negotiate(self) -> None:
+        """Decide between token and password auth with one ``ping`` (``auto`` only)."""
+        async with self._negotiating:
+            if self.mode is not None:
+                return
+            try:
+                await self._request("ping", "token", [])
+            except SubsonicUnavailable:
+                raise
+            except SubsonicError as exc:
+                if exc.code not in TOKEN_UNSUPPORTED:
+                    raise
+                log.info(
+                    "Subsonic server %s refuses token auth (error %s); using password auth",
+                    self.url, exc.code,
+                )
+                await self._request("ping", "password", [])
+                self.mode = "password"
+                return
+            self.mode = "token"
+
+    async def _request(
+        self, endpoint: str, mode: str, extra: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        pairs = [*self._auth_params(mode), *extra]
+        url = f"{self.url}/rest/{endpoint}"
+        http = self._http()
+        log.debug("subsonic call %s (%d params)", endpoint, len(extra))
+        try:
+            query = urlencode(pairs)
+            if len(query) > MAX_QUERY_CHARS:
+                ctx = http.post(url, data=pairs)
+            else:
+                ctx = http.get(f"{url}?{query}")
+            async with ctx as resp:
+                status = resp.status
+                try:
+                    body = await resp.json(content_type=None)
+                except (ValueError, aiohttp.ContentTypeError):
+                    body = None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise SubsonicUnavailable(
+                0, f"cannot reach the server ({type(exc).__name__}: {redact_url(str(exc))})",
+                self.url,
+            ) from None
+        answer = body.get("subsonic-response") if isinstance(body, dict) else None
+        if not isinstance(answer, dict):
+            raise SubsonicUnavailable(
+                0, f"{endpoint} answered HTTP {status} without a Subsonic JSON body", self.url
+            )
+        if answer.get("status") != "ok":
+            err = answer.get("error") or {}
+            code = int(err.get("code", 0) or 0)
+            message = str(err.get("message") or "request failed")
+            if code in AUTH_FAILED or (code == 10 and endpoint == "ping" and mode != "token"):
+                raise SubsonicAuthError(
+                    code,
+                    f"the service account {self.user or '(API key)'!r} was refused ({message}); "
+                    "check upstream_user / upstream_password / upstream_api_key / upstream_auth",
+                    self.url,
+                )
+            raise SubsonicError(code, f"{endpoint}: {message}", self.url)
+        return answer
+
+
+# ---- song objects ---------------------------------------------------------------
+
+
+def _epoch(value: Any) -> float | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def shared_song(song: Mapping[str, Any]) -> dict[str, Any]:
+    """The song object without the service account's per-user fields (safe to show anyone)."""
+    return {k: v for k, v in song.items() if k not in PER_USER_FIELDS}
+
+
+def song_record(source: str, song: Mapping[str, Any]) -> TrackRecord:
+    """A TrackRecord from a Subsonic Child; ``mtime`` is the server's changed/created time."""
+    raw = shared_song(song)
+    size = _int(song.get("size"))
+    duration = song.get("duration")
+    return TrackRecord(
+        source=source,
+        upstream_id=str(song["id"]),
+        path=str(song["path"]) if song.get("path") else None,
+        size=size if size is not None and size >= 0 else None,
+        mtime=_epoch(song.get("changed")) or _epoch(song.get("created")),
+        title=song.get("title"),
+        artist=song.get("artist") or song.get("displayArtist"),
+        album=song.get("album"),
+        genre=song.get("genre"),
+        year=_int(song.get("year")),
+        duration=float(duration) if isinstance(duration, (int, float)) else None,
+        raw=raw,
+    )
+
+
+def parse_path_map(text: str) -> list[tuple[str, Path]]:
+    """``'SERVER=LOCAL;SERVER2=LOCAL2'`` → pairs, longest server prefix first.
+
+    An empty server prefix (``'=/mnt/music'``) maps relative paths, which is what
+    servers like supysonic report (paths relative to the music folder).
+    """
+    pairs: list[tuple[str, Path]] = []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValueError(f"path_map entry {part!r} is not SERVER_PREFIX=LOCAL_PREFIX")
+        server, local = part.split("=", 1)
+        pairs.append((server.strip().rstrip("/"), Path(local.strip()).expanduser()))
+    pairs.sort(key=lambda p: len(p[0]), reverse=True)
+    return pairs
+
+
+def map_path(server_path: str, path_map: Iterable[tuple[str, Path]]) -> Path | None:
+    """The local copy of ``server_path`` under the first matching prefix, if any."""
+    for prefix, local in path_map:
+        if not prefix:
+            if not server_path.startswith("/"):
+                return local / server_path
+            continue
+        if server_path == prefix or server_path.startswith(prefix + "/"):
+            return local / server_path[len(prefix):].lstrip("/")
+    return None
+
+
+class SubsonicAdapter:
+    """LibraryAdapter, PlaylistWriter and HistorySource for one Subsonic server."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str = "",
+        password: str = "",
+        api_key: str = "",
+        auth: str = "auto",
+        path_map: str = "",
+        page_size: int = PAGE_SIZE,
+        enumerate_with: str = "auto",
+        client: SubsonicClient | None = None,
+    ) -> None:
+        if enumerate_with not in ("auto", "search3", "albums"):
+            raise ValueError(f"unknown enumeration {enumerate_with!r}")
+        self.client = client or SubsonicClient(url, user, password, api_key, auth)
+        self.url = self.client.url
+        self.source = f"subsonic:{self.url}"
+        self.path_map = parse_path_map(path_map)
+        self.page_size = max(1, page_size)
+        self.enumerate_with = enumerate_with
+        #: How the last scan enumerated the library: "search3" or "albums".
+        self.last_enumeration: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> SubsonicAdapter:
+        return cls(
+            config.upstream_url,
+            config.upstream_user,
+            config.upstream_password,
+            config.upstream_api_key,
+            config.upstream_auth,
+            config.path_map,
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ---- library ---------------------------------------------------------------
+
+    async def list_tracks(self, known: Mapping[str, TrackRecord]) -> list[TrackRecord]:
+        """Every song now on the server; songs whose object did not change reuse ``known``."""
+        songs: list[dict[str, Any]] | None = None
+        if self.enumerate_with in ("auto", "search3"):
+            try:
+                songs = await self._songs_by_search()
+            except (SubsonicAuthError, SubsonicUnavailable):
+                raise
+            except SubsonicError as exc:
+                if self.enumerate_with == "search3":
+                    raise
+                log.info("search3 failed on %s (%s); walking albums instead", self.url, exc.message)
+            if songs is not None and not songs and self.enumerate_with == "auto":
+                songs = None  # some servers answer nothing to an empty query: walk albums
+            if songs is not None:
+                self.last_enumeration = "search3"
+        if songs is None:
+            songs = await self._songs_by_albums()
+            self.last_enumeration = "albums"
+        records: list[TrackRecord] = []
+        seen: set[str] = set()
+        for song in songs:
+            if song.get("isDir") or song.get("isVideo") or "id" not in song:
+                continue
+            rec = song_record(self.source, song)
+            if rec.upstream_id in seen:
+                continue
+            seen.add(rec.upstream_id)
+            old = known.get(rec.upstream_id)
+            if old is not None and old.raw == rec.raw and (old.size, old.mtime) == (rec.size, rec.mtime):
+                records.append(old)
+            else:
+                records.append(rec)
+        log.info("%s lists %d songs (%s)", self.url, len(records), self.last_enumeration)
+        return records
+
+    async def _songs_by_search(self) -> list[dict[str, Any]]:
+        songs: list[dict[str, Any]] = []
+        ids: set[str] = set()
+        offset = 0
+        while True:
+            body = await self.client.call(
+                "search3", query="", artistCount=0, albumCount=0,
+                songCount=self.page_size, songOffset=offset,
+            )
+            page = (body.get("searchResult3") or {}).get("song") or []
+            new = [s for s in page if str(s.get("id")) not in ids]
+            if not new:
+                break  # end, or a server that ignores songOffset: never loop forever
+            ids.update(str(s.get("id")) for s in new)
+            songs.extend(new)
+            if len(page) < self.page_size:
+                break
+            offset += len(page)
+        return songs
+
+    async def _songs_by_albums(self) -> list[dict[str, Any]]:
+        album_ids: list[str] = []
+        offset = 0
+        while True:
+            body = await self.client.call(
+                "getAlbumList2", type="alphabeticalByName", size=self.page_size, offset=offset
+            )
+            page = (body.get("albumList2") or {}).get("album") or []
+            fresh = [str(a["id"]) for a in page if "id" in a and str(a["id"]) not in album_ids]
+            if not fresh:
+                break
+            album_ids.extend(fresh)
+            if len(page) < self.page_size:
+                break
+            offset += len(page)
+        return [s for songs in await self._album_songs(album_ids) for s in songs]
+
+    async def _album_songs(self, album_ids: Sequence[str]) -> list[list[dict[str, Any]]]:
+        limit = asyncio.Semaphore(ALBUM_CONCURRENCY)
+
+        async def one(album_id: str) -> list[dict[str, Any]]:
+            async with limit:
+                try:
+                    body = await self.client.call("getAlbum", id=album_id)
+                except SubsonicError as exc:
+                    if isinstance(exc, (SubsonicAuthError, SubsonicUnavailable)):
+                        raise
+                    log.warning("album %s skipped: %s", album_id, exc.message)
+                    return []
+            album = body.get("album") or {}
+            return [s for s in album.get("song") or [] if isinstance(s, dict)]
+
+        return list(await asyncio.gather(*(one(a) for a in album_ids)))
+
+    # ---- audio -----------------------------------------------------------------
+
+    def local_path(self, track: TrackRecord) -> Path | None:
+        """The mounted copy of ``track`` when the path map has one of the right size."""
+        server_path = (track.raw or {}).get("path") or track.path
+        if not self.path_map or not server_path:
+            return None
+        local = map_path(str(server_path), self.path_map)
+        if local is None:
+            return None
+        try:
+            size = os.stat(local).st_size
+        except OSError:
+            return None
+        want = _int((track.raw or {}).get("size"))
+        if want is None:
+            want = track.size
+        if want is None or want != size:
+            log.debug("mapped file for %s has size %s, server says %s", track.upstream_id, size, want)
+            return None
+        return local
+
+    def audio_location(self, track: TrackRecord) -> str:
+        """A local path (mapped, size verified) or a signed ``download`` URL; the URL is a secret."""
+        local = self.local_path(track)
+        if local is not None:
+            return str(local)
+        return self.client.signed_url("download", [("id", track.upstream_id)])
+
+    # ---- playlists -------------------------------------------------------------
+
+    async def write_playlist(self, name: str, tracks: list[TrackRecord]) -> str:
+        """Create playlist ``name`` or replace the songs of the service account's one; returns its id."""
+        song_ids = [t.upstream_id for t in tracks]
+        existing = await self._playlist_id(name)
+        if existing is None:
+            body = await self.client.call("createPlaylist", name=name, songId=song_ids)
+            created = body.get("playlist") or {}
+            playlist_id = str(created["id"]) if created.get("id") else await self._playlist_id(name)
+            if playlist_id is None:
+                raise SubsonicError(0, f"createPlaylist {name!r} left no playlist", self.url)
+            return playlist_id
+        body = await self.client.call("getPlaylist", id=existing)
+        count = len((body.get("playlist") or {}).get("entry") or [])
+        await self.client.call(
+            "updatePlaylist",
+            playlistId=existing,
+            songIndexToRemove=list(range(count)),
+            songIdToAdd=song_ids,
+        )
+        return existing
+
+    async def _playlist_id(self, name: str) -> str | None:
+        body = await self.client.call("getPlaylists")
+        mine = [
+            p for p in (body.get("playlists") or {}).get("playlist") or []
+            if p.get("name") == name and p.get("owner") in (None, self.client.user)
+        ]
+        return str(mine[0]["id"]) if mine else None
+
+    # ---- history ---------------------------------------------------------------
+
+    async def listening_history(self, user: str | None = None) -> list[HistoryEntry]:
+        """The service account's plays: songs of its frequent and recent albums.
+
+        Subsonic offers no way to read another user's play counts, so only the
+        service account's history exists here. Servers that report no per-song
+        ``playCount`` (supysonic) still list played albums under ``recent``:
+        their songs then count as played once.
+        """
+        if user and user != self.client.user:
+            raise NoListeningHistory(
+                f"musegate reads listening history from {self.url} with its service account "
+                f"{self.client.user!r}; the server does not let it read {user!r}'s plays"
+            )
+        frequent, recent = await asyncio.gather(
+            self.client.call("getAlbumList2", type="frequent", size=HISTORY_ALBUMS),
+            self.client.call("getAlbumList2", type="recent", size=HISTORY_ALBUMS),
+        )
+        frequent_albums = (frequent.get("albumList2") or {}).get("album") or []
+        recent_albums = (recent.get("albumList2") or {}).get("album") or []
+        order: dict[str, dict[str, Any]] = {}
+        for album in [*recent_albums, *frequent_albums]:
+            order.setdefault(str(album["id"]), album)
+        ids = list(order)
+        per_album = await self._album_songs(ids)
+        entries: dict[str, HistoryEntry] = {}
+        counted = False
+        for songs in per_album:
+            for song in songs:
+                if "playCount" not in song:
+                    continue
+                counted = True
+                plays = _int(song.get("playCount")) or 0
+                if plays > 0:
+                    entries[str(song["id"])] = HistoryEntry(
+                        str(song["id"]), plays, _epoch(song.get("played"))
+                    )
+        if not counted:
+            recent_ids = {str(a["id"]) for a in recent_albums}
+            for album_id, songs in zip(ids, per_album, strict=True):
+                if album_id not in recent_ids:
+                    continue
+                album = order[album_id]
+                plays = max(1, _int(album.get("playCount")) or 1)
+                for song in songs:
+                    entries.setdefault(
+                        str(song["id"]),
+                        HistoryEntry(str(song["id"]), plays, _epoch(album.get("played"))),
+                    )
+        if not entries:
+            raise NoListeningHistory(
+                f"{self.url} has recorded no plays for {self.client.user!r} yet"
+            )
+        return sorted(entries.values(), key=lambda e: (-e.play_count, -(e.last_played or 0)))

@@ -1,0 +1,311 @@
+"""Pass-through to the upstream music server: everything musegate does not answer itself.
+
+Clients point at musegate instead of their server, so every request that no
+other route handles must reach the upstream *unchanged* and come back
+unchanged: method, path (below the upstream's own sub-path), query, body and
+headers in; status, headers and body out. Only hop-by-hop headers (RFC 9110
+§7.6.1) are dropped, because they describe one TCP hop, not the message.
+
+Nothing is buffered, decompressed or re-encoded: bodies are relayed chunk by
+chunk in both directions with backpressure (``resp.write`` waits for the
+client), so a 200 MB ``stream`` costs musegate a few socket buffers of memory
+and a gzip answer reaches the client byte-identical, ``Content-Length`` and
+``Content-Encoding`` included. Range/If-Range/206/416, HEAD, Location and
+ETag need no special handling for the same reason: the upstream implements
+them and musegate does not touch them. Streams have no read timeout (a paused
+player or Navidrome's SSE ``/api/events`` may sit idle for hours); websockets
+are relayed message by message.
+
+When the upstream cannot be reached the caller gets a 502 — for a Subsonic
+``/rest/`` path a Subsonic error body in the caller's format, so a client
+shows "server unreachable" rather than a parse error — and musegate keeps
+running; the next request tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway import subsonic_format
+
+log = logging.getLogger(__name__)
+
+# The shared upstream session (one connection pool for the app's lifetime).
+SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus the de-facto Proxy-Connection and Keep-Alive.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+})
+# Request headers the client library must set for the new hop itself: Host names the
+# upstream (the caller's goes in X-Forwarded-Host); Expect was already answered by musegate.
+_REQUEST_DROP = frozenset({"host", "expect"})
+# The websocket handshake headers belong to each hop's own handshake.
+_WS_DROP = frozenset({
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+    "sec-websocket-protocol", "sec-websocket-accept",
+})
+# aiohttp adds these to requests when absent; a pass-through must not invent them
+# (an invented Accept-Encoding would make the upstream compress what the caller did not ask for).
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+# Connecting may fail fast (a dead upstream should give a 502 quickly); reading may not
+# (a paused stream or an idle SSE connection is normal).
+CONNECT_TIMEOUT = 10.0
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT,
+                                         sock_connect=CONNECT_TIMEOUT, sock_read=None)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The upstream client: no decompression, no cookie jar, no connection cap, no read timeout.
+
+    The cookie jar is a dummy because the session is shared by every caller: a cookie
+    one user's login set must never be replayed for another. Cookies still pass through
+    as ordinary headers in both directions.
+    """
+    return aiohttp.ClientSession(
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        timeout=UPSTREAM_TIMEOUT,
+        skip_auto_headers=_NO_AUTO_HEADERS,
+    )
+
+
+def add_proxy(app: web.Application, upstream_url: str, *, exclude_prefix: str) -> None:
+    """Forward every request no other route answers to ``upstream_url``.
+
+    The catch-all is indexed under "/" by aiohttp's router, which tries longer path
+    prefixes first, so musegate's own routes and the intercepted Subsonic endpoints
+    always win whatever the registration order; registering it last keeps that true
+    for same-prefix routes too. Paths under ``exclude_prefix`` (musegate's own API
+    namespace) are never forwarded: an unknown one is musegate's 404, not the upstream's.
+    """
+    base = _upstream_base(upstream_url)
+    prefix = exclude_prefix.rstrip("/")
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        session = new_session()
+        app[SESSION] = session
+        try:
+            yield
+        finally:
+            await session.close()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
+            raise web.HTTPNotFound()
+        return await forward(request, base)
+
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{proxy_tail:.*}", handler, name="upstream-proxy")
+
+
+def _upstream_base(upstream_url: str) -> str:
+    url = URL(upstream_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("upstream_url must be an http(s):// URL")
+    return upstream_url.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+
+
+def target_url(request: web.Request, upstream_url: str) -> URL:
+    """The upstream's sub-path + the caller's raw path and query, not re-encoded.
+
+    ``raw_path`` keeps the caller's exact percent-encoding (``%2F``, ``+``, repeated
+    keys, key order), which a decode/re-encode round trip would not.
+    """
+    return URL(_upstream_base(upstream_url) + request.raw_path, encoded=True)
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Header names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1)."""
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def _end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
+                extra_drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | _connection_tokens(headers) | set(extra_drop)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def request_headers(request: web.Request, *, websocket: bool = False) -> CIMultiDict[str]:
+    """The caller's end-to-end headers plus X-Forwarded-For/Proto/Host.
+
+    X-Forwarded-For is appended to (the standard chain). Proto and Host are kept when
+    the caller already set them — musegate behind a TLS-terminating proxy must tell the
+    upstream "https" and the public host, not its own loopback hop — and set from what
+    musegate saw otherwise.
+    """
+    headers = _end_to_end(request.headers, _REQUEST_DROP | (_WS_DROP if websocket else set()))
+    peer = request.remote or ""
+    chain = ", ".join(v for v in request.headers.getall("X-Forwarded-For", ()) if v)
+    headers.popall("X-Forwarded-For", None)
+    headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain and peer else (chain or peer)
+    if "X-Forwarded-Proto" not in headers:
+        headers["X-Forwarded-Proto"] = request.scheme
+    if "X-Forwarded-Host" not in headers and request.host:
+        headers["X-Forwarded-Host"] = request.host
+    return headers
+
+
+def _redacted(request: web.Request) -> str:
+    """Method and path for logs: query strings carry Subsonic passwords, tokens and salts."""
+    return f"{request.method} {request.path}"
+
+
+async def forward(
+    request: web.Request, upstream_url: str, body: bytes | None = None
+) -> web.StreamResponse:
+    """Relay ``request`` to ``upstream_url`` and stream the answer back unchanged.
+
+    ``body`` is for callers that already consumed the request body (an intercepted
+    Subsonic POST form that falls back to the upstream): those bytes are sent instead
+    of the (now empty) request stream. Uses the app's shared session when ``add_proxy``
+    installed one, otherwise a session for this one exchange.
+    """
+    session = request.app.get(SESSION)
+    if session is not None:
+        return await _forward(request, session, upstream_url, body)
+    async with new_session() as own:
+        return await _forward(request, own, upstream_url, body)
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return (request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in _connection_tokens(request.headers))
+
+
+async def _forward(request: web.Request, session: aiohttp.ClientSession, upstream_url: str,
+                   body: bytes | None) -> web.StreamResponse:
+    url = target_url(request, upstream_url)
+    if _is_websocket(request):
+        return await _relay_websocket(request, session, url)
+
+    headers = request_headers(request)
+    data: Any = None
+    if body is not None:
+        headers.popall("Content-Length", None)  # aiohttp sets it from the bytes
+        data = body
+    elif request.body_exists:
+        data = request.content  # streamed; Content-Length kept, or chunked when the caller chunked
+
+    try:
+        upstream = await session.request(
+            request.method, url, headers=headers, data=data,
+            allow_redirects=False, auto_decompress=False,
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.warning("upstream unreachable for %s: %s", _redacted(request), type(exc).__name__)
+        return upstream_error(request, "the music server behind musegate is unreachable")
+
+    try:
+        return await _relay_response(request, upstream)
+    finally:
+        if upstream.content.is_eof():
+            upstream.release()  # fully read: the connection goes back to the pool
+        else:
+            upstream.close()  # abandoned mid-body: the connection cannot be reused
+
+
+async def _relay_response(request: web.Request,
+                          upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                              headers=_end_to_end(upstream.headers))
+    try:
+        await resp.prepare(request)
+        if request.method != "HEAD":
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+    except ConnectionError:
+        # The caller went away (skipped track, closed player): stop reading the upstream;
+        # closing its response in forward() tells an endless stream to stop too.
+        return resp
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # The upstream died mid-body. The status line is gone, so the only honest signal
+        # left is a truncated message: close the caller's connection without the final
+        # chunk (or short of Content-Length).
+        log.warning("upstream failed mid-response for %s: %s",
+                    _redacted(request), type(exc).__name__)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    return resp
+
+
+async def _relay_websocket(request: web.Request, session: aiohttp.ClientSession,
+                           url: URL) -> web.StreamResponse:
+    """Handshake with the upstream first (its refusal is relayed), then pump both ways."""
+    offered = [p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ())
+               for p in v.split(",") if p.strip()]
+    try:
+        upstream = await session.ws_connect(
+            url, headers=request_headers(request, websocket=True), protocols=offered,
+            autoclose=True, autoping=True, max_msg_size=0,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        return web.Response(status=exc.status, text=f"upstream refused the websocket: {exc.message}")
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.warning("upstream unreachable for %s: %s", _redacted(request), type(exc).__name__)
+        return upstream_error(request, "the music server behind musegate is unreachable")
+
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        autoclose=True, autoping=True, max_msg_size=0,
+    )
+    try:
+        await client.prepare(request)
+        to_upstream = asyncio.create_task(_pump(client, upstream))
+        to_client = asyncio.create_task(_pump(upstream, client))
+        await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (to_upstream, to_client):
+            if not task.done():
+                # The other side closed: let the pump see the close frame, then stop.
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=CONNECT_TIMEOUT)
+    finally:
+        await upstream.close()
+        await client.close()
+    return client
+
+
+def _close_code(code: int | None) -> int:
+    """A code that may be sent on the wire (1005/1006 are only ever reported locally)."""
+    if code is None or code == 1005:
+        return 1000
+    if code == 1006:
+        return 1011
+    return code
+
+
+async def _pump(src: Any, dst: Any) -> None:
+    """Copy messages from one websocket to the other; mirror the close with its code."""
+    async for msg in src:
+        if msg.type == WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif msg.type == WSMsgType.ERROR:
+            break
+    if not dst.closed:
+        await dst.close(code=_close_code(src.close_code))
+
+
+def upstream_error(request: web.Request, message: str) -> web.StreamResponse:
+    """502: a Subsonic error body in the caller's format for /rest/ paths, plain text otherwise."""
+    if "/rest/" in request.path:
+        return subsonic_format.error_response(request, subsonic_format.GENERIC, message, status=502)
+    return web.Response(status=502, text=f"502 Bad Gateway: {message}\n")

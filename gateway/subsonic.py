@@ -1,0 +1,438 @@
+"""The Subsonic similarity endpoints musegate answers itself; everything else passes through.
+
+Intercepted (``.view`` or bare, GET or POST form):
+
+* ``getSimilarSongs`` / ``getSimilarSongs2`` — song, album or artist id (album
+  and artist seeds are resolved through the upstream *with the caller's
+  credentials*, so a seed the caller cannot browse resolves to nothing);
+* ``getSonicSimilarTracks`` / ``findSonicPath`` — the OpenSubsonic
+  ``sonicSimilarity`` extension, ``sonicMatch`` entries ``{entry, similarity}``;
+* ``getOpenSubsonicExtensions`` — answered without authentication (as the spec
+  requires), the upstream's own list with ``sonicSimilarity`` merged in.
+
+Who may see what: every song in an answer is *hydrated* — fetched with
+``getSong`` from the upstream using the caller's own credentials, concurrently
+— and dropped when the upstream refuses it. Filtering by the caller's
+``getMusicFolders`` would be cheaper (one call) but not enough: the stored
+song objects were fetched by the service account, so their per-user fields
+(``starred``, ``userRating``, ``playCount``, ``played``…) belong to another
+user, and servers with per-library or per-share rules (Navidrome libraries,
+LMS users) do not express visibility as music folders alone. Hydration asks
+the server the exact question ("may this caller see this song, and what does
+it look like to them?") and returns exactly the Child the server itself would.
+Its cost is measured in the tests and documented in docs/subsonic.md.
+
+When musegate cannot answer — the seed is not analysed, the index is empty,
+the id is unknown — the request goes to the upstream unchanged
+(``gateway.proxy.forward``) and the caller gets the upstream's own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+from multidict import MultiDict
+
+from gateway import keys, proxy
+from gateway.subsonic_auth import (
+    AuthChecker,
+    CredentialCache,
+    Credentials,
+    UpstreamCaller,
+    UpstreamDown,
+    UpstreamError,
+)
+from gateway.subsonic_format import (
+    ENVELOPE,
+    GENERIC,
+    MISSING_PARAMETER,
+    NOT_FOUND,
+    PARAMS,
+    EnvelopeCache,
+    error_response,
+    ok_response,
+    params_of,
+    response_format,
+)
+from index.path import song_path
+from index.similar import similar_tracks
+from musegate.config import Config
+from musegate.services import LibrarySnapshot, unique_ids
+
+log = logging.getLogger(__name__)
+
+MAX_COUNT = 500
+EXTENSION = {"name": "sonicSimilarity", "versions": [1]}
+# Concurrent getSong calls per answer: enough to hide loopback/LAN latency,
+# few enough not to flood a small server (LMS and supysonic serve a handful of threads).
+HYDRATE_CONCURRENCY = 16
+# How deep a getSimilarSongs folder id is walked (artist folder -> album folders -> songs).
+DIRECTORY_DEPTH = 2
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+DOWN_MESSAGE = "The music server behind musegate is not reachable"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class SubsonicGateway:
+    """Per-app state: the upstream caller, the credential cache and the envelope cache."""
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession, envelope: EnvelopeCache):
+        self.config = config
+        self.upstream_url = config.upstream_url.rstrip("/")
+        self.envelope = envelope
+        self.upstream = UpstreamCaller(self.upstream_url, session, envelope)
+        self.cache = CredentialCache(config.auth_cache_seconds)
+        self.auth = AuthChecker(self.upstream, self.cache)
+
+    # ------------------------------------------------------------------ seeds
+
+    async def songs_of(
+        self, item_id: str, creds: Credentials, client: Mapping[str, str], folders: bool
+    ) -> list[str]:
+        """Upstream song ids of an album, artist (or, for folder-based calls, a directory).
+
+        Asked with the caller's credentials: what the caller cannot browse yields nothing.
+        """
+        try:
+            body = await self.upstream.call("getAlbum", creds, client, id=item_id)
+            return [s["id"] for s in _as_list(body.get("album", {}).get("song")) if "id" in s]
+        except UpstreamError:
+            pass
+        try:
+            body = await self.upstream.call("getArtist", creds, client, id=item_id)
+            albums = [a["id"] for a in _as_list(body.get("artist", {}).get("album")) if "id" in a]
+            found = await asyncio.gather(*(self._album_songs(a, creds, client) for a in albums))
+            return [s for songs in found for s in songs]
+        except UpstreamError:
+            pass
+        if folders:
+            return await self._directory_songs(item_id, creds, client, DIRECTORY_DEPTH)
+        return []
+
+    async def _album_songs(
+        self, album_id: str, creds: Credentials, client: Mapping[str, str]
+    ) -> list[str]:
+        try:
+            body = await self.upstream.call("getAlbum", creds, client, id=album_id)
+        except UpstreamError:
+            return []
+        return [s["id"] for s in _as_list(body.get("album", {}).get("song")) if "id" in s]
+
+    async def _directory_songs(
+        self, dir_id: str, creds: Credentials, client: Mapping[str, str], depth: int
+    ) -> list[str]:
+        try:
+            body = await self.upstream.call("getMusicDirectory", creds, client, id=dir_id)
+        except UpstreamError:
+            return []
+        children = _as_list(body.get("directory", {}).get("child"))
+        songs = [c["id"] for c in children if not c.get("isDir") and "id" in c]
+        if depth > 0:
+            subdirs = [c["id"] for c in children if c.get("isDir") and "id" in c]
+            found = await asyncio.gather(
+                *(self._directory_songs(d, creds, client, depth - 1) for d in subdirs)
+            )
+            songs.extend(s for group in found for s in group)
+        return songs
+
+    async def seeds(
+        self,
+        snap: LibrarySnapshot,
+        item_id: str,
+        creds: Credentials,
+        client: Mapping[str, str],
+        folders: bool = False,
+    ) -> list[int]:
+        """musegate track ids for a song, album or artist id; [] when none is analysed."""
+        if item_id in snap.by_upstream:
+            return [snap.by_upstream[item_id]]
+        songs = await self.songs_of(item_id, creds, client, folders)
+        return unique_ids([snap.by_upstream[s] for s in songs if s in snap.by_upstream])
+
+    # -------------------------------------------------------------- hydration
+
+    async def hydrate(
+        self,
+        upstream_ids: Sequence[str],
+        creds: Credentials,
+        client: Mapping[str, str],
+        limit: int | None = None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(id, the caller's Child) for the first ``limit`` ids the upstream lets the caller see.
+
+        Ids are fetched in rounds of exactly as many as are still missing, so the common
+        case (nothing refused) costs one ``getSong`` per returned song and no more.
+        UpstreamDown propagates: an unreachable server is an error, not an empty list.
+        """
+        limit = len(upstream_ids) if limit is None else limit
+        sem = asyncio.Semaphore(HYDRATE_CONCURRENCY)
+
+        async def one(uid: str) -> dict[str, Any] | None:
+            async with sem:
+                try:
+                    body = await self.upstream.call("getSong", creds, client, id=uid)
+                except UpstreamError:
+                    return None
+            song = body.get("song")
+            return song if isinstance(song, dict) else None
+
+        out: list[tuple[str, dict[str, Any]]] = []
+        pos = 0
+        while len(out) < limit and pos < len(upstream_ids):
+            batch = list(upstream_ids[pos : pos + (limit - len(out))])
+            pos += len(batch)
+            results = await asyncio.gather(*(one(u) for u in batch), return_exceptions=True)
+            for uid, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                if result is not None:
+                    out.append((uid, result))
+        return out
+
+
+GATEWAY = web.AppKey("subsonic_gateway", SubsonicGateway)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _as_list(value: Any) -> list[dict[str, Any]]:
+    """Subsonic JSON lists may arrive as a single object when they hold one element."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, dict)]
+
+
+class _Request:
+    """The merged parameters and raw body of one intercepted request."""
+
+    def __init__(self, request: web.Request, params: dict[str, str], body: bytes | None):
+        self.request = request
+        self.params = params
+        self.body = body
+        self.creds = Credentials.of(params, request.headers)
+
+
+async def _read(request: web.Request) -> _Request:
+    body: bytes | None = None
+    form: MultiDict[str] = MultiDict()
+    if request.method == "POST" and request.body_exists:
+        body = await request.read()
+        if request.content_type == "application/x-www-form-urlencoded":
+            charset = request.charset or "utf-8"
+            form = MultiDict(parse_qsl(body.decode(charset, errors="replace"),
+                                       keep_blank_values=True))
+    params = params_of(request, form)
+    request[PARAMS] = params
+    return _Request(request, params, body)
+
+
+def _count(params: Mapping[str, str], name: str, default: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _Fail(GENERIC, f"Invalid value for parameter {name}: {raw!r}") from None
+    return max(0, min(value, MAX_COUNT))
+
+
+def _similarity(value: float) -> float:
+    """Cosine similarity clamped to the 0..1 the extension promises."""
+    return round(float(np.clip(value, 0.0, 1.0)), 6)
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _required(params: Mapping[str, str], name: str) -> str:
+    value = params.get(name)
+    if not value:
+        raise _Fail(MISSING_PARAMETER, f"Required parameter is missing: {name}")
+    return value
+
+
+class _Fallback(Exception):
+    """musegate cannot answer this one: the upstream's own answer is returned."""
+
+
+def _authenticated(
+    inner: Callable[[web.Request, SubsonicGateway, _Request], Awaitable[web.StreamResponse]],
+) -> Handler:
+    """Parse, check the caller with the upstream, then answer (or fall back, or fail cleanly)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gw = request.app[GATEWAY]
+        req = await _read(request)
+        fmt, callback = response_format(req.params)
+        if fmt == "jsonp" and not callback:
+            return error_response(request, MISSING_PARAMETER, "Required parameter is missing: "
+                                  "callback", gw.envelope.get())
+        try:
+            await gw.auth.check(req.creds, req.params)
+            return await inner(request, gw, req)
+        except UpstreamError as exc:
+            return error_response(request, exc.code, exc.message, gw.envelope.get())
+        except _Fail as exc:
+            return error_response(request, exc.code, exc.message, gw.envelope.get())
+        except UpstreamDown:
+            return error_response(request, GENERIC, DOWN_MESSAGE, gw.envelope.get(), status=502)
+        except _Fallback:
+            return await proxy.forward(request, gw.upstream_url, body=req.body)
+
+    return handler
+
+
+def _snapshot(request: web.Request) -> LibrarySnapshot:
+    snap = request.app[keys.SERVICE].snapshot
+    if len(snap.catalogue) == 0:
+        raise _Fallback()
+    return snap
+
+
+# ---------------------------------------------------------------------------- handlers
+
+
+def _similar_songs(key: str, folders: bool) -> Handler:
+    async def inner(request: web.Request, gw: SubsonicGateway, req: _Request) -> web.Response:
+        item_id = _required(req.params, "id")
+        count = _count(req.params, "count", 50)
+        service = request.app[keys.SERVICE]
+        snap = _snapshot(request)
+        seeds = await gw.seeds(snap, item_id, req.creds, req.params, folders=folders)
+        if not seeds:
+            raise _Fallback()
+        songs = await _similar_children(request, gw, req, seeds, count, service)
+        return ok_response(request, {key: {"song": [child for child, _ in songs]}},
+                           gw.envelope.get())
+
+    return _authenticated(inner)
+
+
+async def _similar_children(
+    request: web.Request,
+    gw: SubsonicGateway,
+    req: _Request,
+    seeds: list[int],
+    count: int,
+    service: Any,
+) -> list[tuple[dict[str, Any], float]]:
+    """The caller-visible neighbours of ``seeds`` as (Child, similarity), best first."""
+    if count == 0:
+        return []
+    config = request.app[keys.CONFIG]
+    async with service.reading() as snap:
+        # Twice as many candidates as asked: hydration may refuse some, and asking FAISS
+        # for more costs next to nothing.
+        matches = await asyncio.to_thread(
+            similar_tracks, snap.catalogue, snap.index, seeds,
+            n=min(2 * count, len(snap.catalogue)), max_per_artist=config.max_per_artist,
+        )
+        upstream = [snap.upstream_ids.get(m.track_id) for m in matches]
+    sims = {u: float(m.similarity) for u, m in zip(upstream, matches, strict=True) if u}
+    hydrated = await gw.hydrate([u for u in upstream if u], req.creds, req.params, limit=count)
+    return [(child, sims[uid]) for uid, child in hydrated]
+
+
+async def _sonic_similar(request: web.Request, gw: SubsonicGateway, req: _Request) -> web.Response:
+    item_id = _required(req.params, "id")
+    count = _count(req.params, "count", 10)
+    service = request.app[keys.SERVICE]
+    snap = _snapshot(request)
+    seeds = await gw.seeds(snap, item_id, req.creds, req.params)
+    if not seeds:
+        raise _Fallback()
+    songs = await _similar_children(request, gw, req, seeds, count, service)
+    matches = [{"entry": child, "similarity": _similarity(sim)} for child, sim in songs]
+    return ok_response(request, {"sonicMatch": matches}, gw.envelope.get())
+
+
+async def _sonic_path(request: web.Request, gw: SubsonicGateway, req: _Request) -> web.Response:
+    start_id = _required(req.params, "startSongId")
+    end_id = _required(req.params, "endSongId")
+    count = max(2, _count(req.params, "count", 25))
+    service = request.app[keys.SERVICE]
+    snap = _snapshot(request)
+    start, end = snap.by_upstream.get(start_id), snap.by_upstream.get(end_id)
+    if start is None or end is None or start == end:
+        raise _Fallback()
+    config = request.app[keys.CONFIG]
+    async with service.reading() as snap:
+        path = await asyncio.to_thread(
+            song_path, snap.catalogue, snap.index, start, end,
+            length=count, max_per_artist=config.max_per_artist,
+        )
+        ids = path.track_ids
+        vectors = snap.catalogue.vectors[snap.catalogue.rows(ids)]
+        sims = (vectors @ vectors[0]).astype(float)
+        upstream = [snap.upstream_ids[t] for t in ids]
+    hydrated = dict(await gw.hydrate(upstream, req.creds, req.params))
+    if start_id not in hydrated or end_id not in hydrated:
+        raise _Fail(NOT_FOUND, "Song not found")
+    matches = [
+        {"entry": hydrated[u], "similarity": _similarity(s)}
+        for u, s in zip(upstream, sims, strict=True)
+        if u in hydrated
+    ]
+    return ok_response(request, {"sonicMatch": matches}, gw.envelope.get())
+
+
+async def open_subsonic_extensions(request: web.Request) -> web.Response:
+    """The upstream's extensions plus ``sonicSimilarity``; no authentication, as the spec says."""
+    gw = request.app[GATEWAY]
+    req = await _read(request)
+    theirs: list[dict[str, Any]] = []
+    try:
+        body = await gw.upstream.call(
+            "getOpenSubsonicExtensions", req.creds if req.creds.present else None, req.params
+        )
+        theirs = _as_list(body.get("openSubsonicExtensions"))
+    except (UpstreamError, UpstreamDown):
+        pass  # an older server without the endpoint, or down: musegate's own extension still holds
+    merged = [e for e in theirs if e.get("name") != EXTENSION["name"]] + [dict(EXTENSION)]
+    return ok_response(request, {"openSubsonicExtensions": merged}, gw.envelope.get())
+
+
+# ---------------------------------------------------------------------------- wiring
+
+
+ENDPOINTS: dict[str, Handler] = {
+    "getSimilarSongs": _similar_songs("similarSongs", folders=True),
+    "getSimilarSongs2": _similar_songs("similarSongs2", folders=False),
+    "getSonicSimilarTracks": _authenticated(_sonic_similar),
+    "findSonicPath": _authenticated(_sonic_path),
+    "getOpenSubsonicExtensions": open_subsonic_extensions,
+}
+
+
+def add_subsonic(app: web.Application, config: Config) -> None:
+    """Register the intercepted endpoints (call before the proxy's catch-all)."""
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        envelope = EnvelopeCache()
+        async with aiohttp.ClientSession(
+            timeout=UPSTREAM_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
+        ) as session:
+            app[ENVELOPE] = envelope
+            app[GATEWAY] = SubsonicGateway(config, session, envelope)
+            yield
+
+    app.cleanup_ctx.append(lifetime)
+    for name, handler in ENDPOINTS.items():
+        for path in (f"/rest/{name}", f"/rest/{name}.view"):
+            app.router.add_route("GET", path, handler)
+            app.router.add_route("POST", path, handler)
