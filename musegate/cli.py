@@ -113,8 +113,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("demo", help="generate a demo library, analyse it, show similar songs")
+    p = sub.add_parser(
+        "demo",
+        help="generate a demo library, serve it with a real Subsonic server, put musegate in "
+        "front of it and ask for similar songs like an app would",
+    )
     p.add_argument("--dir", default="demo-data", help="where the demo library and database go")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the demo servers running until Ctrl-C (default: when interactive)")
     return parser
 
 
@@ -309,7 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from musegate.demo import run_demo
 
-        return asyncio.run(run_demo(config, args.dir))
+        try:
+            return asyncio.run(run_demo(config, args.dir, args.wait))
+        except KeyboardInterrupt:
+            return 0
     from musegate.library import TrackNotFound
 
     commands = {

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import soundfile as sf
 from mutagen.flac import FLAC
@@ -14,6 +18,8 @@ from musegate.demosynth import SR, STYLES, render_track
 
 TRACKS_PER_STYLE = 4
 DEMO_LIBRARY_NAME = "musegate demo library (generated audio)"
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo"
 
 
 def generate_demo_library(root: Path, tracks_per_style: int = TRACKS_PER_STYLE) -> list[Path]:
@@ -40,40 +46,114 @@ def generate_demo_library(root: Path, tracks_per_style: int = TRACKS_PER_STYLE) 
     return written
 
 
-async def run_demo(config: Config, directory: str) -> int:
-    from adapters.folder import FolderAdapter
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_for_library_job(app: Any, timeout: float = 900.0) -> dict[str, Any]:
+    from gateway import keys
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        state = app[keys.SCHEDULER].state
+        if state.message != last:
+            print(f"    {state.status}: {state.message}", flush=True)
+            last = state.message
+        if state.status in ("done", "failed") and state.finished:
+            return state.to_json()
+        await asyncio.sleep(0.5)
+    raise TimeoutError("the demo library was not analysed in time")
+
+
+def _similar_through_musegate(port: int, seeds: list[tuple[str, str]]) -> tuple[int, int]:
+    """Ask musegate with py-sonic, exactly as a Subsonic app would; returns (same style, total)."""
+    import libsonic
+
+    conn = libsonic.Connection("http://127.0.0.1", DEMO_USER, DEMO_PASSWORD, port=port,
+                               legacyAuth=True, appName="musegate-demo")
+    hits = total = 0
+    for song_id, genre in seeds:
+        seed = conn.getSong(song_id)["song"]
+        answer = conn.getSimilarSongs2(song_id, count=3)
+        songs = answer.get("similarSongs2", {}).get("song", [])
+        print(f"  getSimilarSongs2 {seed['title']}  [{genre}]")
+        for song in songs:
+            same = song.get("genre") == genre
+            hits += same
+            total += 1
+            print(f"     {song['title']}  [{song.get('genre')}]")
+    return hits, total
+
+
+async def run_demo(config: Config, directory: str, wait: bool | None = None) -> int:
+    """Demo library → real Subsonic server (supysonic) → musegate in front → a real client."""
+    from aiohttp import web
+
     from analysis.store import LibraryStore
-    from musegate import library
+    from gateway import keys
+    from gateway.app import create_app
+    from musegate.supysonic_runner import Supysonic
 
     base = Path(directory).resolve()
     lib_root = base / DEMO_LIBRARY_NAME
-    print(f"1/3 generating the demo library in {lib_root} …")
+    print(f"1/4 generating the demo library in {lib_root} …", flush=True)
     started = time.monotonic()
     generate_demo_library(lib_root)
     print(f"    {len(STYLES) * TRACKS_PER_STYLE} tracks in {len(STYLES)} styles "
           f"({time.monotonic() - started:.1f} s)")
 
-    config = config.replace(data_dir=str(base / "data"), library_path=str(lib_root))
-    store = await LibraryStore.open(config.db_path)
-    try:
-        sync = await library.scan(store, FolderAdapter(lib_root))
-        print(f"2/3 analysing ({sync.added} new tracks, mode {config.analysis_mode}, "
-              f"{config.workers} workers) …")
-        report = await library.analyse(store, config)
-        print(f"    {report.analysed} analysed, {report.failed} failed in {report.seconds:.1f} s")
-
-        print("3/3 similar songs (by sound only; the genre tag is shown to check by):")
-        hits = total = 0
-        for style in STYLES:
-            seed = (await store.find_tracks(f"{style.name} 1", limit=1))[0]
-            result = await library.similar(store, config, seed, 3)
-            print(f"  {seed.title}  [{seed.genre}]")
-            for track, sim in result.neighbours:
-                print(f"     {sim:.3f}  {track.title}  [{track.genre}]")
-                hits += track.genre == seed.genre
-                total += 1
-        print(f"  {hits} of {total} neighbours share the seed's style.")
-        print(f"\nTry: .venv/bin/musegate --data-dir {base / 'data'} similar 'techno 2'")
-        return 0
-    finally:
-        await store.close()
+    print("2/4 starting a Subsonic server (supysonic) on the demo library …", flush=True)
+    async with Supysonic.start(base / "supysonic", lib_root, users={DEMO_USER: DEMO_PASSWORD},
+                               admins=(DEMO_USER,)) as server:
+        print(f"    {server.url}/rest  (user {DEMO_USER!r}, password {DEMO_PASSWORD!r})")
+        config = config.replace(
+            data_dir=str(base / "data"), source="subsonic", upstream_url=server.url,
+            upstream_user=DEMO_USER, upstream_password=DEMO_PASSWORD, library_path="",
+            path_map=f"={lib_root}", host="127.0.0.1", port=config.port or _free_port(),
+        )
+        app = create_app(config, schedule=True)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = config.port
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", port)
+            await site.start()
+        except OSError:
+            port = _free_port()
+            site = web.TCPSite(runner, "127.0.0.1", port)
+            await site.start()
+        try:
+            print(f"3/4 musegate in front of it on http://127.0.0.1:{port}: scanning and "
+                  f"analysing ({config.analysis_mode} mode, {config.workers} workers) …",
+                  flush=True)
+            state = await _wait_for_library_job(app)
+            if state["status"] != "done":
+                print(f"    the library job failed: {state.get('error')}")
+                return 1
+            store: LibraryStore = app[keys.STORE]
+            seeds = []
+            for style in STYLES:
+                track = (await store.find_tracks(f"{style.name} 1", limit=1))[0]
+                seeds.append((track.upstream_id, style.genre))
+            print("4/4 similar songs asked through musegate by a Subsonic client (py-sonic):")
+            hits, total = await asyncio.to_thread(_similar_through_musegate, port, seeds)
+            print(f"  {hits} of {total} similar songs share the seed's style.")
+            print(
+                "\nPoint a Subsonic app (Symfonium, Feishin, DSub, Supersonic…) at\n"
+                f"    http://127.0.0.1:{port}   user {DEMO_USER!r}  password {DEMO_PASSWORD!r}\n"
+                "and use its instant mix / song radio / similar songs."
+            )
+            if wait is None:
+                wait = sys.stdin.isatty()
+            if wait:
+                print("Press Ctrl-C to stop the demo servers.", flush=True)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
+            return 0
+        finally:
+            await runner.cleanup()
