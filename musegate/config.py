@@ -18,7 +18,7 @@ ENV_PREFIX = "MUSEGATE_"
 CONFIG_ENV = "MUSEGATE_CONFIG"
 DEFAULT_CONFIG_FILE = "musegate.toml"
 ANALYSIS_MODES = ("sampled", "fast", "full")
-SOURCES = ("folder", "subsonic")
+SOURCES = ("folder", "subsonic", "jellyfin")
 LLM_PROVIDERS = ("", "ollama", "openai")
 
 
@@ -97,7 +97,7 @@ FIELDS: tuple[Field, ...] = (
         "source",
         str,
         lambda: "folder",
-        "where the library comes from: 'folder' (library_path) or 'subsonic' (upstream_url)",
+        "where the library comes from: 'folder' (library_path), 'subsonic' or 'jellyfin' (upstream_url)",
         choices=SOURCES,
     ),
     Field(
@@ -121,6 +121,12 @@ FIELDS: tuple[Field, ...] = (
         str,
         lambda: "",
         "read audio from a mounted copy: 'SERVER_PREFIX=LOCAL_PREFIX' pairs separated by ';'",
+    ),
+    Field(
+        "libraries",
+        str,
+        lambda: "",
+        "Jellyfin: names of the music libraries to analyse, separated by ',' (default: all)",
     ),
     Field("scan_cron", str, lambda: "0 3 * * *", "when the library is rescanned (cron, local time)"),
     Field("auth_cache_seconds", int, lambda: 60, "how long a successful credential check is reused", minimum=0),
@@ -155,6 +161,7 @@ class Config:
     upstream_api_key: str
     upstream_auth: str
     path_map: str
+    libraries: str
     scan_cron: str
     auth_cache_seconds: int
 
