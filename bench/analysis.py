@@ -158,11 +158,47 @@ def plan_patch_rows(duration: float, n_patches: int, plan: SamplingPlan) -> list
     return rows or list(range(n_patches))
 
 
+def model_speed(batches: int = 5, batch: int = 32) -> tuple[float, float, list[str]]:
+    """Best and median ms per patch of the ONNX model on one thread (random log-mel input)."""
+    from analysis.model import MusicnnModel
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+    model = MusicnnModel(threads=1)
+    x = np.random.default_rng(0).uniform(0, 4, (batch, 187, 96)).astype(np.float32)
+    model.run(x)  # warm-up
+    times = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        model.run(x)
+        times.append((time.perf_counter() - started) * 1000 / batch)
+    return min(times), float(np.median(times)), model.providers
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N tracks")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--model-only", action="store_true", help="only the model's ms per patch")
     args = parser.parse_args()
+
+    best, median, providers = model_speed()
+    line = (f"MSD-musicnn ONNX model: {best:.1f} ms per patch best, {median:.1f} ms median "
+            f"(batches of 32, one thread, {providers[0]})")
+    print(line, flush=True)
+    if not args.no_write:
+        write_section(REPO / "docs" / "benchmarks.md", "## Model speed", "\n".join([
+            "## Model speed (`make bench` → `bench/analysis.py`)",
+            "",
+            f"Measured {date.today().isoformat()} on {cpu_name()}; command: `make bench` "
+            "(or `.venv/bin/python bench/analysis.py --model-only`).",
+            "",
+            line + ". A naive tf2onnx conversion of the same network runs at 100–240 ms per "
+            "patch on these machines (see docs/model.md).",
+            "",
+        ]))
+    if args.model_only:
+        return 0
 
     root = corpus_dir()
     tracks = read_manifest(root)[: args.limit]
@@ -239,15 +275,7 @@ def main() -> int:
     print("\n".join(sweep))
 
     if not args.no_write:
-        cpu = platform.processor() or platform.machine()
-        try:
-            model_name = next(
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            )
-        except (OSError, StopIteration):
-            model_name = cpu
+        model_name = cpu_name()
         section = "\n".join([
             "## Analysis speed and agreement (`make bench` → `bench/analysis.py`)",
             "",
@@ -274,6 +302,17 @@ def main() -> int:
         write_section(REPO / "docs" / "benchmarks.md", "## Analysis speed", section)
         print("written to docs/benchmarks.md")
     return 0
+
+
+def cpu_name() -> str:
+    try:
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def write_section(doc: Path, marker: str, section: str) -> None:
