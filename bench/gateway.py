@@ -12,8 +12,8 @@ off so it streams like musegate) as a second baseline. Measured per target:
    connection (p50/p99), and musegate's/nginx's added p50 versus direct;
 2. throughput of one 200 MB ``stream`` (format=raw), and the share of direct;
 3. 50 concurrent clients issuing ``getAlbum`` (requests/s, p50/p99);
-4. the intercepted ``getSimilarSongs2`` (count 50) end to end —
-   ``intercepted_similar_latency`` below, filled in once the gateway has it.
+4. the intercepted ``getSimilarSongs2`` (count 50) end to end, on a store that holds
+   every upstream song with an analysis (``seed_store``).
 
 Results are printed and written to docs/benchmarks.md (--no-write to skip).
 """
@@ -78,7 +78,7 @@ async def supysonic_upstream(work: Path) -> AsyncIterator[Upstream]:
 
     from tests.supysonic_server import Supysonic, generate_library
 
-    music = generate_library(work / "music", artists=3, albums=2, tracks=8, seconds=2.0)
+    music = generate_library(work / "music", artists=20, albums=2, tracks=2, seconds=1.0)
     big = music / "Big" / "Big Album" / "big.wav"
     big.parent.mkdir(parents=True, exist_ok=True)
     frames = BIG // 4  # 16-bit stereo
@@ -265,15 +265,68 @@ async def concurrent(base: str, path: str, auth: dict[str, str], clients: int,
     return len(samples) / elapsed, p50, p99
 
 
-async def intercepted_similar_latency(gate_url: str, upstream: Upstream,
-                                      n: int) -> tuple[float, float] | None:
-    """p50/p99 ms of an intercepted getSimilarSongs2 (count 50) through musegate.
+async def seed_store(data_dir: Path, upstream: Upstream) -> list[str]:
+    """Every upstream song in musegate's store with an analysis, as a finished scan would leave it.
 
-    Left for the lead: it needs an analysed library behind the Subsonic gateway
-    (engineer G's routes) rather than the bare pass-through measured here. Return
-    None to leave the row out.
+    The embeddings are synthetic (clustered by album): the intercepted call's cost
+    does not depend on what the songs sound like, only on how many there are.
     """
-    return None
+    from analysis.store import LibraryStore, TrackRecord
+    from analysis.types import TrackAnalysis
+    from musegate.config import load_config
+    from musegate.library import analyzer_settings
+
+    async with aiohttp.ClientSession() as s, s.get(
+        f"{upstream.url}/rest/search3.view",
+        params={**upstream.auth, "query": "", "songCount": "500"},
+    ) as r:
+        songs = (await r.json())["subsonic-response"]["searchResult3"]["song"]
+    config = load_config(None, env={}, overrides={"data_dir": str(data_dir)})
+    version = analyzer_settings(config).version
+    source = f"subsonic:{upstream.url}"
+    rng = np.random.default_rng(0)
+    centres = {a: rng.standard_normal(200) for a in {song.get("albumId") for song in songs}}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = await LibraryStore.open(config.db_path)
+    try:
+        await store.sync_source(source, [
+            TrackRecord(source=source, upstream_id=song["id"], title=song.get("title"),
+                        artist=song.get("artist"), album=song.get("album"),
+                        size=song.get("size"), duration=song.get("duration"), raw=song)
+            for song in songs
+        ])
+        tracks = await store.tracks_of_source(source)
+        await store.write_results([
+            (tracks[song["id"]].id or 0, TrackAnalysis(
+                embedding=(centres[song.get("albumId")] + rng.standard_normal(200) * 0.3)
+                .astype(np.float32),
+                tags=np.zeros(50, np.float32), tempo=120.0, key="C", scale="major",
+                key_strength=0.5, energy=0.5, loudness=-12.0, duration=2.0, patches=1,
+                version=version))
+            for song in songs
+        ])
+    finally:
+        await store.close()
+    return [song["id"] for song in songs]
+
+
+async def intercepted_similar_latency(gate_url: str, upstream: Upstream, seeds: list[str],
+                                      n: int) -> dict[str, float]:
+    """p50/p99 ms of an intercepted getSimilarSongs2 (count 50) through musegate, and songs returned."""
+    samples: list[float] = []
+    returned: list[int] = []
+    async with aiohttp.ClientSession() as s:
+        for i in range(n):
+            params = {**upstream.auth, "id": seeds[i % len(seeds)], "count": "50"}
+            t0 = time.perf_counter()
+            async with s.get(f"{gate_url}/rest/getSimilarSongs2.view", params=params) as r:
+                body = await r.json()
+            samples.append((time.perf_counter() - t0) * 1000)
+            answer = body["subsonic-response"]
+            assert answer["status"] == "ok", answer
+            returned.append(len(answer.get("similarSongs2", {}).get("song", [])))
+    p50, p99 = _ms(samples)
+    return {"p50": p50, "p99": p99, "songs": float(np.mean(returned))}
 
 
 # ---------------------------------------------------------------------------- the run
@@ -286,27 +339,38 @@ async def run(quick: bool) -> dict[str, Any]:
         work = Path(tmp)
         make_upstream: Callable[[Path], Any] = (
             supysonic_upstream if _supysonic_available() else stub_upstream)
-        async with make_upstream(work / "upstream") as upstream, \
-                run_musegate(work / "musegate", upstream.url) as gate, \
-                run_nginx(work / "nginx", upstream.url) as nginx_url:
-            targets = {"direct": upstream.url, "musegate": gate.url}
-            if nginx_url:
-                targets["nginx"] = nginx_url
-            results: dict[str, Any] = {"upstream": upstream.name, "targets": list(targets),
-                                       "n": n, "per_client": per_client}
+        async with make_upstream(work / "upstream") as upstream:
+            seeds = (await seed_store(work / "musegate", upstream)
+                     if make_upstream is supysonic_upstream else [])
+            async with run_musegate(work / "musegate", upstream.url,
+                                    source="subsonic" if seeds else "folder") as gate, \
+                    run_nginx(work / "nginx", upstream.url) as nginx_url:
+                results = await _measure(upstream, gate, nginx_url, seeds, n, per_client)
+    return results
 
-            async def each(label: str, fn: Callable[[str], Awaitable[Any]]) -> None:
-                for name, base in targets.items():
-                    results[(label, name)] = await fn(base)
-                    print(f"{label:>12} {name:>8}: {results[(label, name)]}", flush=True)
 
-            await each("ping", lambda b: latency(b, upstream.ping, upstream.auth, n))
-            await each("getAlbum", lambda b: latency(b, upstream.album, upstream.auth, n))
-            await each("stream", lambda b: throughput(b, upstream.stream, upstream.auth))
-            await each("concurrent", lambda b: concurrent(b, upstream.album, upstream.auth,
-                                                          50, per_client))
-            results["similar"] = await intercepted_similar_latency(gate.url, upstream, n)
-            results["musegate_rss_mib"] = gate.memory_kib()["VmHWM"] / 1024
+async def _measure(upstream: Upstream, gate: Any, nginx_url: str | None, seeds: list[str],
+           n: int, per_client: int) -> dict[str, Any]:
+    targets = {"direct": upstream.url, "musegate": gate.url}
+    if nginx_url:
+        targets["nginx"] = nginx_url
+    results: dict[str, Any] = {"upstream": upstream.name, "targets": list(targets),
+                               "n": n, "per_client": per_client}
+
+    async def each(label: str, fn: Callable[[str], Awaitable[Any]]) -> None:
+        for name, base in targets.items():
+            results[(label, name)] = await fn(base)
+            print(f"{label:>12} {name:>8}: {results[(label, name)]}", flush=True)
+
+    await each("ping", lambda b: latency(b, upstream.ping, upstream.auth, n))
+    await each("getAlbum", lambda b: latency(b, upstream.album, upstream.auth, n))
+    await each("stream", lambda b: throughput(b, upstream.stream, upstream.auth))
+    await each("concurrent", lambda b: concurrent(b, upstream.album, upstream.auth,
+                                                  50, per_client))
+    results["similar"] = (
+        await intercepted_similar_latency(gate.url, upstream, seeds, min(n, 100))
+        if seeds else None)
+    results["musegate_rss_mib"] = gate.memory_kib()["VmHWM"] / 1024
     return results
 
 
@@ -355,12 +419,15 @@ def render(r: dict[str, Any]) -> str:
         rps, p50, p99 = r[("concurrent", t)]
         lines.append(f"| {t} | {rps:.0f} | {p50:.1f} | {p99:.1f} |")
     if r.get("similar"):
-        p50, p99 = r["similar"]
-        lines += ["", f"Intercepted `getSimilarSongs2` (count 50) through musegate: "
-                      f"p50 {p50:.1f} ms, p99 {p99:.1f} ms."]
+        sim = r["similar"]
+        lines += ["", f"Intercepted `getSimilarSongs2` (count 50, {sim['songs']:.0f} songs per "
+                      f"answer on average, every song fetched again with `getSong` as the caller "
+                      f"— see docs/subsonic.md) through musegate: p50 {sim['p50']:.1f} ms, "
+                      f"p99 {sim['p99']:.1f} ms. Nearly all of it is one `getSong` round trip per "
+                      "returned song: supysonic answers them one at a time."]
     else:
-        lines += ["", "Intercepted `getSimilarSongs2`: not measured yet "
-                      "(`intercepted_similar_latency` in bench/gateway.py)."]
+        lines += ["", "Intercepted `getSimilarSongs2`: not measured (needs supysonic as the "
+                      "upstream; the stub has no library)."]
     lines += ["", f"musegate's peak resident memory over the whole run (VmHWM): "
                   f"{r['musegate_rss_mib']:.0f} MiB, most of it the libraries loaded at start "
                   "(numpy, FAISS, ONNX Runtime); a 200 MB stream does not add to it "
