@@ -26,10 +26,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -37,6 +35,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from adapters.base import HistoryEntry, NoListeningHistory
+from adapters.common import OwnedSession, epoch, parse_path_map, to_int, verified_local_copy
 from analysis.decode import redact_url
 from analysis.store import TrackRecord
 
@@ -103,7 +102,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-class SubsonicClient:
+class SubsonicClient(OwnedSession):
     """A service-account session with one Subsonic server; always JSON, always signed.
 
     ``auth`` is ``auto`` (token, falling back to password on servers that refuse
@@ -135,29 +134,10 @@ class SubsonicClient:
         self.mode: str | None = None if auth == "auto" else auth
         if auth == "auto" and api_key and not password:
             self.mode = "apikey"
-        self._session = session
-        self._own_session = session is None
+        self._init_session(session)
         self._negotiating = asyncio.Lock()
 
     # ---- lifecycle -------------------------------------------------------------
-
-    async def __aenter__(self) -> SubsonicClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None and self._own_session:
-            await self._session.close()
-        self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
-            self._session = aiohttp.ClientSession(timeout=timeout)
-            self._own_session = True
-        return self._session
 
     # ---- signing ---------------------------------------------------------------
 
@@ -263,22 +243,6 @@ class SubsonicClient:
 # ---- song objects ---------------------------------------------------------------
 
 
-def _epoch(value: Any) -> float | None:
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def shared_song(song: Mapping[str, Any]) -> dict[str, Any]:
     """The song object without the service account's per-user fields (safe to show anyone)."""
     return {k: v for k, v in song.items() if k not in PER_USER_FIELDS}
@@ -287,53 +251,22 @@ def shared_song(song: Mapping[str, Any]) -> dict[str, Any]:
 def song_record(source: str, song: Mapping[str, Any]) -> TrackRecord:
     """A TrackRecord from a Subsonic Child; ``mtime`` is the server's changed/created time."""
     raw = shared_song(song)
-    size = _int(song.get("size"))
+    size = to_int(song.get("size"))
     duration = song.get("duration")
     return TrackRecord(
         source=source,
         upstream_id=str(song["id"]),
         path=str(song["path"]) if song.get("path") else None,
         size=size if size is not None and size >= 0 else None,
-        mtime=_epoch(song.get("changed")) or _epoch(song.get("created")),
+        mtime=epoch(song.get("changed")) or epoch(song.get("created")),
         title=song.get("title"),
         artist=song.get("artist") or song.get("displayArtist"),
         album=song.get("album"),
         genre=song.get("genre"),
-        year=_int(song.get("year")),
+        year=to_int(song.get("year")),
         duration=float(duration) if isinstance(duration, (int, float)) else None,
         raw=raw,
     )
-
-
-def parse_path_map(text: str) -> list[tuple[str, Path]]:
-    """``'SERVER=LOCAL;SERVER2=LOCAL2'`` → pairs, longest server prefix first.
-
-    An empty server prefix (``'=/mnt/music'``) maps relative paths, which is what
-    servers like supysonic report (paths relative to the music folder).
-    """
-    pairs: list[tuple[str, Path]] = []
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise ValueError(f"path_map entry {part!r} is not SERVER_PREFIX=LOCAL_PREFIX")
-        server, local = part.split("=", 1)
-        pairs.append((server.strip().rstrip("/"), Path(local.strip()).expanduser()))
-    pairs.sort(key=lambda p: len(p[0]), reverse=True)
-    return pairs
-
-
-def map_path(server_path: str, path_map: Iterable[tuple[str, Path]]) -> Path | None:
-    """The local copy of ``server_path`` under the first matching prefix, if any."""
-    for prefix, local in path_map:
-        if not prefix:
-            if not server_path.startswith("/"):
-                return local / server_path
-            continue
-        if server_path == prefix or server_path.startswith(prefix + "/"):
-            return local / server_path[len(prefix):].lstrip("/")
-    return None
 
 
 class SubsonicAdapter:
@@ -472,23 +405,11 @@ class SubsonicAdapter:
 
     def local_path(self, track: TrackRecord) -> Path | None:
         """The mounted copy of ``track`` when the path map has one of the right size."""
-        server_path = (track.raw or {}).get("path") or track.path
-        if not self.path_map or not server_path:
-            return None
-        local = map_path(str(server_path), self.path_map)
-        if local is None:
-            return None
-        try:
-            size = os.stat(local).st_size
-        except OSError:
-            return None
-        want = _int((track.raw or {}).get("size"))
-        if want is None:
-            want = track.size
-        if want is None or want != size:
-            log.debug("mapped file for %s has size %s, server says %s", track.upstream_id, size, want)
-            return None
-        return local
+        raw = track.raw or {}
+        want = to_int(raw.get("size"))
+        return verified_local_copy(raw.get("path") or track.path,
+                                   track.size if want is None else want,
+                                   self.path_map, track.upstream_id)
 
     def audio_location(self, track: TrackRecord) -> str:
         """A local path (mapped, size verified) or a signed ``download`` URL; the URL is a secret."""
@@ -561,10 +482,10 @@ class SubsonicAdapter:
                 if "playCount" not in song:
                     continue
                 counted = True
-                plays = _int(song.get("playCount")) or 0
+                plays = to_int(song.get("playCount")) or 0
                 if plays > 0:
                     entries[str(song["id"])] = HistoryEntry(
-                        str(song["id"]), plays, _epoch(song.get("played"))
+                        str(song["id"]), plays, epoch(song.get("played"))
                     )
         if not counted:
             recent_ids = {str(a["id"]) for a in recent_albums}
@@ -572,11 +493,11 @@ class SubsonicAdapter:
                 if album_id not in recent_ids:
                     continue
                 album = order[album_id]
-                plays = max(1, _int(album.get("playCount")) or 1)
+                plays = max(1, to_int(album.get("playCount")) or 1)
                 for song in songs:
                     entries.setdefault(
                         str(song["id"]),
-                        HistoryEntry(str(song["id"]), plays, _epoch(album.get("played"))),
+                        HistoryEntry(str(song["id"]), plays, epoch(album.get("played"))),
                     )
         if not entries:
             raise NoListeningHistory(

@@ -19,14 +19,13 @@ import pytest
 from aiohttp import web
 
 from adapters.base import NoListeningHistory
+from adapters.common import map_path, parse_path_map
 from adapters.subsonic import (
     SubsonicAdapter,
     SubsonicAuthError,
     SubsonicClient,
     SubsonicError,
     SubsonicUnavailable,
-    map_path,
-    parse_path_map,
 )
 from analysis.analyzer import run_analysis
 from analysis.decode import DecodeError, fetch, redact_url

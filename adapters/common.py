@@ -1,0 +1,128 @@
+"""What every server adapter needs the same way: an HTTP session it owns, value parsing,
+and the path map that lets musegate read a mounted copy of the library.
+
+Kept in one place so that a fix (a date format, a path-map edge case) reaches
+every server family at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Self
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+
+class OwnedSession:
+    """An aiohttp session created on first use (inside the running loop) and closed with us.
+
+    A caller may pass its own session instead; that one is left open on close.
+    """
+
+    _session: aiohttp.ClientSession | None
+    _own_session: bool
+
+    def _init_session(self, session: aiohttp.ClientSession | None) -> None:
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # No total timeout: a large download may take long; stalls are caught by sock_read.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+            self._own_session = True
+        return self._session
+
+
+def epoch(value: Any) -> float | None:
+    """Seconds since 1970 from an ISO-8601 string (servers' 'Z' and 7-digit fractions too)."""
+    if not value or not isinstance(value, str):
+        return None
+    text = value.replace("Z", "+00:00")
+    if "." in text:  # Jellyfin writes 7 fractional digits; fromisoformat takes at most 6
+        head, _, tail = text.partition(".")
+        digits = "".join(c for c in tail if c.isdigit())
+        text = f"{head}.{digits[:6]}{tail[len(digits):]}"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def to_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_path_map(text: str) -> list[tuple[str, Path]]:
+    """``'SERVER=LOCAL;SERVER2=LOCAL2'`` → pairs, longest server prefix first.
+
+    An empty server prefix (``'=/mnt/music'``) maps relative paths, which is what
+    servers like supysonic report (paths relative to the music folder).
+    """
+    pairs: list[tuple[str, Path]] = []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValueError(f"path_map entry {part!r} is not SERVER_PREFIX=LOCAL_PREFIX")
+        server, local = part.split("=", 1)
+        pairs.append((server.strip().rstrip("/"), Path(local.strip()).expanduser()))
+    pairs.sort(key=lambda p: len(p[0]), reverse=True)
+    return pairs
+
+
+def map_path(server_path: str, path_map: Iterable[tuple[str, Path]]) -> Path | None:
+    """The local copy of ``server_path`` under the first matching prefix, if any."""
+    for prefix, local in path_map:
+        if not prefix:
+            if not server_path.startswith("/"):
+                return local / server_path
+            continue
+        if server_path == prefix or server_path.startswith(prefix + "/"):
+            return local / server_path[len(prefix):].lstrip("/")
+    return None
+
+
+def verified_local_copy(
+    server_path: str | None, size: int | None, path_map: list[tuple[str, Path]], what: str
+) -> Path | None:
+    """The mapped file for ``server_path`` only if it exists with the size the server reports.
+
+    Checking the size catches a stale mount or a wrong mapping (Navidrome's
+    made-up paths) before the wrong file is analysed; the caller then downloads.
+    """
+    if not path_map or not server_path:
+        return None
+    local = map_path(str(server_path), path_map)
+    if local is None:
+        return None
+    try:
+        actual = os.stat(local).st_size
+    except OSError:
+        return None
+    if size is None or size != actual:
+        log.debug("mapped file for %s has size %s, server says %s", what, actual, size)
+        return None
+    return local
