@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/jellyfin.py
 
 clean:
 	rm -rf $(VENV) demo-data build *.egg-info
