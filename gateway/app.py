@@ -42,6 +42,12 @@ def default_adapter(config: Config) -> Any:
         from adapters.subsonic import SubsonicAdapter
 
         return SubsonicAdapter.from_config(config)
+    if config.source == "jellyfin":
+        if not config.upstream_url:
+            return None
+        from adapters.jellyfin import JellyfinAdapter
+
+        return JellyfinAdapter.from_config(config)
     if config.library_path:
         return FolderAdapter(config.library_path, playlist_dir=config.playlist_path)
     return None
@@ -128,13 +134,19 @@ def create_app(
             await store.close()
 
     app.cleanup_ctx.append(lifetime)
-    for method, path, handler in api.routes(base) + compat.routes(base):
+    jellyfin = config.source == "jellyfin" and bool(config.upstream_url)
+    for method, path, handler in api.routes(base) + compat.routes(base, plugin=not jellyfin):
         app.router.add_route(method, path, handler)
     if config.source == "subsonic" and config.upstream_url:
         # The intercepted Subsonic similarity endpoints (before the pass-through below).
         from gateway.subsonic import add_subsonic
 
         add_subsonic(app, config)
+    if jellyfin:
+        # InstantMix, Similar and /AudioMuseAI/* for Jellyfin apps (before the pass-through).
+        from gateway.jellyfin import add_jellyfin
+
+        add_jellyfin(app, config)
     if config.upstream_url:
         # Keep this last: the pass-through is the catch-all for whatever no route above answers.
         from gateway.proxy import add_proxy

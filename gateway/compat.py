@@ -221,13 +221,23 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-def routes(base: str) -> list[tuple[str, str, Any]]:
-    """AudioMuse-AI's ``POST /api/alchemy`` shares musegate's route: api.py tells them apart."""
+def routes(base: str, plugin: bool = True) -> list[tuple[str, str, Any]]:
+    """AudioMuse-AI's ``POST /api/alchemy`` shares musegate's route: api.py tells them apart.
+
+    ``plugin=False`` leaves out the Jellyfin plugin's ``/AudioMuseAI/*`` routes: in front
+    of Jellyfin, gateway.jellyfin answers them (in any letter case, as ASP.NET Core
+    routes match) with the caller's token checked.
+    """
     api = f"{base}/api"
-    return [
+    own = [
         ("GET", f"{api}/similar_tracks", similar_tracks_compat),
         ("GET", f"{api}/find_path", find_path_compat),
         ("GET", f"{api}/search_tracks", search_tracks_compat),
+    ]
+    if not plugin:
+        return own
+    return [
+        *own,
         ("GET", "/AudioMuseAI/similar_tracks", similar_tracks_compat),
         ("GET", "/AudioMuseAI/find_path", find_path_compat),
         ("GET", "/AudioMuseAI/health", health),

@@ -1,0 +1,330 @@
+"""Jellyfin gateway: InstantMix through musegate versus the server's own mix, and pass-through cost.
+
+    make bench                 # or: .venv/bin/python bench/jellyfin.py [--no-write] [--quick]
+
+Jellyfin cannot be installed here, so the upstream is the test suite's fake
+Jellyfin (tests/fakes/jellyfin.py) in its own process, holding a generated
+library (2,000 songs, 100 artists, 200 albums, 20 genres; one 20 MB song for
+the stream). musegate runs in front of it in another process (``source =
+"jellyfin"``) with a synthetic analysis for every song (one embedding cluster
+per artist), so the index is full and every mix is answered by musegate.
+Measured, in the same run:
+
+1. ``GET /Items/{id}/InstantMix?limit=200`` for a song seed through musegate
+   (FAISS neighbours + one ``/Items?Ids=`` call as the caller) versus the
+   fake's native mix asked directly (random songs sharing a genre), p50/p99;
+   album and genre seeds through musegate as well;
+2. pass-through overhead for ``GET /Items`` (50 songs) versus direct;
+3. throughput of one 20 MB ``/Audio/{id}/stream`` versus direct.
+
+The fake is Python, so its own answers are slower than Jellyfin's would be;
+the comparison that holds is what musegate adds on top of the same upstream.
+Results are printed and written to docs/benchmarks.md (--no-write to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# bench/analysis.py shares its module name with the ``analysis`` package: load it by path.
+_spec = importlib.util.spec_from_file_location("bench_analysis", REPO / "bench" / "analysis.py")
+assert _spec and _spec.loader
+bench_analysis = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_analysis)
+write_section = bench_analysis.write_section
+
+from analysis.labels import MSD_LABELS  # noqa: E402
+from analysis.store import LibraryStore, TrackRecord  # noqa: E402
+from analysis.types import TrackAnalysis  # noqa: E402
+from musegate.config import load_config  # noqa: E402
+from musegate.library import analyzer_settings  # noqa: E402
+from tests.upstream_stub import free_port  # noqa: E402
+
+SECTION = "## Jellyfin gateway"
+SONGS, ARTISTS, ALBUMS_PER_ARTIST, GENRES = 2000, 100, 2, 20
+BIG = 20 * 1024 * 1024
+
+# The fake in its own process: builds the library, prints it as JSON, serves until killed.
+_FAKE = """
+import asyncio, json, sys
+from tests.fakes.jellyfin import FakeJellyfin
+SONGS, ARTISTS, ALBUMS, GENRES, BIG, PORT = (int(a) for a in sys.argv[1:7])
+
+async def main():
+    fake = FakeJellyfin()
+    fake.port = PORT
+    fake.add_library("Music")
+    songs = []
+    for n in range(SONGS):
+        artist = n % ARTISTS
+        album = (n // ARTISTS) % ALBUMS
+        genre = (artist * 7) % GENRES
+        data = (b"\\x01" * BIG) if n == 0 else bytes(2048)
+        sid = fake.add_song("Music", f"Song {n}", f"Artist {artist}", f"Album {artist}-{album}",
+                            f"Genre {genre}", f"/media/{artist}/{album}/{n}.flac", 200.0, data)
+        songs.append({"id": sid, "artist": f"Artist {artist}", "album": f"Album {artist}-{album}",
+                      "genre": f"Genre {genre}"})
+    _uid, token = fake.add_user("bench", "pw")
+    key = fake.add_api_key("musegate")
+    url = await fake.start()
+    print(json.dumps({"url": url, "token": token, "key": key, "songs": songs}), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def run_fake(quick: bool) -> AsyncIterator[dict[str, Any]]:
+    songs = 500 if quick else SONGS
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _FAKE, str(songs), str(ARTISTS), str(ALBUMS_PER_ARTIST),
+        str(GENRES), str(BIG), str(free_port()),
+        stdout=asyncio.subprocess.PIPE, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
+        limit=64 * 1024 * 1024,
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if not line:
+            raise RuntimeError("the fake Jellyfin did not start")
+        yield json.loads(line)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+# musegate in its own process, as `musegate serve` builds it (no scheduler: the store is seeded).
+_MUSEGATE = """
+import sys
+from aiohttp import web
+from gateway.app import create_app
+from musegate.config import load_config
+config = load_config(None, env={}, overrides={
+    "data_dir": sys.argv[1], "upstream_url": sys.argv[2], "port": int(sys.argv[3]),
+    "source": "jellyfin", "upstream_api_key": sys.argv[4], "log_level": "WARNING"})
+web.run_app(create_app(config), host="127.0.0.1", port=config.port, access_log=None,
+            print=lambda *_: print("READY", flush=True))
+"""
+
+
+@contextlib.asynccontextmanager
+async def run_musegate(data_dir: Path, url: str, key: str) -> AsyncIterator[str]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _MUSEGATE, str(data_dir), url, str(port), key,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(REPO),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout is not None
+    try:
+        output = b""
+        while b"READY" not in output:
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            if not line:
+                raise RuntimeError(f"musegate did not start:\n{output.decode(errors='replace')}")
+            output += line
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def seed_store(data_dir: Path, url: str, songs: list[dict[str, Any]]) -> None:
+    """A synthetic analysis for every song: one embedding cluster per artist."""
+    config = load_config(None, env={}, overrides={"data_dir": str(data_dir), "source": "jellyfin",
+                                                  "upstream_url": url})
+    version = analyzer_settings(config).version
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((ARTISTS, 200))
+    source = f"jellyfin:{url}"
+    store = await LibraryStore.open(config.db_path)
+    try:
+        await store.sync_source(source, [
+            TrackRecord(source=source, upstream_id=s["id"], title=s["id"], artist=s["artist"],
+                        album=s["album"], duration=200.0) for s in songs])
+        known = await store.tracks_of_source(source)
+        analyses = []
+        for s in songs:
+            c = int(s["artist"].split()[-1])
+            emb = centres[c] + rng.standard_normal(200) * 0.3
+            analyses.append((known[s["id"]].id or 0, TrackAnalysis(
+                embedding=emb.astype(np.float32), tags=np.zeros(len(MSD_LABELS), np.float32),
+                tempo=100.0, key="A", scale="minor", key_strength=0.5, energy=0.5,
+                loudness=-12.0, duration=200.0, patches=1, version=version)))
+        await store.write_results(analyses)
+    finally:
+        await store.close()
+
+
+async def timed(call: Callable[[], Awaitable[Any]], n: int, warm: int = 5) -> tuple[float, float]:
+    for _ in range(warm):
+        await call()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(0.99 * len(samples)))]
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    n = 30 if quick else 200
+    r: dict[str, Any] = {"n": n}
+    with tempfile.TemporaryDirectory() as tmp:
+        async with run_fake(quick) as fake:
+            songs = fake["songs"]
+            r["songs"] = len(songs)
+            await seed_store(Path(tmp) / "data", fake["url"], songs)
+            async with run_musegate(Path(tmp) / "data", fake["url"], fake["key"]) as mg_url, \
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+                headers = {"Authorization": f'MediaBrowser Client="bench", Device="bench", '
+                                            f'DeviceId="bench", Version="1", Token="{fake["token"]}"'}
+                seeds = iter(s["id"] for s in songs[1:] * 10)
+                counts: dict[str, list[int]] = {}
+
+                async def get(base: str, path: str, label: str | None = None, **params: Any
+                              ) -> None:
+                    async with session.get(base + path, params=params, headers=headers) as resp:
+                        body = await resp.read()
+                        assert resp.status == 200, (resp.status, path, body[:200])
+                    if label:
+                        counts.setdefault(label, []).append(len(json.loads(body)["Items"]))
+
+                async def mix(base: str, label: str) -> None:
+                    await get(base, f"/Items/{next(seeds)}/InstantMix", label, limit=200)
+
+                r["mix_musegate"] = await timed(lambda: mix(mg_url, "musegate"), n)
+                r["mix_native"] = await timed(lambda: mix(fake["url"], "native"), n)
+                async with session.get(fake["url"] + "/Items", headers=headers, params={
+                        "IncludeItemTypes": "MusicAlbum", "Recursive": "true"}) as resp:
+                    albums = [a["Id"] for a in (await resp.json())["Items"]]
+                album_iter = iter(albums * 10)
+                r["mix_album"] = await timed(lambda: get(
+                    mg_url, f"/Albums/{next(album_iter)}/InstantMix", "album", limit=200), n // 2)
+                genre_iter = iter([f"Genre {g}" for g in range(GENRES)] * 50)
+                r["mix_genre"] = await timed(lambda: get(
+                    mg_url, f"/MusicGenres/{next(genre_iter)}/InstantMix", "genre",
+                    limit=200), n // 4)
+                r["items_counts"] = {k: statistics.mean(v) for k, v in counts.items()}
+                for target, base in (("direct", fake["url"]), ("musegate", mg_url)):
+                    r[("items", target)] = await timed(lambda b=base: get(
+                        b, "/Items", IncludeItemTypes="Audio", Recursive="true", Limit="50"), n)
+                for target, base in (("direct", fake["url"]), ("musegate", mg_url)):
+                    best = 0.0
+                    for _ in range(2 if quick else 5):
+                        t0 = time.perf_counter()
+                        size = 0
+                        async with session.get(f"{base}/Audio/{songs[0]['id']}/stream",
+                                               params={"static": "true"}, headers=headers) as resp:
+                            async for chunk in resp.content.iter_any():
+                                size += len(chunk)
+                        assert size == BIG
+                        best = max(best, size / (time.perf_counter() - t0) / 1e6)
+                    r[("stream", target)] = best
+    return r
+
+
+def machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip()
+                     for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def render(r: dict[str, Any]) -> str:
+    def pp(key: Any) -> str:
+        return f"{r[key][0]:.1f} / {r[key][1]:.1f}"
+
+    c = r["items_counts"]
+    lines = [
+        f"{SECTION} (`make bench` → `bench/jellyfin.py`)",
+        "",
+        f"Measured {date.today().isoformat()} on {machine()}; command: `make bench` "
+        "(or `.venv/bin/python bench/jellyfin.py`).",
+        "",
+        f"Upstream: the test suite's fake Jellyfin (Python, its own process) with {r['songs']} "
+        f"songs, every one analysed in musegate's store (synthetic embeddings). musegate in "
+        f"its own process; {r['n']} sequential requests per row on one keep-alive connection, "
+        "a new seed each time, after 5 warm-up requests; the caller's token check is cached "
+        "after the first request, as in normal use.",
+        "",
+        "| request | p50 / p99 (ms) | songs per answer |",
+        "| --- | ---: | ---: |",
+        f"| InstantMix limit 200, song seed, musegate | {pp('mix_musegate')} | "
+        f"{c.get('musegate', 0):.0f} |",
+        f"| InstantMix limit 200, song seed, the fake's native mix (direct) | "
+        f"{pp('mix_native')} | {c.get('native', 0):.0f} |",
+        f"| InstantMix limit 200, album seed, musegate | {pp('mix_album')} | "
+        f"{c.get('album', 0):.0f} |",
+        f"| InstantMix limit 200, genre seed, musegate | {pp('mix_genre')} | "
+        f"{c.get('genre', 0):.0f} |",
+        "",
+        "The native mix can only hold the songs of the seed's genre (100 per genre here), so it "
+        "builds half as many BaseItemDtos. musegate's song mix is one FAISS query plus one "
+        "`GET /Items?Ids=…` (200 ids) as the caller; most of its time is the upstream building "
+        "those 200 DTOs. Album and genre seeds add two lookups (the seed item, its songs).",
+        "",
+        "| pass-through | direct | through musegate | added |",
+        "| --- | ---: | ---: | ---: |",
+        f"| `GET /Items` (50 songs), p50 / p99 ms | {pp(('items', 'direct'))} | "
+        f"{pp(('items', 'musegate'))} | "
+        f"{r[('items', 'musegate')][0] - r[('items', 'direct')][0]:+.2f} ms at p50 |",
+        f"| 20 MB `/Audio/{{id}}/stream`, MB/s (best of runs) | "
+        f"{r[('stream', 'direct')]:.0f} | {r[('stream', 'musegate')]:.0f} | "
+        f"{100 * r[('stream', 'musegate')] / r[('stream', 'direct')]:.0f}% of direct |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help="fewer songs and requests")
+    args = parser.parse_args()
+    results = asyncio.run(run(args.quick))
+    section = render(results)
+    print(section)
+    if not args.no_write:
+        write_section(REPO / "docs" / "benchmarks.md", SECTION, section)
+        print("written to docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
