@@ -41,7 +41,7 @@ def _as_matrix(vectors: np.ndarray) -> np.ndarray:
     return m[None, :] if m.ndim == 1 else m
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Queries are normalised so returned scores are cosines whatever the caller passed."""
     m = _as_matrix(vectors)
     norms = np.linalg.norm(m, axis=1, keepdims=True)
@@ -152,7 +152,7 @@ class SimilarityIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` cosines and track ids per query, best first; missing slots are -1 / -inf."""
-        q = _unit(queries)
+        q = unit_rows(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"query has {q.shape[1]} dimensions, index has {self.dim}")
         k = int(k)

@@ -20,6 +20,7 @@ DEFAULT_CONFIG_FILE = "musegate.toml"
 ANALYSIS_MODES = ("sampled", "fast", "full")
 SOURCES = ("folder", "subsonic", "jellyfin")
 LLM_PROVIDERS = ("", "ollama", "openai")
+SUBSONIC_VISIBILITY = ("hydrate", "folders")
 
 
 class ConfigError(ValueError):
@@ -130,6 +131,14 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("scan_cron", str, lambda: "0 3 * * *", "when the library is rescanned (cron, local time)"),
     Field("auth_cache_seconds", int, lambda: 60, "how long a successful credential check is reused", minimum=0),
+    Field(
+        "subsonic_visibility",
+        str,
+        lambda: "hydrate",
+        "how Subsonic answers are limited to what the caller may see: 'hydrate' (exact, one getSong "
+        "per song) or 'folders' (fast: the caller's getMusicFolders, stored songs, no per-user fields)",
+        choices=SUBSONIC_VISIBILITY,
+    ),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -164,6 +173,7 @@ class Config:
     libraries: str
     scan_cron: str
     auth_cache_seconds: int
+    subsonic_visibility: str
 
     @property
     def db_path(self) -> Path:

@@ -6,9 +6,11 @@ each entry point does the same thing the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from adapters.base import LibraryAdapter
 from analysis.analyzer import AnalysisReport, AnalyzerSettings, ProgressCallback, run_analysis
@@ -17,8 +19,8 @@ from analysis.model import model_version
 from analysis.pipeline import analysis_version
 from analysis.sampling import plan_for_mode
 from analysis.store import LibraryStore, StoredAnalysis, SyncResult, TrackRecord
-from index.catalogue import Catalogue, CatalogueRow
-from index.vectors import VectorIndex
+from index.catalogue import CatalogueRow
+from index.faiss_index import SimilarityIndex, unit_rows
 from musegate.config import Config
 
 
@@ -94,16 +96,21 @@ class SimilarResult:
 
 
 async def similar(store: LibraryStore, config: Config, seed: TrackRecord, n: int) -> SimilarResult:
+    """Plain cosine neighbours of one track, no playlist rules: the analysis checked by ear."""
     version = analyzer_settings(config).version
     ids, matrix = await store.embeddings(version)
-    index = VectorIndex(ids, matrix)
-    if seed.id not in index:
+    rows = np.flatnonzero(ids == seed.id)
+    if not rows.size:
         raise TrackNotFound(
             f"{describe_track(seed)} has not been analysed yet; run `musegate analyze` first"
         )
-    found = index.search(index.vector(seed.id), n, exclude=[seed.id])
-    tracks = await store.tracks_by_ids([f.track_id for f in found])
-    return SimilarResult(seed, [(tracks[f.track_id], f.similarity) for f in found])
+    vectors = unit_rows(matrix)
+    index = SimilarityIndex.build(ids, vectors, hnsw_threshold=config.hnsw_threshold)
+    sims, found = index.search(vectors[rows[0]], min(n + 1, len(ids)))
+    pairs = [(int(t), float(s)) for s, t in zip(sims[0], found[0], strict=True)
+             if t >= 0 and int(t) != seed.id][:n]
+    tracks = await store.tracks_by_ids([t for t, _ in pairs])
+    return SimilarResult(seed, [(tracks[t], s) for t, s in pairs])
 
 
 def track_json(track: TrackRecord) -> dict[str, Any]:
@@ -116,10 +123,9 @@ def track_json(track: TrackRecord) -> dict[str, Any]:
     }
 
 
-async def load_catalogue(store: LibraryStore, config: Config) -> Catalogue:
-    """The analysed library (current analysis version) as the arrays the algorithms use."""
-    rows = await store.analysed(analyzer_settings(config).version)
-    return Catalogue.from_rows([
+def catalogue_rows(analyses: Sequence[StoredAnalysis]) -> list[CatalogueRow]:
+    """The store's analyses in the shape the catalogue is built from."""
+    return [
         CatalogueRow(
             track_id=a.track.id or 0,
             embedding=a.embedding,
@@ -129,5 +135,5 @@ async def load_catalogue(store: LibraryStore, config: Config) -> Catalogue:
             album=a.track.album,
             duration=a.track.duration,
         )
-        for a in rows
-    ])
+        for a in analyses
+    ]

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from analysis.store import LibraryStore
-from index.catalogue import Catalogue, CatalogueRow, normalise_text
+from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
 from musegate.config import Config
-from musegate.library import analyzer_settings
+from musegate.library import analyzer_settings, catalogue_rows
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +144,7 @@ class LibraryService:
             if old is not None and not force and sig == old.signature:
                 return False
             rows = await self.store.analysed(self.version)
-            catalogue = await asyncio.to_thread(
-                Catalogue.from_rows,
-                [
-                    CatalogueRow(
-                        track_id=a.track.id or 0,
-                        embedding=a.embedding,
-                        features=a.features,
-                        title=a.track.title,
-                        artist=a.track.artist,
-                        album=a.track.album,
-                        duration=a.track.duration,
-                    )
-                    for a in rows
-                ],
-            )
+            catalogue = await asyncio.to_thread(Catalogue.from_rows, catalogue_rows(rows))
             upstream = {int(a.track.id or 0): a.track.upstream_id for a in rows}
             by_upstream = {u: i for i, u in upstream.items()}
             index, status = await self._index_for(old, catalogue)
