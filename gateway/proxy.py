@@ -79,6 +79,9 @@ def new_session() -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0, force_close=False),
         timeout=UPSTREAM_TIMEOUT,
         skip_auto_headers=_NO_AUTO_HEADERS,
+        # Bigger reads mean fewer, larger writes on a big stream; iter_any still hands
+        # over whatever has arrived at once, so small SSE events are not held back.
+        read_bufsize=1 << 20,
     )
 
 
