@@ -19,6 +19,15 @@ Server quirks live here and nowhere else:
 * Song objects carry the service account's own per-user data (playCount,
   starred, rating…); that is stripped before the object is stored as ``raw``,
   since raw objects may be shown to other users.
+* Music folders. The library is listed folder by folder (``getMusicFolders``,
+  then ``search3``/``getAlbumList2`` with ``musicFolderId``) and each stored
+  song records the folder it was found in under ``musegateFolderId``, so the
+  gateway's ``subsonic_visibility = "folders"`` can filter answers by the
+  folders a caller's own ``getMusicFolders`` lists without asking the server
+  about every song. A song listed in several folders keeps the first. Servers
+  without ``getMusicFolders``, and servers that ignore ``musicFolderId``
+  (every folder lists the same songs), are listed unscoped: their songs record
+  no folder, which that mode treats as "visible to nobody".
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -59,6 +68,10 @@ AUTH_FAILED = frozenset({40, 41, 42, 43, 44})
 PER_USER_FIELDS = frozenset(
     {"playCount", "played", "starred", "userRating", "bookmarkPosition", "averageRating"}
 )
+
+#: Key of the stored raw song object naming the music folder the scan found it in.
+#: Internal to musegate: the gateway removes it before a song object leaves.
+FOLDER_KEY = "musegateFolderId"
 
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]]
 
@@ -248,9 +261,15 @@ def shared_song(song: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in song.items() if k not in PER_USER_FIELDS}
 
 
-def song_record(source: str, song: Mapping[str, Any]) -> TrackRecord:
-    """A TrackRecord from a Subsonic Child; ``mtime`` is the server's changed/created time."""
+def song_record(source: str, song: Mapping[str, Any], folder: str | None = None) -> TrackRecord:
+    """A TrackRecord from a Subsonic Child; ``mtime`` is the server's changed/created time.
+
+    ``folder`` (the music folder id the song was listed under) is kept in ``raw``
+    under FOLDER_KEY so folder-based visibility needs no round trip per song.
+    """
     raw = shared_song(song)
+    if folder is not None:
+        raw[FOLDER_KEY] = folder
     size = to_int(song.get("size"))
     duration = song.get("duration")
     return TrackRecord(
@@ -313,10 +332,10 @@ class SubsonicAdapter:
 
     async def list_tracks(self, known: Mapping[str, TrackRecord]) -> list[TrackRecord]:
         """Every song now on the server; songs whose object did not change reuse ``known``."""
-        songs: list[dict[str, Any]] | None = None
+        songs: list[tuple[dict[str, Any], str | None]] | None = None
         if self.enumerate_with in ("auto", "search3"):
             try:
-                songs = await self._songs_by_search()
+                songs = await self._per_folder(self._songs_by_search)
             except (SubsonicAuthError, SubsonicUnavailable):
                 raise
             except SubsonicError as exc:
@@ -328,14 +347,14 @@ class SubsonicAdapter:
             if songs is not None:
                 self.last_enumeration = "search3"
         if songs is None:
-            songs = await self._songs_by_albums()
+            songs = await self._per_folder(self._songs_by_albums)
             self.last_enumeration = "albums"
         records: list[TrackRecord] = []
         seen: set[str] = set()
-        for song in songs:
+        for song, folder in songs:
             if song.get("isDir") or song.get("isVideo") or "id" not in song:
                 continue
-            rec = song_record(self.source, song)
+            rec = song_record(self.source, song, folder)
             if rec.upstream_id in seen:
                 continue
             seen.add(rec.upstream_id)
@@ -347,14 +366,63 @@ class SubsonicAdapter:
         log.info("%s lists %d songs (%s)", self.url, len(records), self.last_enumeration)
         return records
 
-    async def _songs_by_search(self) -> list[dict[str, Any]]:
+    async def _music_folders(self) -> list[str]:
+        """The server's music folder ids; [] when it has no ``getMusicFolders`` to ask."""
+        try:
+            body = await self.client.call("getMusicFolders")
+        except (SubsonicAuthError, SubsonicUnavailable):
+            raise
+        except SubsonicError as exc:
+            log.info("getMusicFolders failed on %s (%s); listing without folders",
+                     self.url, exc.message)
+            return []
+        folders = (body.get("musicFolders") or {}).get("musicFolder") or []
+        if isinstance(folders, dict):
+            folders = [folders]
+        ids: list[str] = []
+        for folder in folders:
+            if isinstance(folder, dict) and folder.get("id") is not None:
+                fid = str(folder["id"])
+                if fid not in ids:
+                    ids.append(fid)
+        return ids
+
+    async def _per_folder(
+        self, enumerate_songs: Callable[[str | None], Awaitable[list[dict[str, Any]]]]
+    ) -> list[tuple[dict[str, Any], str | None]]:
+        """(song, folder id) for every song, listed folder by folder when the server has folders.
+
+        ``enumerate_songs(folder)`` lists one folder (None: the whole library). A song
+        in several folders keeps the first. When every folder lists exactly the same
+        songs (more than one folder), the server ignored ``musicFolderId``: recording
+        a folder would then be a lie, so the songs record none.
+        """
+        folders = await self._music_folders()
+        if not folders:
+            return [(s, None) for s in await enumerate_songs(None)]
+        listed = [await enumerate_songs(f) for f in folders]
+        id_sets = [frozenset(str(s.get("id")) for s in songs) for songs in listed]
+        if len(folders) > 1 and id_sets[0] and all(ids == id_sets[0] for ids in id_sets):
+            log.warning("%s ignores musicFolderId: songs record no music folder", self.url)
+            return [(s, None) for s in listed[0]]
+        out: list[tuple[dict[str, Any], str | None]] = []
+        seen: set[str] = set()
+        for folder, songs in zip(folders, listed, strict=True):
+            for song in songs:
+                sid = str(song.get("id"))
+                if sid not in seen:
+                    seen.add(sid)
+                    out.append((song, folder))
+        return out
+
+    async def _songs_by_search(self, folder: str | None = None) -> list[dict[str, Any]]:
         songs: list[dict[str, Any]] = []
         ids: set[str] = set()
         offset = 0
         while True:
             body = await self.client.call(
                 "search3", query="", artistCount=0, albumCount=0,
-                songCount=self.page_size, songOffset=offset,
+                songCount=self.page_size, songOffset=offset, musicFolderId=folder,
             )
             page = (body.get("searchResult3") or {}).get("song") or []
             new = [s for s in page if str(s.get("id")) not in ids]
@@ -367,12 +435,13 @@ class SubsonicAdapter:
             offset += len(page)
         return songs
 
-    async def _songs_by_albums(self) -> list[dict[str, Any]]:
+    async def _songs_by_albums(self, folder: str | None = None) -> list[dict[str, Any]]:
         album_ids: list[str] = []
         offset = 0
         while True:
             body = await self.client.call(
-                "getAlbumList2", type="alphabeticalByName", size=self.page_size, offset=offset
+                "getAlbumList2", type="alphabeticalByName", size=self.page_size, offset=offset,
+                musicFolderId=folder,
             )
             page = (body.get("albumList2") or {}).get("album") or []
             fresh = [str(a["id"]) for a in page if "id" in a and str(a["id"]) not in album_ids]

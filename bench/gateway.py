@@ -13,7 +13,9 @@ off so it streams like musegate) as a second baseline. Measured per target:
 2. throughput of one 200 MB ``stream`` (format=raw), and the share of direct;
 3. 50 concurrent clients issuing ``getAlbum`` (requests/s, p50/p99);
 4. the intercepted ``getSimilarSongs2`` (count 50) end to end, on a store that holds
-   every upstream song with an analysis (``seed_store``).
+   every upstream song with an analysis (``seed_store``), once per
+   ``subsonic_visibility`` mode: ``hydrate`` (the default musegate above) and
+   ``folders`` (a second musegate on the same store, started after the first stopped).
 
 Results are printed and written to docs/benchmarks.md (--no-write to skip).
 """
@@ -271,43 +273,42 @@ async def seed_store(data_dir: Path, upstream: Upstream) -> list[str]:
     The embeddings are synthetic (clustered by album): the intercepted call's cost
     does not depend on what the songs sound like, only on how many there are.
     """
-    from analysis.store import LibraryStore, TrackRecord
+    from adapters.subsonic import SubsonicAdapter
+    from analysis.store import LibraryStore
     from analysis.types import TrackAnalysis
     from musegate.config import load_config
     from musegate.library import analyzer_settings
 
-    async with aiohttp.ClientSession() as s, s.get(
-        f"{upstream.url}/rest/search3.view",
-        params={**upstream.auth, "query": "", "songCount": "500"},
-    ) as r:
-        songs = (await r.json())["subsonic-response"]["searchResult3"]["song"]
+    # Listed by the real adapter (as `musegate serve`'s scan would), so every stored song
+    # records its music folder and the "folders" visibility mode has what it filters on.
+    adapter = SubsonicAdapter(upstream.url, upstream.auth["u"], upstream.auth["p"])
+    try:
+        records = await adapter.list_tracks({})
+    finally:
+        await adapter.close()
     config = load_config(None, env={}, overrides={"data_dir": str(data_dir)})
     version = analyzer_settings(config).version
-    source = f"subsonic:{upstream.url}"
+    source = adapter.source
     rng = np.random.default_rng(0)
-    centres = {a: rng.standard_normal(200) for a in {song.get("albumId") for song in songs}}
+    albums = {rec.raw.get("albumId") for rec in records}
+    centres = {a: rng.standard_normal(200) for a in sorted(albums, key=str)}
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await LibraryStore.open(config.db_path)
     try:
-        await store.sync_source(source, [
-            TrackRecord(source=source, upstream_id=song["id"], title=song.get("title"),
-                        artist=song.get("artist"), album=song.get("album"),
-                        size=song.get("size"), duration=song.get("duration"), raw=song)
-            for song in songs
-        ])
+        await store.sync_source(source, records)
         tracks = await store.tracks_of_source(source)
         await store.write_results([
-            (tracks[song["id"]].id or 0, TrackAnalysis(
-                embedding=(centres[song.get("albumId")] + rng.standard_normal(200) * 0.3)
+            (tracks[rec.upstream_id].id or 0, TrackAnalysis(
+                embedding=(centres[rec.raw.get("albumId")] + rng.standard_normal(200) * 0.3)
                 .astype(np.float32),
                 tags=np.zeros(50, np.float32), tempo=120.0, key="C", scale="major",
                 key_strength=0.5, energy=0.5, loudness=-12.0, duration=2.0, patches=1,
                 version=version))
-            for song in songs
+            for rec in records
         ])
     finally:
         await store.close()
-    return [song["id"] for song in songs]
+    return [rec.upstream_id for rec in records]
 
 
 async def intercepted_similar_latency(gate_url: str, upstream: Upstream, seeds: list[str],
@@ -346,6 +347,13 @@ async def run(quick: bool) -> dict[str, Any]:
                                     source="subsonic" if seeds else "folder") as gate, \
                     run_nginx(work / "nginx", upstream.url) as nginx_url:
                 results = await _measure(upstream, gate, nginx_url, seeds, n, per_client)
+            results["similar_folders"] = None
+            if seeds:
+                async with run_musegate(work / "musegate", upstream.url, source="subsonic",
+                                        visibility="folders") as folders_gate:
+                    results["similar_folders"] = await intercepted_similar_latency(
+                        folders_gate.url, upstream, seeds, min(n, 100))
+                print(f"     similar  folders: {results['similar_folders']}", flush=True)
     return results
 
 
@@ -419,11 +427,22 @@ def render(r: dict[str, Any]) -> str:
         rps, p50, p99 = r[("concurrent", t)]
         lines.append(f"| {t} | {rps:.0f} | {p50:.1f} | {p99:.1f} |")
     if r.get("similar"):
-        sim = r["similar"]
-        lines += ["", f"Intercepted `getSimilarSongs2` (count 50, {sim['songs']:.0f} songs per "
-                      f"answer on average, every song fetched again with `getSong` as the caller "
-                      f"— see docs/subsonic.md) through musegate: p50 {sim['p50']:.1f} ms, "
-                      f"p99 {sim['p99']:.1f} ms. Nearly all of it is one `getSong` round trip per "
+        lines += ["", "Intercepted `getSimilarSongs2` (count 50) through musegate, one row per "
+                      "`subsonic_visibility` mode (see docs/subsonic.md, \"How musegate decides "
+                      f"what a caller may see\"); {min(r['n'], 100)} sequential requests, "
+                      "credentials already cached after the first:", "",
+                  "| `subsonic_visibility` | how visibility is decided | songs per answer | "
+                  "p50 (ms) | p99 (ms) |",
+                  "| --- | --- | ---: | ---: | ---: |"]
+        modes = [("hydrate", "one `getSong` per returned song, as the caller "
+                  "(exact Child, the caller's own stars/ratings)", r["similar"]),
+                 ("folders", "the caller's `getMusicFolders` (cached), stored song objects "
+                  "(no per-user fields)", r.get("similar_folders"))]
+        for mode, how, sim in modes:
+            if sim:
+                lines.append(f"| `{mode}` | {how} | {sim['songs']:.0f} | {sim['p50']:.1f} | "
+                             f"{sim['p99']:.1f} |")
+        lines += ["", "In `hydrate` mode nearly all of the time is one `getSong` round trip per "
                       "returned song: supysonic answers them one at a time."]
     else:
         lines += ["", "Intercepted `getSimilarSongs2`: not measured (needs supysonic as the "

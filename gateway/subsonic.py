@@ -10,17 +10,27 @@ Intercepted (``.view`` or bare, GET or POST form):
 * ``getOpenSubsonicExtensions`` — answered without authentication (as the spec
   requires), the upstream's own list with ``sonicSimilarity`` merged in.
 
-Who may see what: every song in an answer is *hydrated* — fetched with
-``getSong`` from the upstream using the caller's own credentials, concurrently
-— and dropped when the upstream refuses it. Filtering by the caller's
-``getMusicFolders`` would be cheaper (one call) but not enough: the stored
-song objects were fetched by the service account, so their per-user fields
-(``starred``, ``userRating``, ``playCount``, ``played``…) belong to another
-user, and servers with per-library or per-share rules (Navidrome libraries,
-LMS users) do not express visibility as music folders alone. Hydration asks
-the server the exact question ("may this caller see this song, and what does
-it look like to them?") and returns exactly the Child the server itself would.
-Its cost is measured in the tests and documented in docs/subsonic.md.
+Who may see what (``subsonic_visibility``):
+
+* ``hydrate`` (default): every song in an answer is fetched with ``getSong``
+  from the upstream using the caller's own credentials, concurrently, and
+  dropped when the upstream refuses it. It asks the server the exact question
+  ("may this caller see this song, and what does it look like to them?") and
+  returns exactly the Child the server itself would, per-user fields
+  (``starred``, ``userRating``, ``playCount``…) included; servers whose rules
+  are not music folders (Navidrome libraries, LMS users) are handled exactly.
+  The price is one ``getSong`` per returned song.
+* ``folders`` (opt-in, fast): one ``getMusicFolders`` as the caller (cached
+  under the credential hash for ``auth_cache_seconds``), then the candidates
+  are kept when the music folder the scan recorded for them
+  (``adapters.subsonic.FOLDER_KEY``) is among the caller's; a song with no
+  recorded folder is dropped. Answers carry the stored song objects, which
+  the adapter stripped of the service account's per-user fields, so the
+  caller's own stars and ratings are absent, and metadata is as fresh as the
+  last scan. When the upstream refuses ``getMusicFolders`` the answer is
+  hydrated instead.
+
+Costs of both are measured in bench/gateway.py and documented in docs/subsonic.md.
 
 When musegate cannot answer — the seed is not analysed, the index is empty,
 the id is unknown — the request goes to the upstream unchanged
@@ -40,11 +50,14 @@ import numpy as np
 from aiohttp import web
 from multidict import MultiDict
 
+from adapters.subsonic import FOLDER_KEY, shared_song
+from analysis.store import LibraryStore
 from gateway import keys, proxy
 from gateway.subsonic_auth import (
     AuthChecker,
     CredentialCache,
     Credentials,
+    FolderCache,
     UpstreamCaller,
     UpstreamDown,
     UpstreamError,
@@ -91,6 +104,8 @@ class SubsonicGateway:
         self.upstream = UpstreamCaller(self.upstream_url, session, envelope)
         self.cache = CredentialCache(config.auth_cache_seconds)
         self.auth = AuthChecker(self.upstream, self.cache)
+        self.visibility = config.subsonic_visibility
+        self.folder_cache = FolderCache(config.auth_cache_seconds)
 
     # ------------------------------------------------------------------ seeds
 
@@ -196,6 +211,77 @@ class SubsonicGateway:
                 if result is not None:
                     out.append((uid, result))
         return out
+
+
+    # ------------------------------------------------------------ folder mode
+
+    async def visible_folders(
+        self, creds: Credentials, client: Mapping[str, str]
+    ) -> frozenset[str] | None:
+        """The music folder ids the caller's own ``getMusicFolders`` lists (cached by hash).
+
+        None when the upstream refuses the call: the caller then gets a hydrated
+        answer rather than an empty one. UpstreamDown propagates.
+        """
+        key = creds.cache_key()
+        cached = self.folder_cache.get(key)
+        if cached is not None:
+            return cached
+        try:
+            body = await self.upstream.call("getMusicFolders", creds, client)
+        except UpstreamError:
+            return None
+        folders = frozenset(
+            str(f["id"]) for f in _as_list(body.get("musicFolders", {}).get("musicFolder"))
+            if f.get("id") is not None
+        )
+        self.folder_cache.put(key, folders)
+        return folders
+
+    @staticmethod
+    async def stored(
+        store: LibraryStore,
+        candidates: Sequence[tuple[int, str]],
+        folders: frozenset[str],
+        limit: int | None = None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(id, stored song object) for the first ``limit`` candidates in the caller's folders.
+
+        One SQLite query, no upstream call. Songs whose scan recorded no folder are
+        dropped: musegate cannot tell who may see them. The folder key is internal
+        and per-user fields are stripped again in case a store holds older objects.
+        """
+        limit = len(candidates) if limit is None else limit
+        records = await store.tracks_by_ids([int(tid) for tid, _ in candidates])
+        out: list[tuple[str, dict[str, Any]]] = []
+        for tid, uid in candidates:
+            if len(out) >= limit:
+                break
+            rec = records.get(tid)
+            if rec is None or not rec.raw:
+                continue
+            folder = rec.raw.get(FOLDER_KEY)
+            if folder is None or str(folder) not in folders:
+                continue
+            child = shared_song(rec.raw)
+            child.pop(FOLDER_KEY, None)
+            out.append((uid, child))
+        return out
+
+    async def visible(
+        self,
+        store: LibraryStore,
+        candidates: Sequence[tuple[int, str]],
+        creds: Credentials,
+        client: Mapping[str, str],
+        limit: int | None = None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(upstream id, Child) for the first ``limit`` candidates the caller may see, by mode."""
+        if self.visibility == "folders":
+            folders = await self.visible_folders(creds, client)
+            if folders is not None:
+                return await self.stored(store, candidates, folders, limit)
+        return await self.hydrate([u for _, u in candidates], creds, client, limit=limit)
 
 
 GATEWAY = web.AppKey("subsonic_gateway", SubsonicGateway)
@@ -335,17 +421,33 @@ async def _similar_children(
     if count == 0:
         return []
     config = request.app[keys.CONFIG]
-    async with service.reading() as snap:
-        # Twice as many candidates as asked: hydration may refuse some, and asking FAISS
-        # for more costs next to nothing.
-        matches = await asyncio.to_thread(
-            similar_tracks, snap.catalogue, snap.index, seeds,
-            n=min(2 * count, len(snap.catalogue)), max_per_artist=config.max_per_artist,
-        )
-        upstream = [snap.upstream_ids.get(m.track_id) for m in matches]
-    sims = {u: float(m.similarity) for u, m in zip(upstream, matches, strict=True) if u}
-    hydrated = await gw.hydrate([u for u in upstream if u], req.creds, req.params, limit=count)
-    return [(child, sims[uid]) for uid, child in hydrated]
+    folders = (await gw.visible_folders(req.creds, req.params)
+               if gw.visibility == "folders" else None)
+    # Twice as many candidates as asked: the caller may not see some, and asking FAISS for
+    # more costs next to nothing. Filtering by folder is cheap, so in that mode the pool
+    # grows until enough are visible (a caller who sees one folder of many still gets
+    # ``count`` songs); hydration pays a getSong per candidate and keeps the first pool.
+    n = 2 * count
+    while True:
+        async with service.reading() as snap:
+            total = len(snap.catalogue)
+            n = min(n, total)
+            matches = await asyncio.to_thread(
+                similar_tracks, snap.catalogue, snap.index, seeds,
+                n=n, max_per_artist=config.max_per_artist,
+            )
+            candidates = [(m.track_id, snap.upstream_ids.get(m.track_id), float(m.similarity))
+                          for m in matches]
+        sims = {u: sim for _, u, sim in candidates if u}
+        pairs = [(t, u) for t, u, _ in candidates if u]
+        if folders is None:
+            found = await gw.hydrate([u for _, u in pairs], req.creds, req.params, limit=count)
+            break
+        found = await gw.stored(service.store, pairs, folders, limit=count)
+        if len(found) >= count or n >= total:
+            break
+        n *= 4
+    return [(child, sims[uid]) for uid, child in found]
 
 
 async def _sonic_similar(request: web.Request, gw: SubsonicGateway, req: _Request) -> web.Response:
@@ -377,18 +479,58 @@ async def _sonic_path(request: web.Request, gw: SubsonicGateway, req: _Request) 
             length=count, max_per_artist=config.max_per_artist,
         )
         ids = path.track_ids
+    hydrated = dict(await gw.visible(service.store, _with_upstream(snap, ids),
+                                     req.creds, req.params))
+    if start_id not in hydrated or end_id not in hydrated:
+        raise _Fail(NOT_FOUND, "Song not found")
+    ids = await _repair_path(service, gw, req, ids, hydrated)
+    async with service.reading() as snap:
         vectors = snap.catalogue.vectors[snap.catalogue.rows(ids)]
         sims = (vectors @ vectors[0]).astype(float)
         upstream = [snap.upstream_ids[t] for t in ids]
-    hydrated = dict(await gw.hydrate(upstream, req.creds, req.params))
-    if start_id not in hydrated or end_id not in hydrated:
-        raise _Fail(NOT_FOUND, "Song not found")
     matches = [
         {"entry": hydrated[u], "similarity": _similarity(s)}
         for u, s in zip(upstream, sims, strict=True)
         if u in hydrated
     ]
     return ok_response(request, {"sonicMatch": matches}, gw.envelope.get())
+
+
+def _with_upstream(snap: Any, ids: list[int]) -> list[tuple[int, str]]:
+    return [(t, snap.upstream_ids[t]) for t in ids]
+
+
+async def _repair_path(
+    service: Any, gw: SubsonicGateway, req: _Request, ids: list[int], hydrated: dict[str, Any],
+    rounds: int = 3,
+) -> list[int]:
+    """Replace path songs the caller may not see with visible ones, so the path keeps its length.
+
+    Each hidden song is swapped for the nearest unused song to the midpoint of its two
+    neighbours (the same great-circle idea the path is built on); replacements are
+    checked with the upstream like every other song. ``hydrated`` gains what they bring.
+    """
+    ids = list(ids)
+    refused: set[int] = set()
+    for _ in range(rounds):
+        async with service.reading() as snap:
+            hidden = [i for i, t in enumerate(ids) if snap.upstream_ids[t] not in hydrated]
+            if not hidden:
+                return ids
+            refused.update(ids[i] for i in hidden)
+            cat = snap.catalogue
+            for i in hidden:
+                mid = cat.vectors[cat.row(ids[i - 1])] + cat.vectors[cat.row(ids[i + 1])]
+                _, found = snap.index.search(mid, len(ids) + len(refused) + 5)
+                taken = set(ids) | refused
+                pick = next((int(t) for t in found[0] if t >= 0 and int(t) not in taken), None)
+                if pick is not None:
+                    ids[i] = pick
+            candidates = _with_upstream(snap, [
+                t for t in ids if t not in refused and snap.upstream_ids[t] not in hydrated])
+        hydrated.update(await gw.visible(service.store, candidates, req.creds, req.params))
+    async with service.reading() as snap:
+        return [t for t in ids if snap.upstream_ids[t] in hydrated]
 
 
 async def open_subsonic_extensions(request: web.Request) -> web.Response:

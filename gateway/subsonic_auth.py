@@ -110,6 +110,41 @@ class CredentialCache:
         return list(self._entries)
 
 
+class FolderCache:
+    """Each caller's visible music folder ids, by credential hash, for ``ttl`` seconds.
+
+    Used by ``subsonic_visibility = "folders"``: one ``getMusicFolders`` per caller
+    per ``auth_cache_seconds`` instead of one per request. Keyed like CredentialCache
+    (SHA-256 of the credentials), so nothing recoverable is kept; 0 disables it.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, frozenset[str]]] = {}
+
+    def get(self, key: str) -> frozenset[str] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: str, folders: frozenset[str]) -> None:
+        if self.ttl <= 0:
+            return
+        now = self._clock()
+        if len(self._entries) > 10_000:  # bounded: drop what has expired
+            self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
+        self._entries[key] = (now + self.ttl, folders)
+
+    def keys(self) -> list[str]:
+        """The stored keys (hashes), for inspection and tests."""
+        return list(self._entries)
+
+
 class UpstreamCaller:
     """Subsonic calls to the upstream with the *caller's* credentials, always in JSON."""
 

@@ -289,7 +289,9 @@ async def test_song_mix_through_apiclient(env: Env) -> None:
     assert [env.artist_of(i) for i in ids[:8]] == ["Artist 1"] * 8
     # exactly the BaseItemDto the fake itself returns for this caller and these fields
     hydrate = _hydration_calls(env, since)
-    assert len(hydrate) == 1
+    # One Ids call per answer. The client library may retry a slow request on a busy
+    # machine, which repeats the same call; a second, different call would be a bug.
+    assert hydrate and len({tuple(r.query.getall("Ids")) for r in hydrate}) == 1
     status, direct, _ = await env.get("/Items", base=env.fake.url, Ids=seed, Fields="Genres,Path",
                                       userId=env.users["alice"])
     assert status == 200 and body["Items"][0] == direct["Items"][0]

@@ -378,7 +378,8 @@ from gateway.app import create_app
 from musegate.config import load_config
 config = load_config(None, env={}, overrides={
     "data_dir": sys.argv[1], "upstream_url": sys.argv[2], "port": int(sys.argv[3]),
-    "source": sys.argv[4], "library_path": "", "log_level": "WARNING"})
+    "source": sys.argv[4], "library_path": "", "log_level": "WARNING",
+    "subsonic_visibility": sys.argv[5]})
 web.run_app(create_app(config), host="127.0.0.1", port=config.port, access_log=None,
             print=lambda *_: print("READY", flush=True))
 """
@@ -411,14 +412,19 @@ class MusegateProcess:
 
 @contextlib.asynccontextmanager
 async def run_musegate(data_dir: Path, upstream_url: str, timeout: float = 60.0,
-                       source: str = "folder") -> AsyncIterator[MusegateProcess]:
-    """Start musegate in front of ``upstream_url``; stopped (SIGTERM, then kill) on exit."""
+                       source: str = "folder",
+                       visibility: str = "hydrate") -> AsyncIterator[MusegateProcess]:
+    """Start musegate in front of ``upstream_url``; stopped (SIGTERM, then kill) on exit.
+
+    ``visibility`` is the ``subsonic_visibility`` key, so a benchmark can measure both modes.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _MUSEGATE, str(data_dir), upstream_url, str(port), source,
+        visibility,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(repo), env=env,
     )
     assert proc.stdout is not None
