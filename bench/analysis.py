@@ -27,7 +27,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 import argparse  # noqa: E402
 import multiprocessing  # noqa: E402
 import platform  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
@@ -39,9 +38,16 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib import (  # noqa: E402
+    corpus_dir,
+    cpu_name,
+    neighbours,
+    read_manifest,
+    write_section,
+)
+
 from analysis.sampling import PATCH_SECONDS, SamplingPlan, excerpt_spans  # noqa: E402
 
-CORPUS_SCRIPT = REPO.parent / "shared" / "corpus" / "build-dev-corpus.sh"
 METHODS = ("sampled", "fast", "full", "reference", "bliss")
 SWEEP = (
     SamplingPlan(segments=4, patches_per_segment=3),
@@ -54,21 +60,6 @@ SWEEP = (
     SamplingPlan(segments=32, patches_per_segment=1),
     SamplingPlan(segments=40, patches_per_segment=1),
 )
-
-
-def corpus_dir() -> Path:
-    env = os.environ.get("MUSEGATE_CORPUS")
-    default = Path(env) if env else Path.home() / ".cache" / "musegate" / "corpus"
-    if (default / ".complete").exists():
-        return default
-    print("building the dev corpus (several minutes the first time) …", flush=True)
-    out = subprocess.run(["bash", str(CORPUS_SCRIPT)], check=True, capture_output=True, text=True)
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-def read_manifest(root: Path) -> list[tuple[Path, str]]:
-    rows = (root / "manifest.tsv").read_text().splitlines()[1:]
-    return [(root / r.split("\t")[0], r.split("\t")[1]) for r in rows if r.strip()]
 
 
 # ---- worker side ------------------------------------------------------------------
@@ -123,17 +114,6 @@ def _run(method: str, path: Path) -> tuple[str, str, float, np.ndarray, np.ndarr
 
 
 # ---- measures ----------------------------------------------------------------------
-
-
-def neighbours(matrix: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
-    if metric == "cosine":
-        m = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
-        score = m @ m.T
-    else:
-        d = ((matrix[:, None, :] - matrix[None, :, :]) ** 2).sum(-1)
-        score = -d
-    np.fill_diagonal(score, -np.inf)
-    return np.argsort(-score, axis=1, kind="stable")[:, :k]
 
 
 def recall_at(a: np.ndarray, b: np.ndarray) -> float:
@@ -302,29 +282,6 @@ def main() -> int:
         write_section(REPO / "docs" / "benchmarks.md", "## Analysis speed", section)
         print("written to docs/benchmarks.md")
     return 0
-
-
-def cpu_name() -> str:
-    try:
-        return next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def write_section(doc: Path, marker: str, section: str) -> None:
-    """Replace the section starting with ``marker`` (up to the next '## ') or append it."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
-    start = text.find(marker)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    doc.write_text(text.rstrip() + "\n")
 
 
 if __name__ == "__main__":

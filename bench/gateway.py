@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,12 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# bench/analysis.py shares its module name with the ``analysis`` package: load it by path.
-_spec = importlib.util.spec_from_file_location("bench_analysis", REPO / "bench" / "analysis.py")
-assert _spec and _spec.loader
-bench_analysis = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_analysis)
-write_section = bench_analysis.write_section
+from benchlib import machine, write_section  # noqa: E402
 
 from tests.upstream_stub import free_port, run_musegate  # noqa: E402
 
@@ -382,14 +376,6 @@ async def _measure(upstream: Upstream, gate: Any, nginx_url: str | None, seeds: 
     return results
 
 
-def machine() -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip()
-                     for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def render(r: dict[str, Any]) -> str:

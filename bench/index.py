@@ -23,7 +23,6 @@ import importlib.metadata
 import importlib.util
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,17 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# bench/analysis.py shares its module name with the ``analysis`` package: load it by path.
-_spec = importlib.util.spec_from_file_location("bench_analysis", REPO / "bench" / "analysis.py")
-assert _spec and _spec.loader
-bench_analysis = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_analysis)
-corpus_dir = bench_analysis.corpus_dir
-read_manifest = bench_analysis.read_manifest
-write_section = bench_analysis.write_section
-neighbours = bench_analysis.neighbours
-
 import faiss  # noqa: E402
+from benchlib import corpus_dir, machine, neighbours, read_manifest, write_section  # noqa: E402
 
 from index.catalogue import KEYS, Catalogue, CatalogueRow  # noqa: E402
 from index.faiss_index import DEFAULT_HNSW_THRESHOLD, SimilarityIndex  # noqa: E402
@@ -382,15 +372,6 @@ def mib(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB" if b >= 10 * 2**20 else f"{b / 2**20:.1f} MiB"
 
 
-def machine() -> str:
-    try:
-        return next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> int:
@@ -518,8 +499,8 @@ def main() -> int:
         return 0
     n_clusters = ", ".join(f"{clusters_for(n):,}" for n in sizes)
     header = (
-        f"Measured {date.today().isoformat()} on {machine()}, {CORES} cores, Python "
-        f"{platform.python_version()}, faiss {faiss.__version__}, voyager {voyager_version}; "
+        f"Measured {date.today().isoformat()} on {machine()}, "
+        f"faiss {faiss.__version__}, voyager {voyager_version}; "
         f"command: `make bench` (`.venv/bin/python bench/index.py`), {total_wall / 60:.1f} min "
         "in all."
     )

@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,12 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# bench/analysis.py shares its module name with the ``analysis`` package: load it by path.
-_spec = importlib.util.spec_from_file_location("bench_analysis", REPO / "bench" / "analysis.py")
-assert _spec and _spec.loader
-bench_analysis = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_analysis)
-write_section = bench_analysis.write_section
+from benchlib import machine, write_section  # noqa: E402
 
 from analysis.labels import MSD_LABELS  # noqa: E402
 from analysis.store import LibraryStore, TrackRecord  # noqa: E402
@@ -256,14 +249,6 @@ async def run(quick: bool) -> dict[str, Any]:
     return r
 
 
-def machine() -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip()
-                     for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def render(r: dict[str, Any]) -> str:

@@ -1,0 +1,72 @@
+"""Helpers every benchmark shares: the dev corpus, the machine's name, docs/benchmarks.md.
+
+A plain module beside the scripts (``python bench/x.py`` puts bench/ on the path):
+the scripts cannot import each other, because bench/analysis.py's module name is
+taken by the ``analysis`` package.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS_SCRIPT = REPO.parent / "shared" / "corpus" / "build-dev-corpus.sh"
+
+
+def corpus_dir() -> Path:
+    env = os.environ.get("MUSEGATE_CORPUS")
+    default = Path(env) if env else Path.home() / ".cache" / "musegate" / "corpus"
+    if (default / ".complete").exists():
+        return default
+    print("building the dev corpus (several minutes the first time) …", flush=True)
+    out = subprocess.run(["bash", str(CORPUS_SCRIPT)], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def read_manifest(root: Path) -> list[tuple[Path, str]]:
+    rows = (root / "manifest.tsv").read_text().splitlines()[1:]
+    return [(root / r.split("\t")[0], r.split("\t")[1]) for r in rows if r.strip()]
+
+
+def neighbours(matrix: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
+    if metric == "cosine":
+        m = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        score = m @ m.T
+    else:
+        d = ((matrix[:, None, :] - matrix[None, :, :]) ** 2).sum(-1)
+        score = -d
+    np.fill_diagonal(score, -np.inf)
+    return np.argsort(-score, axis=1, kind="stable")[:, :k]
+
+
+def cpu_name() -> str:
+    try:
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """CPU model, cores and Python version, as each results section states them."""
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_section(doc: Path, marker: str, section: str) -> None:
+    """Replace the section starting with ``marker`` (up to the next '## ') or append it."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
+    start = text.find(marker)
+    if start < 0:
+        text = text.rstrip() + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    doc.write_text(text.rstrip() + "\n")
