@@ -60,6 +60,15 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# Tracks without an analysis of a version that have not failed too often with it;
+# parameters: version, version, max_attempts.
+_PENDING_SQL = (
+    "SELECT t.* FROM tracks t"
+    " LEFT JOIN analyses a ON a.track_id = t.id AND a.version = ?"
+    " LEFT JOIN failures f ON f.track_id = t.id AND f.version = ?"
+    " WHERE a.track_id IS NULL AND (f.track_id IS NULL OR f.attempts < ?)"
+)
+
 TRACK_COLUMNS = (
     "path",
     "size",
@@ -186,45 +195,50 @@ class LibraryStore:
 
         Unchanged tracks (same size and mtime) keep their analysis; changed ones
         lose it (and any failure) so they are analysed again; tracks that are no
-        longer listed leave the library.
+        longer listed leave the library. Rows are only written when something in
+        them differs, in batches, so rescanning an unchanged library is one read.
         """
+        columns = ", ".join(TRACK_COLUMNS)
         async with self._db.execute(
-            "SELECT id, upstream_id, size, mtime FROM tracks WHERE source = ?", (source,)
+            f"SELECT id, upstream_id, {columns}, raw FROM tracks WHERE source = ?", (source,)
         ) as cur:
             known = {row["upstream_id"]: row for row in await cur.fetchall()}
         now = time.time()
-        added = changed = unchanged = 0
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        reanalyse: list[tuple[int]] = []
+        unchanged = 0
         seen: set[str] = set()
         for rec in records:
             seen.add(rec.upstream_id)
-            values = [getattr(rec, c) for c in TRACK_COLUMNS]
+            values = tuple(getattr(rec, c) for c in TRACK_COLUMNS)
             raw = json.dumps(rec.raw, ensure_ascii=False, default=str)
             old = known.get(rec.upstream_id)
             if old is None:
-                await self._db.execute(
-                    f"INSERT INTO tracks (source, upstream_id, {', '.join(TRACK_COLUMNS)}, raw,"
-                    f" added_at, updated_at) VALUES (?, ?, {', '.join('?' * len(TRACK_COLUMNS))},"
-                    " ?, ?, ?)",
-                    (source, rec.upstream_id, *values, raw, now, now),
-                )
-                added += 1
+                inserts.append((source, rec.upstream_id, *values, raw, now, now))
                 continue
-            content_changed = (old["size"], old["mtime"]) != (rec.size, rec.mtime)
-            await self._db.execute(
-                f"UPDATE tracks SET {', '.join(f'{c} = ?' for c in TRACK_COLUMNS)}, raw = ?,"
-                " updated_at = ? WHERE id = ?",
-                (*values, raw, now, old["id"]),
-            )
-            if content_changed:
-                await self._db.execute("DELETE FROM analyses WHERE track_id = ?", (old["id"],))
-                await self._db.execute("DELETE FROM failures WHERE track_id = ?", (old["id"],))
-                changed += 1
+            if (old["size"], old["mtime"]) != (rec.size, rec.mtime):
+                reanalyse.append((old["id"],))
             else:
                 unchanged += 1
-        gone = [row["id"] for uid, row in known.items() if uid not in seen]
-        await self._db.executemany("DELETE FROM tracks WHERE id = ?", [(i,) for i in gone])
+            if tuple(old[c] for c in TRACK_COLUMNS) != values or old["raw"] != raw:
+                updates.append((*values, raw, now, old["id"]))
+        gone = [(row["id"],) for uid, row in known.items() if uid not in seen]
+        await self._db.executemany(
+            f"INSERT INTO tracks (source, upstream_id, {columns}, raw, added_at, updated_at)"
+            f" VALUES (?, ?, {', '.join('?' * len(TRACK_COLUMNS))}, ?, ?, ?)",
+            inserts,
+        )
+        await self._db.executemany(
+            f"UPDATE tracks SET {', '.join(f'{c} = ?' for c in TRACK_COLUMNS)}, raw = ?,"
+            " updated_at = ? WHERE id = ?",
+            updates,
+        )
+        await self._db.executemany("DELETE FROM analyses WHERE track_id = ?", reanalyse)
+        await self._db.executemany("DELETE FROM failures WHERE track_id = ?", reanalyse)
+        await self._db.executemany("DELETE FROM tracks WHERE id = ?", gone)
         await self._db.commit()
-        return SyncResult(added, changed, len(gone), unchanged)
+        return SyncResult(len(inserts), len(reanalyse), len(gone), unchanged)
 
     async def tracks_of_source(self, source: str) -> dict[str, TrackRecord]:
         async with self._db.execute("SELECT * FROM tracks WHERE source = ?", (source,)) as cur:
@@ -268,13 +282,7 @@ class LibraryStore:
         self, version: str, max_attempts: int, limit: int | None = None
     ) -> list[TrackRecord]:
         """Tracks without an analysis of ``version`` that have not failed too often with it."""
-        sql = (
-            "SELECT t.* FROM tracks t"
-            " LEFT JOIN analyses a ON a.track_id = t.id AND a.version = ?"
-            " LEFT JOIN failures f ON f.track_id = t.id AND f.version = ?"
-            " WHERE a.track_id IS NULL AND (f.track_id IS NULL OR f.attempts < ?)"
-            " ORDER BY t.id"
-        )
+        sql = _PENDING_SQL + " ORDER BY t.id"
         params: tuple[Any, ...] = (version, version, max_attempts)
         if limit is not None:
             sql += " LIMIT ?"
@@ -409,5 +417,20 @@ class LibraryStore:
             (version, version, version),
         ) as cur:
             tracks, analysed, failed, outdated = await cur.fetchone()
-        pending = len(await self.pending(version, max_attempts))
+        async with self._db.execute(
+            f"SELECT count(*) FROM ({_PENDING_SQL})", (version, version, max_attempts)
+        ) as cur:
+            (pending,) = await cur.fetchone()
         return LibraryStatus(tracks, analysed, failed, pending, outdated)
+
+    async def signature(self, version: str) -> tuple[Any, ...]:
+        """A cheap fingerprint that changes whenever analyses of ``version`` or track
+        metadata change: readers of the library reload only when it moves."""
+        async with self._db.execute(
+            "SELECT (SELECT count(*) FROM analyses WHERE version = ?),"
+            " (SELECT coalesce(max(analysed_at), 0) FROM analyses WHERE version = ?),"
+            " (SELECT coalesce(sum(track_id), 0) FROM analyses WHERE version = ?),"
+            " (SELECT coalesce(max(updated_at), 0) FROM tracks)",
+            (version, version, version),
+        ) as cur:
+            return tuple(await cur.fetchone())

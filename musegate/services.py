@@ -123,18 +123,8 @@ class LibraryService:
         return self._snapshot
 
     async def signature(self) -> tuple[Any, ...]:
-        """Cheap fingerprint of the current analyses; any add, remove or re-analysis changes it.
-
-        LibraryStore offers no such query yet, so this reads its connection directly.
-        """
-        db = self.store._db  # noqa: SLF001 - see docstring
-        async with db.execute(
-            "SELECT count(*), coalesce(max(analysed_at), 0), coalesce(sum(track_id), 0)"
-            " FROM analyses WHERE version = ?",
-            (self.version,),
-        ) as cur:
-            row = await cur.fetchone()
-        return tuple(row)
+        """Changes with any add, remove, re-analysis or metadata edit (see LibraryStore)."""
+        return await self.store.signature(self.version)
 
     async def refresh(self, force: bool = False) -> bool:
         """Reload when the store changed (or when ``force``); says whether anything was reloaded."""

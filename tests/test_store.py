@@ -99,3 +99,18 @@ async def test_find_tracks(tmp_path: Path) -> None:
         assert len(await store.find_tracks("blue")) == 2
         assert [t.upstream_id for t in await store.find_tracks("/m/y")] == ["y"]
         assert await store.find_tracks("nothing here") == []
+
+
+async def test_metadata_edit_keeps_analysis_and_moves_the_signature(tmp_path: Path) -> None:
+    async with await LibraryStore.open(tmp_path / "lib.db") as store:
+        await store.sync_source("s", [rec("a", title="Old")])
+        (track,) = (await store.tracks_of_source("s")).values()
+        await store.write_results([(track.id, analysis(1))])
+        before = await store.signature("v1")
+        assert await store.signature("v1") == before  # nothing changed, nothing moves
+        r = await store.sync_source("s", [rec("a", title="New")])  # same size and mtime
+        assert (r.changed, r.unchanged) == (0, 1)
+        assert (await store.get_track(track.id)).title == "New"
+        assert await store.get_analysis(track.id) is not None
+        assert await store.signature("v1") != before
+        assert (await store.status("v1", 3)).pending == 0
