@@ -18,12 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.folder import FolderAdapter
 from analysis.store import LibraryStore
 from gateway import api, compat, keys
 from gateway.jobs import JobManager
 from gateway.params import ApiError, error_response
 from musegate.config import Config
+from musegate.library import adapter_for, close_adapter
 from musegate.services import LibraryService
 
 log = logging.getLogger(__name__)
@@ -32,25 +32,6 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 30.0
 
 _DEFAULT: Any = object()
-
-
-def default_adapter(config: Config) -> Any:
-    """The configured library source, or None when there is none (API features still work)."""
-    if config.source == "subsonic":
-        if not config.upstream_url:
-            return None
-        from adapters.subsonic import SubsonicAdapter
-
-        return SubsonicAdapter.from_config(config)
-    if config.source == "jellyfin":
-        if not config.upstream_url:
-            return None
-        from adapters.jellyfin import JellyfinAdapter
-
-        return JellyfinAdapter.from_config(config)
-    if config.library_path:
-        return FolderAdapter(config.library_path, playlist_dir=config.playlist_path)
-    return None
 
 
 def _is_api(request: web.Request, base: str) -> bool:
@@ -95,7 +76,7 @@ def create_app(
     base = config.base_path
     app = web.Application(middlewares=[error_middleware(base)])
     app[keys.CONFIG] = config
-    app[keys.ADAPTER] = default_adapter(config) if adapter is _DEFAULT else adapter
+    app[keys.ADAPTER] = adapter_for(config) if adapter is _DEFAULT else adapter
     owns_adapter = adapter is _DEFAULT
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -123,9 +104,8 @@ def create_app(
         finally:
             if keys.SCHEDULER in app:
                 await app[keys.SCHEDULER].shutdown()
-            close = getattr(app[keys.ADAPTER], "close", None) if owns_adapter else None
-            if close is not None:
-                await close()
+            if owns_adapter:
+                await close_adapter(app[keys.ADAPTER])
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

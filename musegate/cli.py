@@ -41,8 +41,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="where the database lives (overrides configuration)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("analyze", help="scan a music folder and analyse new or changed tracks")
-    p.add_argument("path", nargs="?", help="music folder (default: library_path)")
+    p = sub.add_parser("analyze", help="scan the library and analyse new or changed tracks")
+    p.add_argument("path", nargs="?",
+                   help="music folder (default: the configured source: library_path, or the "
+                   "music server at upstream_url)")
     p.add_argument("--mode", choices=("sampled", "fast", "full"), help="patch selection")
     p.add_argument("--workers", type=int, help="analysis processes (default: cores)")
     p.add_argument("--limit", type=int, help="analyse at most this many tracks in this run")
@@ -168,23 +170,26 @@ def _progress_bar(enabled: bool) -> tuple[Callable[[Any], None], Callable[[], No
 
 
 async def cmd_analyze(config: Config, args: argparse.Namespace) -> int:
-    from adapters.folder import FolderAdapter
     from musegate import library
 
-    if not config.library_path:
-        print("musegate analyze: give a music folder (or set library_path)", file=sys.stderr)
+    if args.path:  # a folder on the command line wins over a configured server
+        config = config.replace(source="folder")
+    adapter = library.adapter_for(config)
+    if adapter is None:
+        print("musegate analyze: give a music folder, or configure library_path or "
+              "source and upstream_url", file=sys.stderr)
         return 2
 
     async def run(store: Any) -> int:
-        adapter = FolderAdapter(config.library_path)
         sync = await library.scan(store, adapter)
         print(
-            f"scanned {adapter.root}: {sync.added} new, {sync.changed} changed, "
+            f"scanned {adapter.source}: {sync.added} new, {sync.changed} changed, "
             f"{sync.removed} removed, {sync.unchanged} unchanged"
         )
         update, close = _progress_bar(not args.no_progress and sys.stderr.isatty())
         try:
-            report = await library.analyse(store, config, update, args.limit)
+            report = await library.analyse(store, config, update, args.limit,
+                                           locate=getattr(adapter, "audio_location", None))
         finally:
             close()
         print(
@@ -195,7 +200,10 @@ async def cmd_analyze(config: Config, args: argparse.Namespace) -> int:
             print(f"  failed: {path}: {reason}")
         return 0
 
-    return await _with_store(config, run)
+    try:
+        return await _with_store(config, run)
+    finally:
+        await library.close_adapter(adapter)
 
 
 async def cmd_status(config: Config, args: argparse.Namespace) -> int:

@@ -17,7 +17,14 @@ from typing import Any
 from analysis.store import LibraryStore, TrackRecord
 from index.results import Match
 from musegate.config import Config
-from musegate.library import TrackNotFound, describe_track, resolve_track, track_json
+from musegate.library import (
+    TrackNotFound,
+    adapter_for,
+    close_adapter,
+    describe_track,
+    resolve_track,
+    track_json,
+)
 from musegate.services import LibraryService, LibrarySnapshot, unique_ids
 
 
@@ -96,15 +103,17 @@ async def _emit(
 
 async def export_playlist(config: Config, name: str, tracks: list[TrackRecord]) -> str:
     from adapters.base import PlaylistWriter
-    from gateway.app import default_adapter
 
-    adapter = default_adapter(config)
-    if adapter is None or not isinstance(adapter, PlaylistWriter):
-        raise CommandError("cannot export: set library_path (playlists go to playlist_dir)")
+    adapter = adapter_for(config)
     try:
+        if adapter is None or not isinstance(adapter, PlaylistWriter):
+            raise CommandError("cannot export: no library source is configured (library_path, "
+                               "or source and upstream_url)")
         return await adapter.write_playlist(name, tracks)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    finally:
+        await close_adapter(adapter)
 
 
 def _check_n(n: int, what: str = "-n") -> None:
@@ -332,18 +341,19 @@ async def cmd_instant(config: Config, args: argparse.Namespace) -> int:
 
 async def cmd_fingerprint(config: Config, args: argparse.Namespace) -> int:
     from adapters.base import HistorySource, NoListeningHistory
-    from gateway.app import default_adapter
     from index.fingerprint import Play, sonic_fingerprint
 
     _check_n(args.n)
-    adapter = default_adapter(config)
-    if adapter is None or not isinstance(adapter, HistorySource):
-        raise CommandError("no library source with listening history is configured; the sonic "
-                           "fingerprint needs play counts from a media server")
+    adapter = adapter_for(config)
     try:
+        if adapter is None or not isinstance(adapter, HistorySource):
+            raise CommandError("no library source with listening history is configured; the "
+                               "sonic fingerprint needs play counts from a media server")
         history = await adapter.listening_history(args.user)
     except NoListeningHistory as exc:
         raise CommandError(str(exc)) from None
+    finally:
+        await close_adapter(adapter)
 
     async def run(store: LibraryStore, service: LibraryService) -> int:
         snap = service.snapshot

@@ -28,6 +28,34 @@ class TrackNotFound(LookupError):
     """No track matches what the user typed; the message says what was searched."""
 
 
+def adapter_for(config: Config) -> Any:
+    """The configured library source, or None when there is none (API features still work).
+
+    Server adapters hold an HTTP session: whoever creates one closes it (``close()``).
+    """
+    if config.source in ("subsonic", "jellyfin"):
+        if not config.upstream_url:
+            return None
+        if config.source == "subsonic":
+            from adapters.subsonic import SubsonicAdapter
+
+            return SubsonicAdapter.from_config(config)
+        from adapters.jellyfin import JellyfinAdapter
+
+        return JellyfinAdapter.from_config(config)
+    if config.library_path:
+        from adapters.folder import FolderAdapter
+
+        return FolderAdapter(config.library_path, playlist_dir=config.playlist_path)
+    return None
+
+
+async def close_adapter(adapter: Any) -> None:
+    close = getattr(adapter, "close", None)
+    if close is not None:
+        await close()
+
+
 def analyzer_settings(config: Config) -> AnalyzerSettings:
     plan = plan_for_mode(config.analysis_mode)
     return AnalyzerSettings(

@@ -29,9 +29,9 @@ from adapters.jellyfin import (
 )
 from analysis.analyzer import run_analysis
 from analysis.store import LibraryStore
-from gateway.app import default_adapter
 from musegate import library
 from musegate.config import load_config
+from musegate.library import adapter_for
 from tests.conftest import SR, sine_mix, write_track
 from tests.fakes.jellyfin import FakeJellyfin
 
@@ -360,7 +360,7 @@ def test_config_selects_the_jellyfin_adapter(tmp_path: Path) -> None:
         "data_dir": str(tmp_path), "source": "jellyfin", "upstream_url": "http://jf:8096/",
         "upstream_api_key": "k" * 32, "libraries": "Music, Audiobooks", "path_map": "/media=/mnt",
     })
-    adapter = default_adapter(config)
+    adapter = adapter_for(config)
     assert isinstance(adapter, JellyfinAdapter)
     assert adapter.source == "jellyfin:http://jf:8096" and adapter.libraries == ["Music", "Audiobooks"]
     assert adapter.path_map == [("/media", Path("/mnt"))]

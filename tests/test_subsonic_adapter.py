@@ -430,3 +430,33 @@ async def test_py_sonic_talks_to_the_fixture(server: Supysonic) -> None:
         return conn.ping(), len(found)
 
     assert await asyncio.to_thread(browse) == (True, 6)
+
+
+async def test_cli_analyze_uses_the_configured_server(server: Supysonic, tmp_path: Path) -> None:
+    """`musegate analyze` with no folder scans and analyses the music server it is configured for."""
+    import asyncio
+    import json
+    import os
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MUSEGATE_SOURCE": "subsonic",
+           "MUSEGATE_UPSTREAM_URL": server.url, "MUSEGATE_UPSTREAM_USER": "alice",
+           "MUSEGATE_UPSTREAM_PASSWORD": USERS["alice"], "MUSEGATE_WORKERS": "2"}
+    base = [sys.executable, "-m", "musegate", "--data-dir", str(tmp_path / "cli-data")]
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *base, *args, env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 300)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, err = await run("analyze", "--no-progress")
+    assert code == 0, err
+    assert f"scanned subsonic:{server.url}: 6 new" in out
+    assert "analysed 6 tracks" in out and "0 failed" in out
+    assert USERS["alice"] not in out + err
+    code, out, _ = await run("status", "--json")
+    status = json.loads(out)
+    assert (status["tracks"], status["analysed"], status["pending"]) == (6, 6, 0)
