@@ -25,11 +25,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import multiprocessing  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -42,7 +40,9 @@ from benchlib import (  # noqa: E402
     corpus_dir,
     cpu_name,
     neighbours,
+    pinned_model_pool,
     read_manifest,
+    worker_model,
     write_section,
 )
 
@@ -64,17 +64,6 @@ SWEEP = (
 
 # ---- worker side ------------------------------------------------------------------
 
-_model = None
-
-
-def _init(core_queue: multiprocessing.Queue) -> None:
-    global _model
-    core = core_queue.get()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {core})
-    from analysis.model import MusicnnModel
-
-    _model = MusicnnModel(threads=1)
 
 
 def _reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +74,7 @@ def _reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     y, sr = librosa.load(path, sr=16000, mono=True)
     batch = patches([y])
-    _tags, emb = _model.run(batch)
+    _tags, emb = worker_model().run(batch)
     librosa.beat.beat_track(y=y, sr=sr)
     librosa.feature.chroma_stft(y=y, sr=sr)
     librosa.feature.rms(y=y)
@@ -99,11 +88,11 @@ def _run(method: str, path: Path) -> tuple[str, str, float, np.ndarray, np.ndarr
     started = time.process_time()
     per_patch = None
     if method == "sampled":
-        vec = analyse_file(path, _model, DEFAULT).embedding
+        vec = analyse_file(path, worker_model(), DEFAULT).embedding
     elif method == "fast":
-        vec = analyse_file(path, _model, FAST).embedding
+        vec = analyse_file(path, worker_model(), FAST).embedding
     elif method == "full":
-        vec = analyse_file(path, _model, FULL).embedding
+        vec = analyse_file(path, worker_model(), FULL).embedding
     elif method == "reference":
         vec, per_patch = _reference(path)
     else:
@@ -187,15 +176,11 @@ def main() -> int:
     cores = os.cpu_count() or 1
     print(f"{len(paths)} tracks from {root}, {cores} pinned worker processes", flush=True)
 
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    for c in range(cores):
-        queue.put(c)
     results: dict[str, dict[str, tuple[float, np.ndarray, np.ndarray | None]]] = {
         m: {} for m in METHODS
     }
     wall = time.monotonic()
-    with ProcessPoolExecutor(cores, mp_context=ctx, initializer=_init, initargs=(queue,)) as pool:
+    with pinned_model_pool(cores) as pool:
         futures = [pool.submit(_run, m, p) for p in paths for m in METHODS]
         for i, fut in enumerate(futures, 1):
             method, path, secs, vec, per_patch = fut.result()

@@ -7,12 +7,16 @@ taken by the ``analysis`` package.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import subprocess
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from analysis.model import MusicnnModel
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_SCRIPT = REPO.parent / "shared" / "corpus" / "build-dev-corpus.sh"
@@ -70,3 +74,33 @@ def write_section(doc: Path, marker: str, section: str) -> None:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     doc.write_text(text.rstrip() + "\n")
+
+
+# ---- a pool of model workers, one per core, each pinned to its core ---------------
+
+_model: MusicnnModel | None = None
+
+
+def _init_pinned(core_queue: multiprocessing.Queue) -> None:
+    global _model
+    core = core_queue.get()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    _model = MusicnnModel(threads=1)
+
+
+def worker_model() -> MusicnnModel:
+    """The model of this pinned worker process (loaded once by its initializer)."""
+    assert _model is not None, "only inside a pinned_model_pool worker"
+    return _model
+
+
+def pinned_model_pool(cores: int) -> ProcessPoolExecutor:
+    """``cores`` spawned processes, each pinned to one core with a one-thread model, so a
+    task's CPU time is one core's time (the unit the analysis results are given in)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    for c in range(cores):
+        queue.put(c)
+    return ProcessPoolExecutor(cores, mp_context=ctx, initializer=_init_pinned,
+                               initargs=(queue,))

@@ -269,9 +269,9 @@ async def seed_store(data_dir: Path, upstream: Upstream) -> list[str]:
     """
     from adapters.subsonic import SubsonicAdapter
     from analysis.store import LibraryStore
-    from analysis.types import TrackAnalysis
     from musegate.config import load_config
     from musegate.library import analyzer_settings
+    from tests.store_factory import synthetic_analysis
 
     # Listed by the real adapter (as `musegate serve`'s scan would), so every stored song
     # records its music folder and the "folders" visibility mode has what it filters on.
@@ -292,12 +292,9 @@ async def seed_store(data_dir: Path, upstream: Upstream) -> list[str]:
         await store.sync_source(source, records)
         tracks = await store.tracks_of_source(source)
         await store.write_results([
-            (tracks[rec.upstream_id].id or 0, TrackAnalysis(
-                embedding=(centres[rec.raw.get("albumId")] + rng.standard_normal(200) * 0.3)
-                .astype(np.float32),
-                tags=np.zeros(50, np.float32), tempo=120.0, key="C", scale="major",
-                key_strength=0.5, energy=0.5, loudness=-12.0, duration=2.0, patches=1,
-                version=version))
+            (tracks[rec.upstream_id].id or 0, synthetic_analysis(
+                centres[rec.raw.get("albumId")] + rng.standard_normal(200) * 0.3, version,
+                duration=2.0))
             for rec in records
         ])
     finally:

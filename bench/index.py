@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -36,7 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import faiss  # noqa: E402
-from benchlib import corpus_dir, machine, neighbours, read_manifest, write_section  # noqa: E402
+from benchlib import (  # noqa: E402
+    corpus_dir,
+    machine,
+    neighbours,
+    pinned_model_pool,
+    read_manifest,
+    worker_model,
+    write_section,
+)
 
 from index.catalogue import KEYS, Catalogue, CatalogueRow  # noqa: E402
 from index.faiss_index import DEFAULT_HNSW_THRESHOLD, SimilarityIndex  # noqa: E402
@@ -211,17 +217,6 @@ def synthetic_catalogue(n: int, seed: int) -> Catalogue:
 
 # ---- corpus analysis (worker side) ------------------------------------------------
 
-_model = None
-
-
-def _init(core_queue: multiprocessing.Queue) -> None:
-    global _model
-    core = core_queue.get()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {core})
-    from analysis.model import MusicnnModel
-
-    _model = MusicnnModel(threads=1)
 
 
 def _analyse(method: str, path: str) -> tuple[str, str, np.ndarray]:
@@ -233,7 +228,7 @@ def _analyse(method: str, path: str) -> tuple[str, str, np.ndarray]:
     from analysis.pipeline import analyse_file
     from analysis.sampling import DEFAULT
 
-    a = analyse_file(path, _model, DEFAULT)
+    a = analyse_file(path, worker_model(), DEFAULT)
     key = KEYS.index(a.key) if a.key in KEYS else -1
     extra = [a.tempo, a.energy, a.loudness, key, a.scale == "minor", a.duration]
     return method, path, np.concatenate([a.embedding, a.tags, np.asarray(extra, np.float32)])
@@ -263,12 +258,8 @@ def corpus_rows(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, float]:
     wall = 0.0
     if todo:
         print(f"analysing {len(todo)} (method, track) pairs on {CORES} processes …", flush=True)
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        for c in range(CORES):
-            queue.put(c)
         wall = time.monotonic()
-        with ProcessPoolExecutor(CORES, mp_context=ctx, initializer=_init, initargs=(queue,)) as pool:
+        with pinned_model_pool(CORES) as pool:
             for method, path, row in pool.map(_analyse, *zip(*todo, strict=True)):
                 cached[wanted[(method, path)]] = row
         wall = time.monotonic() - wall

@@ -46,11 +46,10 @@ sys.path.insert(0, str(REPO))
 
 from benchlib import machine, write_section  # noqa: E402
 
-from analysis.labels import MSD_LABELS  # noqa: E402
 from analysis.store import LibraryStore, TrackRecord  # noqa: E402
-from analysis.types import TrackAnalysis  # noqa: E402
 from musegate.config import load_config  # noqa: E402
 from musegate.library import analyzer_settings  # noqa: E402
+from tests.store_factory import synthetic_analysis  # noqa: E402
 from tests.upstream_stub import free_port  # noqa: E402
 
 SECTION = "## Jellyfin gateway"
@@ -171,10 +170,8 @@ async def seed_store(data_dir: Path, url: str, songs: list[dict[str, Any]]) -> N
         for s in songs:
             c = int(s["artist"].split()[-1])
             emb = centres[c] + rng.standard_normal(200) * 0.3
-            analyses.append((known[s["id"]].id or 0, TrackAnalysis(
-                embedding=emb.astype(np.float32), tags=np.zeros(len(MSD_LABELS), np.float32),
-                tempo=100.0, key="A", scale="minor", key_strength=0.5, energy=0.5,
-                loudness=-12.0, duration=200.0, patches=1, version=version)))
+            analyses.append((known[s["id"]].id or 0,
+                             synthetic_analysis(emb, version, duration=200.0)))
         await store.write_results(analyses)
     finally:
         await store.close()

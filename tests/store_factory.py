@@ -19,6 +19,19 @@ from analysis.types import TrackAnalysis
 from musegate.config import Config, load_config
 from musegate.library import analyzer_settings
 
+
+def synthetic_analysis(embedding: np.ndarray, version: str, **fields: object) -> TrackAnalysis:
+    """An analysis as the analyzer would store it, for tests and benchmarks that need an
+    analysed library fast: neutral features unless ``fields`` say otherwise."""
+    values: dict[str, object] = dict(
+        tags=np.zeros(len(MSD_LABELS), np.float32), tempo=100.0, key="A", scale="minor",
+        key_strength=0.5, energy=0.5, loudness=-12.0, duration=30.0, patches=1,
+    )
+    values.update(fields)
+    return TrackAnalysis(embedding=np.asarray(embedding, np.float32), version=version,
+                         **values)  # type: ignore[arg-type]
+
+
 STYLES = (
     ("Piano", ("beautiful", "sad", "Mellow"), 70.0, 0.2, "minor"),
     ("Techno", ("electronic", "dance", "House"), 130.0, 0.9, "minor"),
@@ -116,11 +129,9 @@ async def add_track(config: Config, lib: FilledLibrary, style_index: int, title:
         ids, vectors = await store.embeddings(version)
         style_ids = [i for i, s in lib.style_of.items() if s == STYLES[style_index][0]]
         centre = vectors[np.searchsorted(ids, style_ids)].mean(axis=0)
-        await store.write_results([(track.id or 0, TrackAnalysis(
-            embedding=(centre + rng.standard_normal(200) * 0.001).astype(np.float32),
-            tags=np.zeros(len(MSD_LABELS), np.float32), tempo=100.0, key="C", scale="major",
-            key_strength=0.5, energy=0.5, loudness=-10.0, duration=200.0, patches=4,
-            version=version))])
+        await store.write_results([(track.id or 0, synthetic_analysis(
+            centre + rng.standard_normal(200) * 0.001, version, key="C", scale="major",
+            loudness=-10.0, duration=200.0, patches=4))])
         return track.id or 0
     finally:
         await store.close()

@@ -30,9 +30,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from jellyfin_apiclient_python import JellyfinClient
 
-from analysis.labels import MSD_LABELS
 from analysis.store import LibraryStore, TrackRecord
-from analysis.types import TrackAnalysis
 from gateway.app import create_app
 from gateway.jellyfin import GATEWAY, blend, normalise_id
 from gateway.jellyfin_auth import (
@@ -43,6 +41,7 @@ from gateway.jellyfin_auth import (
 from musegate.config import Config, load_config
 from musegate.library import analyzer_settings
 from tests.fakes.jellyfin import FakeJellyfin
+from tests.store_factory import synthetic_analysis
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -220,10 +219,7 @@ async def _write_synthetic(config: Config, songs: list[Song], skip: set[str],
         for uid, track in known.items():
             # loose clusters: no two songs count as duplicates (cosine < 0.995)
             emb = centres[cluster[uid]] + rng.standard_normal(200) * (0.5 / np.sqrt(200))
-            analyses.append((track.id, TrackAnalysis(
-                embedding=emb.astype(np.float32), tags=np.zeros(len(MSD_LABELS), np.float32),
-                tempo=100.0, key="A", scale="minor", key_strength=0.5, energy=0.5,
-                loudness=-12.0, duration=30.0, patches=1, version=version)))
+            analyses.append((track.id, synthetic_analysis(emb, version)))
         await store.write_results(analyses)
     finally:
         await store.close()

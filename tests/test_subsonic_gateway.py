@@ -32,9 +32,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer, make_mocked_request
 
-from analysis.labels import MSD_LABELS
 from analysis.store import LibraryStore, TrackRecord
-from analysis.types import TrackAnalysis
 from gateway import keys
 from gateway.app import create_app
 from gateway.subsonic import GATEWAY
@@ -42,6 +40,7 @@ from gateway.subsonic_auth import CredentialCache, Credentials
 from gateway.subsonic_format import EnvelopeCache, error_response, ok_response
 from musegate.config import Config, load_config
 from musegate.library import analyse, analyzer_settings
+from tests.store_factory import synthetic_analysis
 from tests.supysonic_server import Supysonic, generate_library
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -241,10 +240,7 @@ async def _write_synthetic(config: Config, songs: list[dict[str, Any]],
             # clusters loose enough that no two songs count as duplicates (cosine < 0.995)
             noise = 0.5 / np.sqrt(200)
             emb = centres[c] + rng.standard_normal(200) * noise
-            analyses.append((track.id, TrackAnalysis(
-                embedding=emb.astype(np.float32), tags=np.zeros(len(MSD_LABELS), np.float32),
-                tempo=100.0, key="A", scale="minor", key_strength=0.5, energy=0.5,
-                loudness=-12.0, duration=1.0, patches=1, version=version)))
+            analyses.append((track.id, synthetic_analysis(emb, version, duration=1.0)))
         await store.write_results(analyses)
     finally:
         await store.close()

@@ -30,14 +30,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from adapters.subsonic import FOLDER_KEY, PER_USER_FIELDS, SubsonicAdapter
-from analysis.labels import MSD_LABELS
 from analysis.store import LibraryStore, TrackRecord
-from analysis.types import TrackAnalysis
 from gateway.app import create_app
 from gateway.subsonic import GATEWAY
 from gateway.subsonic_auth import Credentials, FolderCache
 from musegate.config import Config, load_config
 from musegate.library import analyzer_settings
+from tests.store_factory import synthetic_analysis
 from tests.supysonic_server import Supysonic, generate_library
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -134,12 +133,9 @@ async def _analyse_by_artist(config: Config, source: str) -> None:
     try:
         tracks = await store.tracks_of_source(source)
         await store.write_results([
-            (t.id or 0, TrackAnalysis(
-                embedding=(centres[t.artist or "Artist 0"] + rng.standard_normal(200) * 0.05)
-                .astype(np.float32),
-                tags=np.zeros(len(MSD_LABELS), np.float32), tempo=100.0, key="A",
-                scale="minor", key_strength=0.5, energy=0.5, loudness=-12.0, duration=1.0,
-                patches=1, version=version))
+            (t.id or 0, synthetic_analysis(
+                centres[t.artist or "Artist 0"] + rng.standard_normal(200) * 0.05, version,
+                duration=1.0))
             for t in tracks.values()
         ])
     finally:
