@@ -254,7 +254,12 @@ class LibraryStore:
         return _row_to_track(row) if row else None
 
     async def find_tracks(self, query: str, limit: int = 20) -> list[TrackRecord]:
-        """Tracks whose path equals ``query``, else whose title/artist/album contain every word."""
+        """Tracks whose path equals ``query``, else whose title/artist/album contain every word.
+
+        Words are also matched against the source's own id (for a folder, the path
+        relative to it) but never against the absolute path: the library's root
+        folder name would otherwise match every track.
+        """
         resolved = str(Path(query).expanduser().resolve()) if query else query
         async with self._db.execute(
             "SELECT * FROM tracks WHERE path = ? OR path = ? ORDER BY id", (query, resolved)
@@ -267,7 +272,7 @@ class LibraryStore:
             return []
         clause = " AND ".join(
             "(lower(coalesce(title,'') || ' ' || coalesce(artist,'') || ' ' ||"
-            " coalesce(album,'') || ' ' || coalesce(path,'')) LIKE ?)"
+            " coalesce(album,'') || ' ' || upstream_id) LIKE ?)"
             for _ in words
         )
         async with self._db.execute(

@@ -114,3 +114,15 @@ async def test_metadata_edit_keeps_analysis_and_moves_the_signature(tmp_path: Pa
         assert await store.get_analysis(track.id) is not None
         assert await store.signature("v1") != before
         assert (await store.status("v1", 3)).pending == 0
+
+
+async def test_search_ignores_the_library_root(tmp_path: Path) -> None:
+    async with await LibraryStore.open(tmp_path / "lib.db") as store:
+        await store.sync_source("s", [
+            TrackRecord(source="s", upstream_id="Metal/12 Anthem.flac",
+                        path="/srv/music 12/Metal/12 Anthem.flac", title="Anthem"),
+            TrackRecord(source="s", upstream_id="Jazz/01 Blue.flac",
+                        path="/srv/music 12/Jazz/01 Blue.flac", title="Blue"),
+        ])
+        assert [t.title for t in await store.find_tracks("12")] == ["Anthem"]
+        assert [t.title for t in await store.find_tracks("metal anthem")] == ["Anthem"]
