@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from musegate.cli import main
-from musegate.config import FIELDS, ConfigError, Field, describe, load_config
+from musegate.config import FIELDS, ConfigError, describe, load_config
 
 
 def test_defaults_file_and_env_layering(tmp_path: Path) -> None:
@@ -47,16 +47,15 @@ def test_bad_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml", env={})
 
 
-def test_secret_fields_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
-    import musegate.config as config_module
-
-    secret = Field("log_level", str, lambda: "INFO", "pretend secret", secret=True,
-                   choices=("INFO",))
-    monkeypatch.setattr(
-        config_module, "FIELDS", tuple(secret if f.name == "log_level" else f for f in FIELDS)
-    )
-    shown = describe(load_config(None, env={}))
-    assert shown["log_level"] == "***"
+def test_secret_fields_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"MUSEGATE_UPSTREAM_PASSWORD": "hunter2", "MUSEGATE_LLM_API_KEY": "sk-secret",
+           "MUSEGATE_UPSTREAM_USER": "musegate"}
+    shown = describe(load_config(None, env=env))
+    assert shown["upstream_password"] == "***" and shown["llm_api_key"] == "***"
+    assert shown["upstream_api_key"] == ""  # unset secrets show as unset
+    assert shown["upstream_user"] == "musegate"  # not a secret
+    secret_names = {f.name for f in FIELDS if f.secret}
+    assert secret_names == {"upstream_password", "upstream_api_key", "llm_api_key"}
 
 
 def test_cli_config_reports_errors(capsys: pytest.CaptureFixture[str],
