@@ -78,21 +78,25 @@ def write_section(doc: Path, marker: str, section: str) -> None:
 
 # ---- a pool of model workers, one per core, each pinned to its core ---------------
 
-_model: MusicnnModel | None = None
+#: The network without dead-filter pruning, as AudioMuse-AI computes it (written by
+#: analysis/export_musicnn.py next to the pruned one).
+UNPRUNED_MODEL = REPO / "bench" / "models" / "msd_musicnn_unpruned.onnx"
+
+_models: dict[str, MusicnnModel] = {}
 
 
 def _init_pinned(core_queue: multiprocessing.Queue) -> None:
-    global _model
     core = core_queue.get()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
-    _model = MusicnnModel(threads=1)
+    _models["pruned"] = MusicnnModel(threads=1)
+    _models["unpruned"] = MusicnnModel(UNPRUNED_MODEL, threads=1)
 
 
-def worker_model() -> MusicnnModel:
+def worker_model(unpruned: bool = False) -> MusicnnModel:
     """The model of this pinned worker process (loaded once by its initializer)."""
-    assert _model is not None, "only inside a pinned_model_pool worker"
-    return _model
+    assert _models, "only inside a pinned_model_pool worker"
+    return _models["unpruned" if unpruned else "pruned"]
 
 
 def pinned_model_pool(cores: int) -> ProcessPoolExecutor:

@@ -90,3 +90,37 @@ def test_empty_batch(model: MusicnnModel) -> None:
 def test_bad_shape_raises(model: MusicnnModel, shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"\(N, 187, 96\)"):
         model.run(np.zeros(shape, dtype=np.float32))
+
+
+def test_shipped_model_has_no_dead_filters() -> None:
+    # A re-export that forgot the pruning would still pass parity but run ~6x slower.
+    import onnx
+    from onnx import numpy_helper
+
+    from analysis.export_musicnn import DEAD_FILTER_RATIO
+
+    graph = onnx.load(str(MODEL_PATH)).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    front = [n for n in graph.node if n.op_type == "Conv" and weights[n.input[1]].shape[1] == 1]
+    assert len(front) == 5
+    channels = 0
+    for node in front:
+        w = weights[node.input[1]]
+        norms = np.linalg.norm(w.reshape(len(w), -1), axis=1)
+        assert norms.min() > DEAD_FILTER_RATIO * norms.max(), node.name
+        channels += len(w)
+    assert channels == 64
+
+
+def test_pruned_model_matches_unpruned_on_music_like_input(
+    model: MusicnnModel, reference: dict[str, np.ndarray]
+) -> None:
+    unpruned = MusicnnModel(Path(__file__).parents[1] / "bench" / "models" / "msd_musicnn_unpruned.onnx")
+    # The fixture's synthetic song plus quiet and loud extremes (silence, clipping-level mel).
+    x = np.concatenate([
+        reference["melspec"],
+        np.zeros((1, 187, 96), np.float32),
+        np.full((1, 187, 96), 6.0, np.float32),
+    ])
+    for got, want in zip(model.run(x), unpruned.run(x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
