@@ -6,6 +6,7 @@ from analysis.sampling import (
     DEFAULT,
     FULL,
     PATCH_FRAMES,
+    PATCH_SECONDS,
     SamplingPlan,
     excerpt_spans,
     plan_for_mode,
@@ -24,8 +25,19 @@ def test_sampled_spans_are_spread_inside_the_track() -> None:
     for start, length in spans:
         assert start >= 240 * DEFAULT.skip_edges - 1e-6
         assert start + length <= 240 * (1 - DEFAULT.skip_edges) + 1e-6
-    for (s1, l1), (s2, _) in zip(spans, spans[1:], strict=False):
-        assert s1 + l1 <= s2  # no overlap
+    for (s1, _), (s2, _) in zip(spans, spans[1:], strict=False):
+        assert s2 - s1 >= PATCH_SECONDS - 1e-6  # distinct patches
+    # On the full mode's patch grid: the same STFT frames as full analysis.
+    for start, _ in spans:
+        k = start / PATCH_SECONDS
+        assert abs(k - round(k)) < 1e-6
+
+
+def test_spans_stay_inside_odd_durations() -> None:
+    for duration in (121.3, 137.0, 200.01, 3600.5):
+        spans = excerpt_spans(duration, DEFAULT)
+        assert spans is not None and len({s for s, _ in spans}) == DEFAULT.segments
+        assert spans[0][0] >= 0 and spans[-1][0] + spans[-1][1] <= duration + 1e-6
 
 
 def test_short_tracks_are_read_whole() -> None:
