@@ -19,7 +19,12 @@ from functools import lru_cache
 import librosa
 import numpy as np
 
-__all__ = ["KEY_NAMES", "energy", "estimate_key", "loudness_db", "tempo_bpm"]
+from analysis.melspec import power_blocks
+
+__all__ = ["KEY_NAMES", "energy", "estimate_key", "loudness_db", "onset_envelopes", "tempo_bpm"]
+
+#: Per excerpt: (dB flux, pulse flux) onset envelopes, see :func:`onset_envelopes`.
+Envelopes = list[tuple[np.ndarray, np.ndarray]]
 
 KEY_NAMES: tuple[str, ...] = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -79,11 +84,15 @@ def _mel_filter(sr: int) -> np.ndarray:
     return librosa.filters.mel(sr=sr, n_fft=_ONSET_NFFT, n_mels=_ONSET_MELS).astype(np.float32)
 
 
+_ONSET_WINDOW = librosa.filters.get_window("hann", _ONSET_NFFT, fftbins=True).astype(np.float32)
+_KEY_WINDOW = librosa.filters.get_window("hann", _KEY_NFFT, fftbins=True).astype(np.float32)
+
+
 def _mel_power(x: np.ndarray, sr: int) -> np.ndarray:
     """(n_mels, frames) power mel spectrogram shared by tempo and energy."""
-    spec = librosa.stft(x, n_fft=_ONSET_NFFT, hop_length=_ONSET_HOP, center=False)
-    power = spec.real**2 + spec.imag**2
-    return _mel_filter(sr) @ power
+    fb = _mel_filter(sr).T
+    blocks = [p @ fb for p in power_blocks(x, _ONSET_NFFT, _ONSET_HOP, _ONSET_WINDOW)]
+    return np.concatenate(blocks).T
 
 
 def _envelopes(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +188,18 @@ def _normalised_acf(envs: list[np.ndarray], max_lag: int) -> np.ndarray | None:
     return np.convolve(ac, _ACF_SMOOTH, mode="same") / ac[0]
 
 
-def tempo_bpm(excerpts: Sequence[np.ndarray], sr: int = 16000) -> float:
+def onset_envelopes(excerpts: Sequence[np.ndarray], sr: int = 16000) -> Envelopes:
+    """Onset envelopes of each non-empty excerpt, for :func:`tempo_bpm` and :func:`energy`.
+
+    Both need them and the STFT behind them is most of either's cost, so a
+    caller that wants both computes them once and passes them to each.
+    """
+    return [_envelopes(x, sr) for x in _nonempty(excerpts)]
+
+
+def tempo_bpm(
+    excerpts: Sequence[np.ndarray], sr: int = 16000, envelopes: Envelopes | None = None
+) -> float:
     """Tempo in beats per minute (40-220), or 0.0 when there is no usable pulse.
 
     librosa's tempo estimator picks an integer autocorrelation lag, which is
@@ -194,11 +214,14 @@ def tempo_bpm(excerpts: Sequence[np.ndarray], sr: int = 16000) -> float:
     off-beats mean the real pulse is the faster one, whereas accented beats
     with eighth-note hi-hats keep the slower level.
     """
-    xs = [x for x in _nonempty(excerpts) if x.size >= _ONSET_NFFT]
+    nonempty = _nonempty(excerpts)
+    xs = [x for x in nonempty if x.size >= _ONSET_NFFT]
     if not xs or _mean_power(xs) <= _SILENT_RMS**2:
         return 0.0
     fps = sr / _ONSET_HOP
-    pairs = [p for p in (_envelopes(x, sr) for x in xs) if p[0].size > 4]
+    if envelopes is None:
+        envelopes = onset_envelopes(xs, sr)
+    pairs = [p for p in envelopes if p[0].size > 4]
     if not pairs:
         return 0.0
     lag_min = 60.0 * fps / _BPM_MAX
@@ -292,10 +315,13 @@ def estimate_key(excerpts: Sequence[np.ndarray], sr: int = 16000) -> tuple[str, 
     if not xs or _mean_power(xs) <= _SILENT_RMS**2:
         return "C", "major", 0.0
     fb = _chroma_filter(sr)
-    chroma = np.zeros(12)
+    # The filter bank is linear, so summing magnitudes over frames first and
+    # mapping once gives the same pooled chroma as mapping every frame.
+    mag_sum = np.zeros(_KEY_NFFT // 2 + 1)
     for x in xs:
-        mag = np.abs(librosa.stft(x, n_fft=_KEY_NFFT, hop_length=_KEY_HOP, center=False))
-        chroma += (fb @ mag).sum(axis=1)
+        for p in power_blocks(x, _KEY_NFFT, _KEY_HOP, _KEY_WINDOW):
+            mag_sum += np.sqrt(p).sum(axis=0, dtype=np.float64)
+    chroma = fb.astype(np.float64) @ mag_sum
     c = chroma - chroma.mean()
     norm = np.linalg.norm(c)
     if norm <= 1e-12:
@@ -326,7 +352,9 @@ _FLUX_SCALE = 60.0  # dB/s of spectral flux that gives ~63 % of the activity ter
 _ACTIVITY_WEIGHT = 0.65
 
 
-def energy(excerpts: Sequence[np.ndarray], sr: int = 16000) -> float:
+def energy(
+    excerpts: Sequence[np.ndarray], sr: int = 16000, envelopes: Envelopes | None = None
+) -> float:
     """Perceptual energy in [0, 1]: how loud *and* how busy the music is.
 
     Two terms, each in [0, 1]:
@@ -348,7 +376,9 @@ def energy(excerpts: Sequence[np.ndarray], sr: int = 16000) -> float:
     loud = float(np.clip((level - _LOUD_FLOOR_DB) / (_LOUD_FULL_DB - _LOUD_FLOOR_DB), 0.0, 1.0))
     if loud <= 0.0:
         return 0.0
-    envs = [e for e in (_envelopes(x, sr)[0] for x in xs) if e.size]
+    if envelopes is None:
+        envelopes = onset_envelopes(xs, sr)
+    envs = [e for e, _ in envelopes if e.size]
     frames = sum(e.size for e in envs)
     if frames == 0:
         activity = 0.0

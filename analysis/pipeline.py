@@ -39,14 +39,15 @@ def analyse_excerpts(
     step = max(1, len(excerpts) // FEATURE_EXCERPTS)
     heard = excerpts[step // 2 :: step] if len(excerpts) > FEATURE_EXCERPTS else excerpts
     key, scale, strength = features.estimate_key(heard, SAMPLE_RATE)
+    envelopes = features.onset_envelopes(heard, SAMPLE_RATE)
     return TrackAnalysis(
         embedding=embeddings.mean(axis=0).astype(np.float32),
         tags=tags.mean(axis=0).astype(np.float32),
-        tempo=features.tempo_bpm(heard, SAMPLE_RATE),
+        tempo=features.tempo_bpm(heard, SAMPLE_RATE, envelopes),
         key=key,
         scale=scale,
         key_strength=strength,
-        energy=features.energy(heard, SAMPLE_RATE),
+        energy=features.energy(heard, SAMPLE_RATE, envelopes),
         loudness=features.loudness_db(heard),
         duration=duration,
         patches=int(batch.shape[0]),

@@ -151,3 +151,49 @@ def test_energy_ordering_and_range() -> None:
     parts = [drums[: 5 * SR], drums[8 * SR : 15 * SR]]
     assert energy(parts) == energy(parts)
     assert energy(parts) == pytest.approx(energy(parts[::-1]), abs=1e-9)
+
+
+def test_onset_spectrogram_matches_librosa() -> None:
+    """The shared STFT replaced librosa.stft; the mel power must stay the same."""
+    import librosa
+
+    from analysis import features
+
+    x = drum_loop(128, 6.0)
+    spec = librosa.stft(x, n_fft=1024, hop_length=128, center=False)
+    want = features._mel_filter(SR) @ (spec.real**2 + spec.imag**2)
+    got = features._mel_power(x, SR)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6 * float(want.max()))
+
+
+def test_key_strength_matches_per_frame_chroma() -> None:
+    """Summing magnitudes before the chroma map is the same as mapping every frame."""
+    import librosa
+
+    from analysis import features
+
+    y = progression([("D", False), ("G", False), ("A", False), ("D", False)])
+    parts = [y[: 4 * SR], y[5 * SR : 11 * SR]]
+    fb = features._chroma_filter(SR)
+    chroma = sum(
+        (fb @ np.abs(librosa.stft(x, n_fft=4096, hop_length=2048, center=False))).sum(axis=1)
+        for x in parts
+    )
+    c = chroma - chroma.mean()
+    corr = features._PROFILES @ (c / np.linalg.norm(c))
+    name, scale, strength = estimate_key(parts)
+    best = int(np.argmax(corr))
+    assert (name, scale) == (features.KEY_NAMES[best % 12], "major" if best < 12 else "minor")
+    assert strength == pytest.approx(float(corr[best]), abs=1e-5)
+
+
+def test_shared_envelopes_give_the_same_features() -> None:
+    """The pipeline computes onset envelopes once for tempo and energy; nothing may change."""
+    from analysis import features
+
+    parts = [drum_loop(128, 6.0), np.zeros(100, np.float32), soft_pad(5.0, gain=0.5)]
+    envs = features.onset_envelopes(parts)
+    assert [e.size > 0 for e, _ in envs] == [True, False, True]  # too short for one frame
+    assert tempo_bpm(parts, envelopes=envs) == tempo_bpm(parts)
+    assert energy(parts, envelopes=envs) == energy(parts)
