@@ -72,7 +72,7 @@ def write_section(doc: Path, marker: str, section: str) -> None:
         text = text.rstrip() + "\n\n" + section
     else:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+        text = text[:start] + section.rstrip() + "\n\n" + (text[end + 1:] if end >= 0 else "")
     doc.write_text(text.rstrip() + "\n")
 
 
