@@ -17,6 +17,7 @@ from analysis.store import LibraryStore
 from musegate import library
 from musegate.config import load_config
 from tests.conftest import SR, sine_mix, write_track
+from tests.worker_probe import numeric_thread_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,3 +135,14 @@ def test_zero_length_wav_header_only(tmp_path: Path) -> None:
 
     with pytest.raises(DecodeError):
         probe(path)
+
+
+def test_workers_use_one_numeric_thread_each() -> None:
+    # One worker per core plus a BLAS/OpenMP thread per core in each doubled the CPU time.
+    from analysis.analyzer import AnalyzerSettings, _pool
+    from analysis.sampling import DEFAULT
+
+    with _pool(AnalyzerSettings(plan=DEFAULT, version="t")) as pool:
+        counts = pool.submit(numeric_thread_counts).result(timeout=120)
+    assert counts, "no BLAS/OpenMP library found in the worker"
+    assert max(n for n, _ in counts) == 1, counts
