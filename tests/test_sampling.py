@@ -68,3 +68,26 @@ def test_plan_for_mode() -> None:
     assert plan_for_mode("full") is FULL and plan_for_mode("sampled") is DEFAULT
     with pytest.raises(ValueError, match="unknown analysis mode"):
         plan_for_mode("quick")
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_sampled_patches_are_full_mode_patches(tmp_path, suffix) -> None:
+    """A sampled patch is the patch full analysis computes at that place (bar the first frame)."""
+    from analysis.decode import read_excerpts
+    from tests.conftest import write_track
+
+    rng = np.random.default_rng(3)
+    seconds = 150.0
+    t = np.arange(int(seconds * 16000)) / 16000
+    # Changing pitch and noise so that every patch differs from its neighbours.
+    audio = 0.3 * np.sin(2 * np.pi * (200 + 2 * t) * t) + 0.05 * rng.standard_normal(t.size)
+    path = write_track(tmp_path / f"sweep{suffix}", audio.astype(np.float32), sr=16000)
+
+    spans = excerpt_spans(seconds, DEFAULT)
+    assert spans is not None
+    sampled = patches(read_excerpts(path, spans, sr=16000))
+    full = patches(read_excerpts(path, None, sr=16000))
+    assert sampled.shape[0] == len(spans)
+    for patch, (start, _) in zip(sampled, spans, strict=True):
+        k = round(start / PATCH_SECONDS)
+        np.testing.assert_allclose(patch[1:], full[k, 1:], rtol=0, atol=1e-4)
