@@ -8,9 +8,11 @@ are numbered migrations recorded in ``PRAGMA user_version``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,14 @@ def _row_to_track(row: aiosqlite.Row) -> TrackRecord:
     )
 
 
+class StorageFullError(OSError):
+    """The database could not grow: its disk, or a quota, is full.
+
+    The transaction that hit it is rolled back, so the database stays as it was
+    after the last successful write; everything saved before is kept.
+    """
+
+
 class LibraryStore:
     """One connection, one writer; open with ``await LibraryStore.open(path)``."""
 
@@ -164,6 +174,22 @@ class LibraryStore:
 
     async def close(self) -> None:
         await self._db.close()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """Statements inside are committed together, or rolled back together on error."""
+        try:
+            yield
+            await self._db.commit()
+        except sqlite3.OperationalError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.rollback()
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise StorageFullError(
+                    f"cannot write the database {self.path}: the disk is full ({exc}). "
+                    "Everything saved before is kept; free some space and run again to resume."
+                ) from None
+            raise
 
     async def __aenter__(self) -> LibraryStore:
         return self
@@ -224,20 +250,20 @@ class LibraryStore:
             if tuple(old[c] for c in TRACK_COLUMNS) != values or old["raw"] != raw:
                 updates.append((*values, raw, now, old["id"]))
         gone = [(row["id"],) for uid, row in known.items() if uid not in seen]
-        await self._db.executemany(
-            f"INSERT INTO tracks (source, upstream_id, {columns}, raw, added_at, updated_at)"
-            f" VALUES (?, ?, {', '.join('?' * len(TRACK_COLUMNS))}, ?, ?, ?)",
-            inserts,
-        )
-        await self._db.executemany(
-            f"UPDATE tracks SET {', '.join(f'{c} = ?' for c in TRACK_COLUMNS)}, raw = ?,"
-            " updated_at = ? WHERE id = ?",
-            updates,
-        )
-        await self._db.executemany("DELETE FROM analyses WHERE track_id = ?", reanalyse)
-        await self._db.executemany("DELETE FROM failures WHERE track_id = ?", reanalyse)
-        await self._db.executemany("DELETE FROM tracks WHERE id = ?", gone)
-        await self._db.commit()
+        async with self._transaction():
+            await self._db.executemany(
+                f"INSERT INTO tracks (source, upstream_id, {columns}, raw, added_at, updated_at)"
+                f" VALUES (?, ?, {', '.join('?' * len(TRACK_COLUMNS))}, ?, ?, ?)",
+                inserts,
+            )
+            await self._db.executemany(
+                f"UPDATE tracks SET {', '.join(f'{c} = ?' for c in TRACK_COLUMNS)}, raw = ?,"
+                " updated_at = ? WHERE id = ?",
+                updates,
+            )
+            await self._db.executemany("DELETE FROM analyses WHERE track_id = ?", reanalyse)
+            await self._db.executemany("DELETE FROM failures WHERE track_id = ?", reanalyse)
+            await self._db.executemany("DELETE FROM tracks WHERE id = ?", gone)
         return SyncResult(len(inserts), len(reanalyse), len(gone), unchanged)
 
     async def tracks_of_source(self, source: str) -> dict[str, TrackRecord]:
@@ -245,8 +271,10 @@ class LibraryStore:
             return {r["upstream_id"]: _row_to_track(r) for r in await cur.fetchall()}
 
     async def remove_tracks(self, track_ids: Sequence[int]) -> None:
-        await self._db.executemany("DELETE FROM tracks WHERE id = ?", [(i,) for i in track_ids])
-        await self._db.commit()
+        async with self._transaction():
+            await self._db.executemany(
+                "DELETE FROM tracks WHERE id = ?", [(i,) for i in track_ids]
+            )
 
     async def get_track(self, track_id: int) -> TrackRecord | None:
         async with self._db.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)) as cur:
@@ -306,37 +334,37 @@ class LibraryStore:
         silently: its result has nowhere to belong.
         """
         now = time.time()
-        await self._db.executemany(
-            "INSERT INTO analyses (track_id, version, features, embedding, analysed_at)"
-            " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
-            " ON CONFLICT (track_id) DO UPDATE SET version = excluded.version,"
-            " features = excluded.features, embedding = excluded.embedding,"
-            " analysed_at = excluded.analysed_at",
-            [
-                (
-                    tid,
-                    a.version,
-                    json.dumps(a.features()),
-                    np.asarray(a.embedding, dtype="<f4").tobytes(),
-                    now,
-                    tid,
-                )
-                for tid, a in analyses
-            ],
-        )
-        await self._db.executemany(
-            "DELETE FROM failures WHERE track_id = ?", [(tid,) for tid, _ in analyses]
-        )
-        await self._db.executemany(
-            "INSERT INTO failures (track_id, version, reason, attempts, failed_at)"
-            " SELECT ?, ?, ?, 1, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
-            " ON CONFLICT (track_id) DO UPDATE SET reason = excluded.reason,"
-            " attempts = CASE WHEN failures.version = excluded.version"
-            " THEN failures.attempts + 1 ELSE 1 END,"
-            " version = excluded.version, failed_at = excluded.failed_at",
-            [(tid, version, reason, now, tid) for tid, version, reason in failures],
-        )
-        await self._db.commit()
+        async with self._transaction():
+            await self._db.executemany(
+                "INSERT INTO analyses (track_id, version, features, embedding, analysed_at)"
+                " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
+                " ON CONFLICT (track_id) DO UPDATE SET version = excluded.version,"
+                " features = excluded.features, embedding = excluded.embedding,"
+                " analysed_at = excluded.analysed_at",
+                [
+                    (
+                        tid,
+                        a.version,
+                        json.dumps(a.features()),
+                        np.asarray(a.embedding, dtype="<f4").tobytes(),
+                        now,
+                        tid,
+                    )
+                    for tid, a in analyses
+                ],
+            )
+            await self._db.executemany(
+                "DELETE FROM failures WHERE track_id = ?", [(tid,) for tid, _ in analyses]
+            )
+            await self._db.executemany(
+                "INSERT INTO failures (track_id, version, reason, attempts, failed_at)"
+                " SELECT ?, ?, ?, 1, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
+                " ON CONFLICT (track_id) DO UPDATE SET reason = excluded.reason,"
+                " attempts = CASE WHEN failures.version = excluded.version"
+                " THEN failures.attempts + 1 ELSE 1 END,"
+                " version = excluded.version, failed_at = excluded.failed_at",
+                [(tid, version, reason, now, tid) for tid, version, reason in failures],
+            )
 
     async def get_analysis(self, track_id: int) -> StoredAnalysis | None:
         async with self._db.execute(

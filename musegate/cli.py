@@ -327,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(config, args.dir, args.wait))
         except KeyboardInterrupt:
             return 0
+    from analysis.store import StorageFullError
     from musegate.library import TrackNotFound
 
     commands = {
@@ -346,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"musegate {args.command}: {exc}", file=sys.stderr)
         return exc.code
-    except TrackNotFound as exc:
+    except (TrackNotFound, StorageFullError) as exc:
         print(f"musegate {args.command}: {exc}", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:

@@ -146,3 +146,36 @@ def test_workers_use_one_numeric_thread_each() -> None:
         counts = pool.submit(numeric_thread_counts).result(timeout=120)
     assert counts, "no BLAS/OpenMP library found in the worker"
     assert max(n for n, _ in counts) == 1, counts
+
+
+def test_full_disk_stops_analyze_with_a_clear_error_and_resumes(
+    tmp_path: Path, small_library: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from analysis.store import LibraryStore
+    from musegate.cli import main
+    from tests.test_store import _fill_the_disk
+
+    data = tmp_path / "data"
+    real_write = LibraryStore.write_results
+    writes = {"n": 0}
+
+    async def write_then_fill(self, analyses, failures=()):
+        # The first batch lands; the disk is full from the second one on.
+        writes["n"] += 1
+        if writes["n"] == 2:
+            await _fill_the_disk(self)
+        return await real_write(self, analyses, failures)
+
+    monkeypatch.setattr(LibraryStore, "write_results", write_then_fill)
+    monkeypatch.setenv("MUSEGATE_WRITE_BATCH", "2")
+    monkeypatch.setenv("MUSEGATE_WORKERS", "1")
+    args = ["--data-dir", str(data), "analyze", str(small_library), "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "run again to resume" in err
+    assert "Traceback" not in err
+    assert _count_analyses(data / "musegate.db") == 2
+
+    monkeypatch.setattr(LibraryStore, "write_results", real_write)
+    assert main(args) == 0
+    assert _count_analyses(data / "musegate.db") == 6

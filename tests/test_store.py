@@ -126,3 +126,31 @@ async def test_search_ignores_the_library_root(tmp_path: Path) -> None:
         ])
         assert [t.title for t in await store.find_tracks("12")] == ["Anthem"]
         assert [t.title for t in await store.find_tracks("metal anthem")] == ["Anthem"]
+
+
+async def _fill_the_disk(store: LibraryStore) -> None:
+    """SQLite's page cap fails writes with the same SQLITE_FULL a full disk gives."""
+    async with store._db.execute("PRAGMA page_count") as cur:
+        (pages,) = await cur.fetchone()
+    await store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+async def test_full_disk_is_a_clear_error_and_keeps_what_was_saved(tmp_path: Path) -> None:
+    from analysis.store import StorageFullError
+
+    async with await LibraryStore.open(tmp_path / "lib.db") as store:
+        await store.sync_source("s", [rec(str(i)) for i in range(40)])
+        ids = sorted(t.id for t in (await store.tracks_of_source("s")).values())
+        await store.write_results([(ids[0], analysis(0))])
+        await _fill_the_disk(store)
+        with pytest.raises(StorageFullError) as err:
+            await store.write_results([(i, analysis(i)) for i in ids[1:]])
+        assert "disk is full" in str(err.value) and str(tmp_path / "lib.db") in str(err.value)
+        with pytest.raises(StorageFullError):
+            await store.sync_source("s", [rec(f"new{i}", raw={"x": "y" * 500}) for i in range(200)])
+        # The failed transactions left nothing half-written and the store still works.
+        st = await store.status("v1", max_attempts=3)
+        assert (st.tracks, st.analysed) == (40, 1)
+        await store._db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+        await store.write_results([(i, analysis(i)) for i in ids[1:]])
+        assert (await store.status("v1", max_attempts=3)).analysed == 40
