@@ -251,12 +251,17 @@ class SimilarityIndex:
             faiss.serialize_index(self._index).tobytes(),
         ])
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(body)
-            fh.write(hashlib.sha256(body).digest())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(body)
+                fh.write(hashlib.sha256(body).digest())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            # On a full disk a half-written temp file would only take the last space left.
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(

@@ -187,3 +187,15 @@ def test_unwritable_location_still_gives_an_index(tmp_path: Path, lib) -> None:
     index, status = load_or_build(blocker / "index.faiss", lib.cat.ids, lib.cat.vectors)
     assert len(index) == len(lib.cat)
     assert "not saved" in status
+
+
+def test_failed_save_leaves_no_temp_file(tmp_path: Path, lib, monkeypatch) -> None:
+    import os as _os
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_os, "fsync", full_disk)
+    index, status = load_or_build(tmp_path / "index.faiss", lib.cat.ids, lib.cat.vectors)
+    assert len(index) == len(lib.cat) and "not saved" in status
+    assert list(tmp_path.iterdir()) == []
