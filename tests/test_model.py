@@ -124,3 +124,13 @@ def test_pruned_model_matches_unpruned_on_music_like_input(
     ])
     for got, want in zip(model.run(x), unpruned.run(x), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+
+
+def test_batch_size_follows_the_provider(model: MusicnnModel, reference: dict[str, np.ndarray]) -> None:
+    from analysis.model import DEFAULT_BATCH
+
+    assert model.batch_size == DEFAULT_BATCH  # CPU here; a CUDA session would batch more
+    tags, emb = model.run(reference["melspec"])  # default batching gives the same outputs
+    want_tags, want_emb = model.run(reference["melspec"], batch_size=len(reference["melspec"]))
+    np.testing.assert_allclose(emb, want_emb, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(tags, want_tags, rtol=0, atol=1e-6)
