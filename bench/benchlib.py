@@ -7,12 +7,16 @@ taken by the ``analysis`` package.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import multiprocessing
 import os
 import platform
 import subprocess
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +78,26 @@ def write_section(doc: Path, marker: str, section: str) -> None:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section.rstrip() + "\n\n" + (text[end + 1:] if end >= 0 else "")
     doc.write_text(text.rstrip() + "\n")
+
+
+def gateway_bench_main(
+    description: str,
+    marker: str,
+    run: Callable[[bool], Awaitable[Any]],
+    render: Callable[[Any], str],
+    quick_help: str,
+) -> int:
+    """The command line the gateway benches share: run, print the section, write it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args()
+    section = render(asyncio.run(run(args.quick)))
+    print(section)
+    if not args.no_write:
+        write_section(REPO / "docs" / "benchmarks.md", marker, section)
+        print("written to docs/benchmarks.md")
+    return 0
 
 
 # ---- a pool of model workers, one per core, each pinned to its core ---------------

@@ -24,7 +24,6 @@ Results are printed and written to docs/benchmarks.md (--no-write to skip).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -44,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchlib import machine, write_section  # noqa: E402
+from benchlib import gateway_bench_main, machine  # noqa: E402
 
 from analysis.store import LibraryStore, TrackRecord  # noqa: E402
 from musegate.config import load_config  # noqa: E402
@@ -295,17 +294,9 @@ def render(r: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
-    parser.add_argument("--quick", action="store_true", help="fewer songs and requests")
-    args = parser.parse_args()
-    results = asyncio.run(run(args.quick))
-    section = render(results)
-    print(section)
-    if not args.no_write:
-        write_section(REPO / "docs" / "benchmarks.md", SECTION, section)
-        print("written to docs/benchmarks.md")
-    return 0
+    return gateway_bench_main(
+        __doc__.split("\n", 1)[0], SECTION, run, render, quick_help="fewer songs and requests"
+    )
 
 
 if __name__ == "__main__":
