@@ -24,7 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from analysis.analyzer import AnalysisReport
-from analysis.store import LibraryStore
+from analysis.store import LibraryStore, StorageFullError
 from musegate import library
 from musegate.config import Config, ConfigError
 
@@ -172,6 +172,16 @@ class LibraryScheduler:
         except asyncio.CancelledError:
             st.status, st.message = "idle", "stopped"
             raise
+        except StorageFullError as exc:
+            log.error("library scan stopped: %s", exc)
+            st.status, st.error = "failed", str(exc)
+            st.message = "stopped: the disk is full; will retry at the next scheduled run"
+            if self.on_analysed is not None:
+                # Whatever was saved before the disk filled up is served meanwhile.
+                try:
+                    await self.on_analysed()
+                except Exception:  # noqa: BLE001 - the run is already reported as failed
+                    log.exception("refreshing the library after a full disk failed")
         except Exception as exc:  # a failed run is reported and retried on the next schedule
             log.exception("library scan failed")
             st.status, st.error = "failed", f"{type(exc).__name__}: {exc}"

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from adapters.folder import FolderAdapter
 from analysis.store import LibraryStore
 from gateway.app import create_app
+from musegate import library
 from musegate.config import ConfigError, load_config
 from musegate.scheduler import LibraryScheduler, cron_trigger, read_state
 from tests.conftest import sine_mix, write_track
@@ -124,3 +125,34 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path, small_library: Path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_full_disk_fails_the_run_but_serves_what_was_saved(
+    tmp_path: Path, small_library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_store import _fill_the_disk
+
+    config = _config(tmp_path, small_library, write_batch=2, workers=1)
+    refreshed: list[int] = []
+
+    async def on_analysed() -> None:
+        refreshed.append(1)
+
+    real_write = LibraryStore.write_results
+    writes = {"n": 0}
+
+    async def write_then_fill(self, analyses, failures=()):
+        writes["n"] += 1
+        if writes["n"] == 2:
+            await _fill_the_disk(self)
+        return await real_write(self, analyses, failures)
+
+    monkeypatch.setattr(LibraryStore, "write_results", write_then_fill)
+    async with await LibraryStore.open(config.db_path) as store:
+        sched = LibraryScheduler(store, config, FolderAdapter(small_library), on_analysed)
+        assert await sched.run_once()
+        assert sched.state.status == "failed"
+        assert "disk is full" in (sched.state.error or "")
+        assert refreshed, "the two analyses saved before the disk filled up are served"
+        version = library.analyzer_settings(config).version
+        assert (await store.status(version, max_attempts=3)).analysed == 2
