@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -78,6 +79,18 @@ def write_section(doc: Path, marker: str, section: str) -> None:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section.rstrip() + "\n\n" + (text[end + 1:] if end >= 0 else "")
     doc.write_text(text.rstrip() + "\n")
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not gone after ``grace`` seconds."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace)
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
 
 
 def gateway_bench_main(

@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchlib import gateway_bench_main, machine  # noqa: E402
+from benchlib import gateway_bench_main, machine, stop_process  # noqa: E402
 
 from tests.upstream_stub import free_port, run_musegate  # noqa: E402
 
@@ -112,8 +112,7 @@ async def stub_upstream(work: Path) -> AsyncIterator[Upstream]:
                        f"/rest/stream.view?id=big&size={BIG}",
                        {"u": "alice", "p": "alicepw", "v": "1.16.1", "c": "bench", "f": "json"})
     finally:
-        proc.terminate()
-        await proc.wait()
+        await stop_process(proc)
 
 
 def _supysonic_available() -> bool:
@@ -193,8 +192,7 @@ async def run_nginx(work: Path, upstream_url: str) -> AsyncIterator[str | None]:
                 await asyncio.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        await proc.wait()
+        await stop_process(proc)
 
 
 # ---------------------------------------------------------------------------- measurements

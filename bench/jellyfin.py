@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchlib import gateway_bench_main, machine  # noqa: E402
+from benchlib import gateway_bench_main, machine, stop_process  # noqa: E402
 
 from analysis.store import LibraryStore, TrackRecord  # noqa: E402
 from musegate.config import load_config  # noqa: E402
@@ -101,13 +101,7 @@ async def run_fake(quick: bool) -> AsyncIterator[dict[str, Any]]:
             raise RuntimeError("the fake Jellyfin did not start")
         yield json.loads(line)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 10)
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
 
 
 # musegate in its own process, as `musegate serve` builds it (no scheduler: the store is seeded).
@@ -142,13 +136,7 @@ async def run_musegate(data_dir: Path, url: str, key: str) -> AsyncIterator[str]
             output += line
         yield f"http://127.0.0.1:{port}"
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 10)
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
 
 
 async def seed_store(data_dir: Path, url: str, songs: list[dict[str, Any]]) -> None:
