@@ -53,3 +53,28 @@ def small_library(tmp_path: Path) -> Path:
                 root / name / f"{name}{i}.flac", audio, title=f"{name} {i}", artist=f"artist {name}"
             )
     return root
+
+
+async def fill_the_disk(store) -> None:
+    """Make the database unable to grow: SQLite's page cap fails writes with the same
+    SQLITE_FULL a full disk gives, without needing a small filesystem."""
+    async with store._db.execute("PRAGMA page_count") as cur:
+        (pages,) = await cur.fetchone()
+    await store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+@pytest.fixture
+def disk_fills_after_first_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first batch of analyses is saved; from the second on, the disk is full."""
+    from analysis.store import LibraryStore
+
+    real_write = LibraryStore.write_results
+    writes = {"n": 0}
+
+    async def write_then_fill(self, analyses, failures=()):
+        writes["n"] += 1
+        if writes["n"] == 2:
+            await fill_the_disk(self)
+        return await real_write(self, analyses, failures)
+
+    monkeypatch.setattr(LibraryStore, "write_results", write_then_fill)

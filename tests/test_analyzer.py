@@ -149,24 +149,15 @@ def test_workers_use_one_numeric_thread_each() -> None:
 
 
 def test_full_disk_stops_analyze_with_a_clear_error_and_resumes(
-    tmp_path: Path, small_library: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    small_library: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    disk_fills_after_first_write: None,
 ) -> None:
-    from analysis.store import LibraryStore
     from musegate.cli import main
-    from tests.test_store import _fill_the_disk
 
     data = tmp_path / "data"
-    real_write = LibraryStore.write_results
-    writes = {"n": 0}
-
-    async def write_then_fill(self, analyses, failures=()):
-        # The first batch lands; the disk is full from the second one on.
-        writes["n"] += 1
-        if writes["n"] == 2:
-            await _fill_the_disk(self)
-        return await real_write(self, analyses, failures)
-
-    monkeypatch.setattr(LibraryStore, "write_results", write_then_fill)
     monkeypatch.setenv("MUSEGATE_WRITE_BATCH", "2")
     monkeypatch.setenv("MUSEGATE_WORKERS", "1")
     args = ["--data-dir", str(data), "analyze", str(small_library), "--no-progress"]
@@ -176,6 +167,6 @@ def test_full_disk_stops_analyze_with_a_clear_error_and_resumes(
     assert "Traceback" not in err
     assert _count_analyses(data / "musegate.db") == 2
 
-    monkeypatch.setattr(LibraryStore, "write_results", real_write)
+    monkeypatch.undo()  # space freed
     assert main(args) == 0
     assert _count_analyses(data / "musegate.db") == 6

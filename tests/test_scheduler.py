@@ -128,26 +128,14 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path, small_library: Path) -> 
 
 
 async def test_full_disk_fails_the_run_but_serves_what_was_saved(
-    tmp_path: Path, small_library: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, small_library: Path, disk_fills_after_first_write: None
 ) -> None:
-    from tests.test_store import _fill_the_disk
-
     config = _config(tmp_path, small_library, write_batch=2, workers=1)
     refreshed: list[int] = []
 
     async def on_analysed() -> None:
         refreshed.append(1)
 
-    real_write = LibraryStore.write_results
-    writes = {"n": 0}
-
-    async def write_then_fill(self, analyses, failures=()):
-        writes["n"] += 1
-        if writes["n"] == 2:
-            await _fill_the_disk(self)
-        return await real_write(self, analyses, failures)
-
-    monkeypatch.setattr(LibraryStore, "write_results", write_then_fill)
     async with await LibraryStore.open(config.db_path) as store:
         sched = LibraryScheduler(store, config, FolderAdapter(small_library), on_analysed)
         assert await sched.run_once()

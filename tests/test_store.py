@@ -6,6 +6,7 @@ import pytest
 
 from analysis.store import MIGRATIONS, LibraryStore, TrackRecord
 from analysis.types import TrackAnalysis
+from tests.conftest import fill_the_disk
 
 
 def analysis(seed: int, version: str = "v1") -> TrackAnalysis:
@@ -128,13 +129,6 @@ async def test_search_ignores_the_library_root(tmp_path: Path) -> None:
         assert [t.title for t in await store.find_tracks("metal anthem")] == ["Anthem"]
 
 
-async def _fill_the_disk(store: LibraryStore) -> None:
-    """SQLite's page cap fails writes with the same SQLITE_FULL a full disk gives."""
-    async with store._db.execute("PRAGMA page_count") as cur:
-        (pages,) = await cur.fetchone()
-    await store._db.execute(f"PRAGMA max_page_count = {pages}")
-
-
 async def test_full_disk_is_a_clear_error_and_keeps_what_was_saved(tmp_path: Path) -> None:
     from analysis.store import StorageFullError
 
@@ -142,7 +136,7 @@ async def test_full_disk_is_a_clear_error_and_keeps_what_was_saved(tmp_path: Pat
         await store.sync_source("s", [rec(str(i)) for i in range(40)])
         ids = sorted(t.id for t in (await store.tracks_of_source("s")).values())
         await store.write_results([(ids[0], analysis(0))])
-        await _fill_the_disk(store)
+        await fill_the_disk(store)
         with pytest.raises(StorageFullError) as err:
             await store.write_results([(i, analysis(i)) for i in ids[1:]])
         assert "disk is full" in str(err.value) and str(tmp_path / "lib.db") in str(err.value)
