@@ -64,6 +64,13 @@ class FakeLLM:
             return Reply(content={})
         return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
 
+    async def _next_reply(self) -> Reply:
+        """The scripted answer, after its delay (both APIs answer raw text the same way)."""
+        reply = self._next()
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        return reply
+
     @property
     def url(self) -> str:
         assert self.server is not None, "start() first"
@@ -101,9 +108,7 @@ class FakeLLM:
         body = await self._record(request)
         if not isinstance(body, dict) or "model" not in body:
             return web.json_response({"error": "model is required"}, status=400)
-        reply = self._next()
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        reply = await self._next_reply()
         if reply.raw is not None:
             return web.Response(text=reply.raw, status=reply.status,
                                 content_type="application/json")
@@ -140,9 +145,7 @@ class FakeLLM:
             return web.json_response({"error": {
                 "message": "you must provide a model parameter",
                 "type": "invalid_request_error", "param": None, "code": None}}, status=400)
-        reply = self._next()
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        reply = await self._next_reply()
         if reply.raw is not None:
             return web.Response(text=reply.raw, status=reply.status,
                                 content_type="application/json")
