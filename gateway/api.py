@@ -28,12 +28,11 @@ from index.instant import (
     constraints_from_json,
     constraints_to_json,
     instant_playlist,
-    interpret,
 )
 from index.path import song_path
 from index.results import Match
 from index.similar import similar_tracks
-from musegate.library import analyzer_settings
+from musegate.library import analyzer_settings, read_request
 from musegate.services import LibrarySnapshot, unique_ids
 
 MAX_N = 500
@@ -377,15 +376,7 @@ async def fingerprint(request: web.Request) -> web.Response:
 
 async def interpret_text(request: web.Request, text: str, use_llm: bool) -> Interpretation:
     """The LLM when configured and wanted, else (or on any failure) the built-in reader."""
-    config = request.app[keys.CONFIG]
-    if not (use_llm and config.llm_provider):
-        return interpret(text)
-    from adapters.llm import interpret_with_llm
-
-    return await interpret_with_llm(
-        text, config.llm_provider, config.llm_url, config.llm_model,
-        api_key=config.llm_api_key or None,
-    )
+    return await read_request(request.app[keys.CONFIG], text, use_llm)
 
 
 async def instant(request: web.Request) -> web.Response:

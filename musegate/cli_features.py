@@ -22,6 +22,7 @@ from musegate.library import (
     adapter_for,
     close_adapter,
     describe_track,
+    read_request,
     resolve_track,
     track_json,
 )
@@ -307,20 +308,12 @@ async def cmd_cluster(config: Config, args: argparse.Namespace) -> int:
 
 
 async def cmd_instant(config: Config, args: argparse.Namespace) -> int:
-    from index.instant import constraints_to_json, instant_playlist, interpret
+    from index.instant import constraints_to_json, instant_playlist
 
     _check_n(args.n)
 
     async def run(store: LibraryStore, service: LibraryService) -> int:
-        if config.llm_provider and not args.no_llm:
-            from adapters.llm import interpret_with_llm
-
-            reading = await interpret_with_llm(
-                args.text, config.llm_provider, config.llm_url, config.llm_model,  # type: ignore[arg-type]
-                api_key=config.llm_api_key or None,
-            )
-        else:
-            reading = interpret(args.text)
+        reading = await read_request(config, args.text, use_llm=not args.no_llm)
         c = reading.constraints
         mpa = _mpa(config, args)
 

@@ -21,6 +21,7 @@ from analysis.sampling import plan_for_mode
 from analysis.store import LibraryStore, StoredAnalysis, SyncResult, TrackRecord
 from index.catalogue import CatalogueRow
 from index.faiss_index import SimilarityIndex, unit_rows
+from index.instant import Interpretation
 from musegate.config import Config
 
 
@@ -165,3 +166,19 @@ def catalogue_rows(analyses: Sequence[StoredAnalysis]) -> list[CatalogueRow]:
         )
         for a in analyses
     ]
+
+
+async def read_request(config: Config, text: str, use_llm: bool = True) -> Interpretation:
+    """An instant-playlist sentence read by the configured LLM when there is one and the
+    caller wants it, else (or on any LLM failure) by the built-in reader."""
+    from index.instant import interpret
+
+    if not (use_llm and config.llm_provider):
+        return interpret(text)
+    from adapters.llm import interpret_with_llm
+
+    return await interpret_with_llm(
+        text, config.llm_provider, config.llm_url, config.llm_model,  # type: ignore[arg-type]
+        api_key=config.llm_api_key or None,
+    )
+
