@@ -56,6 +56,7 @@ class RunState:
     started: float | None = None
     finished: float | None = None
     next_run: float | None = None
+    analysis_started: float | None = None  # when the analysis part of the run began
     added: int = 0
     changed: int = 0
     removed: int = 0
@@ -98,6 +99,7 @@ class LibraryScheduler:
         self._scheduler = AsyncIOScheduler()
         self._trigger = cron_trigger(config.scan_cron)
         self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[bool]] = set()
         self._last_write = 0.0
 
     def start(self, run_now: bool = True) -> None:
@@ -132,6 +134,15 @@ class LibraryScheduler:
     def busy(self) -> bool:
         return self._lock.locked()
 
+    def run_soon(self) -> bool:
+        """Start a scan-and-analyse run in the background now; False when one is going."""
+        if self._lock.locked():
+            return False
+        task = asyncio.get_running_loop().create_task(self.run_once(), name="library scan (asked)")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
+
     async def run_once(self) -> bool:
         """Scan and analyse now; False (and nothing done) when a run is already going."""
         if self._lock.locked():
@@ -145,7 +156,7 @@ class LibraryScheduler:
     async def _run(self) -> None:
         st = self.state
         st.status, st.progress, st.error = "scanning", 0.0, None
-        st.started, st.finished = time.time(), None
+        st.started, st.finished, st.analysis_started = time.time(), None, None
         st.analysed = st.failed = st.total = 0
         st.message = "scanning the library"
         st.runs += 1
@@ -158,6 +169,7 @@ class LibraryScheduler:
             if sync.removed and self.on_analysed is not None:
                 await self.on_analysed()
             st.status, st.message = "analysing", "analysing new and changed tracks"
+            st.analysis_started = time.time()
             self._write_state(force=True)
             locate = getattr(self.adapter, "audio_location", None)
             report = await library.analyse(self.store, self.config, self._progress, locate=locate)
