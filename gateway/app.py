@@ -19,9 +19,10 @@ from typing import Any
 from aiohttp import web
 
 from analysis.store import LibraryStore
-from gateway import api, compat, keys
+from gateway import api, api_library, compat, keys, ui
 from gateway.jobs import JobManager
 from gateway.params import ApiError, error_response
+from gateway.ui_visibility import visibility_middleware
 from musegate.config import Config
 from musegate.library import adapter_for, close_adapter
 from musegate.services import LibraryService
@@ -74,7 +75,9 @@ def create_app(
     None turns the background reload off (tests call ``service.refresh()`` instead).
     """
     base = config.base_path
-    app = web.Application(middlewares=[error_middleware(base)])
+    app = web.Application(middlewares=[
+        error_middleware(base), ui.session_middleware(base), visibility_middleware(base),
+    ])
     app[keys.CONFIG] = config
     app[keys.ADAPTER] = adapter_for(config) if adapter is _DEFAULT else adapter
     owns_adapter = adapter is _DEFAULT
@@ -115,8 +118,10 @@ def create_app(
 
     app.cleanup_ctx.append(lifetime)
     jellyfin = config.source == "jellyfin" and bool(config.upstream_url)
-    for method, path, handler in api.routes(base) + compat.routes(base, plugin=not jellyfin):
+    own = api.routes(base) + api_library.routes(base) + compat.routes(base, plugin=not jellyfin)
+    for method, path, handler in own:
         app.router.add_route(method, path, handler)
+    ui.add_ui(app)
     if config.source == "subsonic" and config.upstream_url:
         # The intercepted Subsonic similarity endpoints (before the pass-through below).
         from gateway.subsonic import add_subsonic
@@ -147,7 +152,8 @@ async def serve(config: Config) -> None:
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     print(f"musegate listening on http://{config.host}:{config.port}{config.base_path}/api "
-          f"(OpenAPI at {config.base_path}/api/openapi.json)", flush=True)
+          f"(OpenAPI at {config.base_path}/api/openapi.json); web UI at "
+          f"http://{config.host}:{config.port}{config.base_path}/", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
