@@ -15,6 +15,7 @@ What the web UI's Status and Music map pages read, usable by any API client:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -34,10 +35,10 @@ EVENT_POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 
 
-def _run_json(scheduler: Any) -> dict[str, Any] | None:
+def _run_json(scheduler: Any, state: dict[str, Any] | None = None) -> dict[str, Any] | None:
     if scheduler is None:
         return None
-    state = scheduler.state.to_json()
+    state = dict(state) if state is not None else scheduler.state.to_json()
     state.pop("history", None)
     done = int(state.get("analysed") or 0) + int(state.get("failed") or 0)
     total = int(state.get("total") or 0)
@@ -52,7 +53,9 @@ def _run_json(scheduler: Any) -> dict[str, Any] | None:
     return state
 
 
-async def progress_json(app: web.Application) -> dict[str, Any]:
+async def progress_json(app: web.Application,
+                        run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Counts, the library run (``run``: a state the scheduler announced, else its current one)."""
     config = app[keys.CONFIG]
     settings = analyzer_settings(config)
     st = await app[keys.STORE].status(settings.version, settings.max_attempts)
@@ -63,7 +66,7 @@ async def progress_json(app: web.Application) -> dict[str, Any]:
         "tracks": st.tracks, "analysed": st.analysed, "failed": st.failed,
         "pending": st.pending, "outdated": st.outdated,
         "indexed": len(app[keys.SERVICE].snapshot.index),
-        "run": _run_json(app.get(keys.SCHEDULER)),
+        "run": _run_json(app.get(keys.SCHEDULER), run),
         "jobs": jobs,
     }
 
@@ -73,7 +76,11 @@ async def progress(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """``progress`` as Server-Sent Events (``event: progress``), sent on every change."""
+    """``progress`` as Server-Sent Events (``event: progress``), sent on every change.
+
+    Every state the scheduler announces is sent (none is skipped, however quickly the
+    run moves on); counts and jobs are looked at twice a second in between.
+    """
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",
@@ -81,18 +88,29 @@ async def events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     last = ""
     idle_since = time.monotonic()
+    scheduler = request.app.get(keys.SCHEDULER)
+    queue = scheduler.subscribe() if scheduler is not None else None
+    run: dict[str, Any] | None = None
     try:
         while True:
-            data = json.dumps(await progress_json(request.app), separators=(",", ":"))
+            data = json.dumps(await progress_json(request.app, run), separators=(",", ":"))
             if data != last:
                 await response.write(f"event: progress\ndata: {data}\n\n".encode())
                 last, idle_since = data, time.monotonic()
             elif time.monotonic() - idle_since > KEEPALIVE_SECONDS:
                 await response.write(b": keep-alive\n\n")
                 idle_since = time.monotonic()
-            await asyncio.sleep(EVENT_POLL_SECONDS)
+            run = None
+            if queue is None:
+                await asyncio.sleep(EVENT_POLL_SECONDS)
+                continue
+            with contextlib.suppress(TimeoutError):
+                run = await asyncio.wait_for(queue.get(), EVENT_POLL_SECONDS)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
+    finally:
+        if queue is not None:
+            scheduler.unsubscribe(queue)
     return response
 
 

@@ -461,9 +461,8 @@ def _library_and_ui(base: str) -> dict[str, dict[str, Any]]:
             "operationId": "uiStatic", "parameters": [_path_param("path", "File below static/")],
             "responses": {"200": {"description": "The file"}, "404": {"description": "No such file"}}}},
         f"{base}/session": {"get": {
-            "summary": "The logged-in user and CSRF token (401 with the login modes if none)",
-            "tags": ui, "operationId": "uiSession",
-            "responses": {**_ok("Session", obj), "401": {"description": "Not logged in"}}}},
+            "summary": "The logged-in user and CSRF token, or the login modes when nobody is",
+            "tags": ui, "operationId": "uiSession", "responses": _ok("Session", obj)}},
         f"{base}/login": {"post": {
             "summary": "Log in with the music server's credentials or the admin API key; sets the "
                        "session cookie", "tags": ui, "operationId": "uiLogin",

@@ -4,7 +4,7 @@ Routes (under the public base path, e.g. ``/musegate``):
 
 * ``GET  /``            the single-page app (only the login form until a session exists);
 * ``GET  /static/{path}`` its scripts, styles and vendored libraries (``gateway/static``);
-* ``GET  /session``     who is logged in and the CSRF token (401 with the login modes if nobody);
+* ``GET  /session``     who is logged in and the CSRF token, or the login modes if nobody;
 * ``POST /login``       JSON ``{username, password}`` or ``{api_key}`` or ``{mode: "local"}``;
 * ``POST /logout``      ends the session (CSRF token required);
 * ``GET  /stream/{track_id}`` the song's audio for the preview player, fetched from the
@@ -109,8 +109,10 @@ async def session_info(request: web.Request) -> web.Response:
     session = session_of(request)
     if session is None:
         config = request.app[keys.CONFIG]
-        return _json_error(401, "not logged in", modes=login_modes(request), source=config.source)
-    return web.json_response({**session.to_json(), "source": request.app[keys.CONFIG].source},
+        return web.json_response({"logged_in": False, "modes": login_modes(request),
+                                  "source": config.source}, headers={"Cache-Control": "no-store"})
+    return web.json_response({"logged_in": True, **session.to_json(),
+                              "source": request.app[keys.CONFIG].source},
                              headers={"Cache-Control": "no-store"})
 
 
@@ -137,7 +139,8 @@ async def login(request: web.Request) -> web.Response:
     session = table.create(found.user, found.kind, subsonic_params=found.subsonic_params,
                            jellyfin_token=found.jellyfin_token,
                            jellyfin_user_id=found.jellyfin_user_id)
-    response = web.json_response({**session.to_json(), "source": request.app[keys.CONFIG].source},
+    response = web.json_response({"logged_in": True, **session.to_json(),
+                                  "source": request.app[keys.CONFIG].source},
                                  headers={"Cache-Control": "no-store"})
     set_cookie(response, session, public_prefix(request), is_https(request))
     return response

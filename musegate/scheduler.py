@@ -100,6 +100,7 @@ class LibraryScheduler:
         self._trigger = cron_trigger(config.scan_cron)
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[bool]] = set()
+        self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         self._last_write = 0.0
 
     def start(self, run_now: bool = True) -> None:
@@ -219,7 +220,27 @@ class LibraryScheduler:
         when = getattr(job, "next_run_time", None) if job is not None else None
         self.state.next_run = when.timestamp() if when is not None else None
 
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue that receives a copy of the state on every change (the UI's live progress)."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
+        self._listeners.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._listeners.discard(queue)
+
+    def _notify(self) -> None:
+        if not self._listeners:
+            return
+        state = self.state.to_json()
+        state.pop("history", None)
+        for queue in self._listeners:
+            if queue.full():  # a slow reader loses the oldest states, never the newest
+                queue.get_nowait()
+            queue.put_nowait(dict(state))
+
     def _write_state(self, force: bool = False) -> None:
+        self._notify()
         now = time.monotonic()
         if not force and now - self._last_write < _STATE_WRITE_SECONDS:
             return

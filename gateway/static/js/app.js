@@ -122,7 +122,6 @@ async function route() {
 window.addEventListener("hashchange", route);
 
 (async () => {
-  const resp = await fetch("session", { credentials: "same-origin" });
-  const info = await resp.json();
-  if (resp.ok) started(info); else showLogin(info);
+  const info = await sessionInfo();
+  if (info.logged_in) started(info); else showLogin(info);
 })();

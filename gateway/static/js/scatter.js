@@ -9,6 +9,7 @@ export class Scatter {
   constructor(canvas, { onPick = () => {}, onHover = () => {} } = {}) {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d");
+    canvas.scatter = this;  // reachable from the element (tests, devtools)
     this.onPick = onPick;
     this.onHover = onHover;
     this.points = [];

@@ -56,6 +56,10 @@ export async function render(root) {
     } catch (e2) { err.textContent = e2.message; done(); }
   });
   root.append(form, out);
-  try { const last = await get("api/clusters"); if (last.result) await showResult(last.result); } catch { /* none yet */ }
+  try {
+    const { jobs } = await get("api/jobs");
+    const last = jobs.find((j) => j.kind === "clustering" && j.status === "done");
+    if (last) { const data = await get(`api/clusters/${encodeURIComponent(last.id)}`); if (data.result) await showResult(data.result); }
+  } catch (e) { err.textContent = e.message; }
   return { stop: () => clearTimeout(timer) };
 }

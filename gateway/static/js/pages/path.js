@@ -47,7 +47,8 @@ export async function render(root) {
       plot = new uPlot({
         width: Math.max(plotBox.clientWidth, 280), height: 200,
         scales: { x: { time: false } },
-        axes: [{ label: "song", stroke: axis }, { label: "step distance", stroke: axis }],
+        legend: { show: false },
+        axes: [{ label: "song", stroke: axis, incrs: [1, 2, 5, 10, 20, 50, 100] }, { label: "step distance", stroke: axis }],
         series: [{ label: "song" }, { label: "distance", stroke: color, width: 2, points: { show: true, size: 6, fill: color } }],
       }, [xs, ys], plotBox);
     } catch (e2) { err.textContent = e2.message; }
