@@ -146,7 +146,10 @@ async def run_demo(config: Config, directory: str, wait: bool | None = None) -> 
             print(
                 "\nPoint a Subsonic app (Symfonium, Feishin, DSub, Supersonic…) at\n"
                 f"    http://127.0.0.1:{port}   user {DEMO_USER!r}  password {DEMO_PASSWORD!r}\n"
-                "and use its instant mix / song radio / similar songs."
+                "and use its instant mix / song radio / similar songs.\n"
+                f"\nOpen the web UI at\n    http://127.0.0.1:{port}{config.base_path}/\n"
+                f"and log in as {DEMO_USER!r} with password {DEMO_PASSWORD!r} (the demo Subsonic "
+                "server's own account)."
             )
             if wait is None:
                 wait = sys.stdin.isatty()
