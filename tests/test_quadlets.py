@@ -32,9 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 QUADLETS = ROOT / "quadlets"
 UNIT_FILES = sorted(p for p in QUADLETS.iterdir() if p.suffix[1:] in QUADLET_SECTION)
 
-# Settings of the deployment contract the gateway side adds on main; they may be
-# named in comments before they exist here. Empty once main's config has them.
-PENDING_SETTINGS = {"mount_path", "trusted_proxies", "api_key", "metrics_port"} - set(FIELD_BY_NAME)
 
 SYSTEMD_BOOLEANS = {"1", "yes", "y", "true", "t", "on", "0", "no", "n", "false", "f", "off"}
 VOLUME_OPTIONS = {
@@ -488,7 +485,7 @@ def test_every_musegate_variable_is_a_real_setting():
         )
     for name in commented:
         key = name[len("MUSEGATE_") :].lower()
-        assert key in FIELD_BY_NAME or key in PENDING_SETTINGS, f"{name} is not a musegate setting"
+        assert key in FIELD_BY_NAME, f"{name} is not a musegate setting"
 
 
 def test_env_example_is_an_env_file_podman_reads_literally():
