@@ -17,7 +17,7 @@ from aiohttp import web
 from adapters.base import HistorySource, NoListeningHistory, PlaylistWriter
 from analysis.labels import MSD_LABELS
 from analysis.store import TrackRecord
-from gateway import keys
+from gateway import forwarding, keys
 from gateway.jobs import DONE, Job
 from gateway.params import ApiError, Params, bad, not_found
 from index.alchemy import Ingredient, alchemy, ingredient_rows
@@ -499,7 +499,8 @@ async def playlists(request: web.Request) -> web.Response:
 async def openapi_json(request: web.Request) -> web.Response:
     from gateway.openapi import build_openapi
 
-    return web.json_response(build_openapi(request.app[keys.CONFIG].base_path))
+    server = forwarding.public_prefix(request) or "/"
+    return web.json_response(build_openapi(request.app[keys.CONFIG].base_path, server))
 
 
 def routes(base: str) -> list[tuple[str, str, Any]]:

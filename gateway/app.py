@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from analysis.store import LibraryStore
-from gateway import api, api_library, compat, keys, ui
+from gateway import access, api, api_library, compat, forwarding, health, keys, metrics, ui
 from gateway.jobs import JobManager
 from gateway.params import ApiError, error_response
 from gateway.ui_visibility import visibility_middleware
@@ -32,34 +33,67 @@ log = logging.getLogger(__name__)
 # How often the server looks for new or changed analyses (a cheap query).
 REFRESH_SECONDS = 30.0
 
+# How long `musegate serve` waits for requests in flight when it is told to stop.
+DRAIN_SECONDS = 5.0
+
 _DEFAULT: Any = object()
 
 
 def _is_api(request: web.Request, base: str) -> bool:
     path = request.path
-    return path.startswith(f"{base}/api") or path.lower().startswith("/audiomuseai/")
+    return (path.startswith((f"{base}/api", f"{base}/metrics"))
+            or path.lower().startswith("/audiomuseai/"))
 
 
-def error_middleware(base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def error_middleware(config: Config) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """musegate's own routes: the access check, and errors as JSON instead of tracebacks."""
+    base = config.base_path
+
     @web.middleware
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        api = _is_api(request, base) and metrics.route_class(request, "") == metrics.API
         try:
+            if api:
+                access.check(request, config)
             return await handler(request)
+        except access.AccessDenied as exc:
+            return error_response(exc.status, exc.message)
         except ApiError as exc:
             return error_response(exc.status, exc.message, exc.field)
         except web.HTTPException as exc:
-            if exc.status >= 400 and _is_api(request, base):
+            if exc.status >= 400 and api:
                 return error_response(exc.status, exc.reason)
             raise
         except Exception:
-            if not _is_api(request, base):
+            if not api:
                 raise
             log.exception("%s %s failed", request.method, request.path)
             return error_response(500, "internal error; see the server log")
 
     return middleware
+
+
+def _classifier(config: Config) -> Callable[[web.Request], str]:
+    base = config.base_path
+    own = {f"{base}/health", f"{base}/ready"}
+
+    def classify(request: web.Request) -> str:
+        route = request.match_info.route
+        if route.name == "jellyfin-intercept":
+            return metrics.PASSTHROUGH  # the handler marks what it answers itself
+        if request.path in own:
+            return metrics.OWN
+        if _is_api(request, base):
+            return metrics.API
+        if route.name == "upstream-proxy":
+            return metrics.PASSTHROUGH
+        if "/rest/" in request.path:
+            return metrics.INTERCEPTED
+        return metrics.OWN
+
+    return classify
 
 
 def create_app(
@@ -76,10 +110,14 @@ def create_app(
     """
     base = config.base_path
     app = web.Application(middlewares=[
-        error_middleware(base), ui.session_middleware(base), visibility_middleware(base),
+        forwarding.middleware(config), metrics.middleware(_classifier(config)),
+        error_middleware(config),
+        ui.session_middleware(base), visibility_middleware(base),
     ])
     app[keys.CONFIG] = config
     app[keys.ADAPTER] = adapter_for(config) if adapter is _DEFAULT else adapter
+    app[metrics.METRICS] = metrics.Metrics()
+    app[health.STARTED] = time.monotonic()
     owns_adapter = adapter is _DEFAULT
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -118,8 +156,14 @@ def create_app(
 
     app.cleanup_ctx.append(lifetime)
     jellyfin = config.source == "jellyfin" and bool(config.upstream_url)
-    own = api.routes(base) + api_library.routes(base) + compat.routes(base, plugin=not jellyfin)
-    for method, path, handler in own:
+    own_routes = [
+        *health.routes(base),
+        ("GET", f"{base}/metrics", metrics.metrics_handler(lambda r: r.app)),
+        *api.routes(base),
+        *api_library.routes(base),
+        *compat.routes(base, plugin=not jellyfin),
+    ]
+    for method, path, handler in own_routes:
         app.router.add_route(method, path, handler)
     ui.add_ui(app)
     if config.source == "subsonic" and config.upstream_url:
@@ -137,6 +181,25 @@ def create_app(
         from gateway.proxy import add_proxy
 
         add_proxy(app, config.upstream_url, exclude_prefix=base)
+    if not config.mount_path:
+        return app
+    # Below a mount path the whole app is a sub-application: aiohttp prefixes every route,
+    # and gateway.forwarding strips the prefix again before any handler sees the path.
+    outer = web.Application()
+    outer.add_subapp(config.mount_path, app)
+    outer[keys.MAIN] = app
+    return outer
+
+
+def main_app(app: web.Application) -> web.Application:
+    """The application holding musegate's state (the mounted one when mount_path is set)."""
+    return app.get(keys.MAIN, app)
+
+
+def metrics_app(main: web.Application) -> web.Application:
+    """The metrics-only listener (``metrics_port``): no auth, nothing but ``/metrics``."""
+    app = web.Application()
+    app.router.add_route("GET", "/metrics", metrics.metrics_handler(lambda _r: main))
     return app
 
 
@@ -147,13 +210,23 @@ async def serve(config: Config) -> None:
     the scheduler stops, analyses already finished are in the database, and the
     next start resumes what was pending.
     """
-    runner = web.AppRunner(create_app(config, schedule=True))
+    app = create_app(config, schedule=True)
+    # On stop, requests in flight get this long to finish; endless streams are cut after it.
+    runner = web.AppRunner(app, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    print(f"musegate listening on http://{config.host}:{config.port}{config.base_path}/api "
-          f"(OpenAPI at {config.base_path}/api/openapi.json); web UI at "
-          f"http://{config.host}:{config.port}{config.base_path}/", flush=True)
+    sites = [web.TCPSite(runner, config.host, config.port)]
+    if config.metrics_port:
+        metrics_runner = web.AppRunner(metrics_app(main_app(app)))
+        await metrics_runner.setup()
+        sites.append(web.TCPSite(metrics_runner, config.host, config.metrics_port))
+    for site in sites:
+        await site.start()
+    root = f"http://{config.host}:{config.port}{config.mount_path}{config.base_path}"
+    print(f"musegate listening on {root}/api (OpenAPI at {root}/api/openapi.json, "
+          f"health at {root}/health); web UI at {root}/", flush=True)
+    if not config.api_key and not access.loopback_only(config):
+        log.warning("no api_key set: musegate's JSON API and metrics stay closed while listening "
+                    "on %s (the Subsonic/Jellyfin gateway works as usual)", config.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -164,3 +237,5 @@ async def serve(config: Config) -> None:
         print("musegate stopping", flush=True)
     finally:
         await runner.cleanup()
+        if config.metrics_port:
+            await metrics_runner.cleanup()

@@ -56,7 +56,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
-from gateway import compat, keys, proxy
+from gateway import compat, keys, metrics, proxy
 from gateway.jellyfin_auth import (
     CredentialCache,
     JellyfinAuthChecker,
@@ -593,6 +593,7 @@ async def handler(request: web.Request) -> web.StreamResponse:
     if found is None:
         return await proxy.forward(request, gw.upstream_url)
     call, run = found
+    metrics.mark(request, metrics.INTERCEPTED)
     try:
         await gw.auth.check(call.base, call.creds, call.forwarded)
         return await run()
@@ -601,6 +602,7 @@ async def handler(request: web.Request) -> web.StreamResponse:
     except UpstreamDown:
         return proxy.upstream_error(request, DOWN_MESSAGE)
     except _Fallback:
+        metrics.mark(request, metrics.PASSTHROUGH)
         return await proxy.forward(request, gw.upstream_url)
 
 

@@ -19,3 +19,5 @@ JOBS = web.AppKey("jobs", JobManager)
 ADAPTER = web.AppKey("adapter", Any)
 # Present only when the server runs the library scheduler (``musegate serve``).
 SCHEDULER = web.AppKey("scheduler", Any)
+# On the outer app when musegate is mounted below a sub-path: the app holding the state above.
+MAIN = web.AppKey("main", web.Application)

@@ -52,6 +52,8 @@ def _errors(*statuses: str) -> dict[str, Any]:
         "404": "Unknown or not yet analysed track (or album, artist, job)",
         "409": "The library source cannot do this (no history, cannot store playlists)",
         "503": "The library is not loaded yet",
+        "401": "No api_key, or a wrong one (X-API-Key header or Authorization: Bearer)",
+        "403": "No api_key is configured and the caller is not on this machine",
     }
     return {s: {"description": text[s], "content": {"application/json": {"schema": _ref("Error")}}}
             for s in statuses}
@@ -485,7 +487,37 @@ def _library_and_ui(base: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def build_openapi(base_path: str = "/musegate") -> dict[str, Any]:
+def _probes(base: str) -> dict[str, Any]:
+    """Health, readiness and metrics sit beside the API, at ``{base_path}/…``."""
+    status = {"type": "object", "properties": {"status": STR}}
+    return {
+        f"{base}/health": {
+            "get": {"summary": "Liveness: the process answers", "tags": ["meta"],
+                    "operationId": "health", "security": [],
+                    "responses": _ok("Alive", status)},
+        },
+        f"{base}/ready": {
+            "get": {"summary": "Readiness: store open, index loaded, music server reachable",
+                    "tags": ["meta"], "operationId": "ready", "security": [],
+                    "responses": {**_ok("Ready", status),
+                                  "503": {"description": "Not ready; `reasons` says why",
+                                          "content": {"application/json": {"schema": {
+                                              "type": "object", "properties": {
+                                                  "status": STR,
+                                                  "reasons": {"type": "array",
+                                                              "items": STR}}}}}}}},
+        },
+        f"{base}/metrics": {
+            "get": {"summary": "Prometheus metrics", "tags": ["meta"], "operationId": "metrics",
+                    "responses": {"200": {"description": "Prometheus text format",
+                                          "content": {"text/plain": {"schema": STR}}},
+                                  **_errors("401", "403")}},
+        },
+    }
+
+
+def build_openapi(base_path: str = "/musegate", server_url: str = "/") -> dict[str, Any]:
+    """``server_url`` is where the caller reaches musegate (its mount path behind a proxy)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -494,7 +526,15 @@ def build_openapi(base_path: str = "/musegate") -> dict[str, Any]:
             "description": "Sonic-similarity playlists for a self-hosted music library. "
                            "Errors are JSON `{\"error\", \"field\"}`; see docs/api.md.",
         },
-        "servers": [{"url": "/"}],
-        "paths": {**_operations(f"{base_path}/api"), **_library_and_ui(base_path)},
-        "components": {"schemas": SCHEMAS},
+        "servers": [{"url": server_url or "/"}],
+        "security": [{"apiKey": []}, {"bearer": []}, {}],
+        "paths": {**_probes(base_path), **_operations(f"{base_path}/api"),
+                  **_library_and_ui(base_path)},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
     }

@@ -35,7 +35,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway import subsonic_format
+from gateway import forwarding, subsonic_format
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ HOP_BY_HOP = frozenset({
 })
 # Request headers the client library must set for the new hop itself: Host names the
 # upstream (the caller's goes in X-Forwarded-Host); Expect was already answered by musegate.
-_REQUEST_DROP = frozenset({"host", "expect"})
+# X-Forwarded-Prefix describes musegate's public prefix, not the upstream's own sub-path.
+_REQUEST_DROP = frozenset({"host", "expect", "x-forwarded-prefix"})
 # The websocket handshake headers belong to each hop's own handshake.
 _WS_DROP = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -149,12 +150,13 @@ def request_headers(request: web.Request, *, websocket: bool = False) -> CIMulti
     """The caller's end-to-end headers plus X-Forwarded-For/Proto/Host.
 
     X-Forwarded-For is appended to (the standard chain). Proto and Host are kept when
-    the caller already set them — musegate behind a TLS-terminating proxy must tell the
+    a trusted proxy set them — musegate behind a TLS-terminating proxy must tell the
     upstream "https" and the public host, not its own loopback hop — and set from what
-    musegate saw otherwise.
+    musegate saw otherwise. (From an untrusted caller gateway.forwarding has already
+    removed them, so they can never be forged through musegate.)
     """
     headers = _end_to_end(request.headers, _REQUEST_DROP | (_WS_DROP if websocket else set()))
-    peer = request.remote or ""
+    peer = forwarding.peer(request)
     chain = ", ".join(v for v in request.headers.getall("X-Forwarded-For", ()) if v)
     headers.popall("X-Forwarded-For", None)
     headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain and peer else (chain or peer)
@@ -216,7 +218,7 @@ async def _forward(request: web.Request, session: aiohttp.ClientSession, upstrea
         return upstream_error(request, "the music server behind musegate is unreachable")
 
     try:
-        return await _relay_response(request, upstream)
+        return await _relay_response(request, upstream, upstream_url)
     finally:
         if upstream.content.is_eof():
             upstream.release()  # fully read: the connection goes back to the pool
@@ -224,10 +226,59 @@ async def _forward(request: web.Request, session: aiohttp.ClientSession, upstrea
             upstream.close()  # abandoned mid-body: the connection cannot be reused
 
 
-async def _relay_response(request: web.Request,
-                          upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+def public_location(value: str, upstream_url: str, request: web.Request) -> str:
+    """A ``Location`` the upstream sent, as the caller must follow it (nginx's proxy_redirect).
+
+    The upstream knows its own URL, not musegate's: an absolute URL to the upstream, or a
+    path under its own sub-path, is turned into the same place below musegate's public
+    prefix. Anything else (another site, a relative reference) is left alone.
+    """
+    base = _upstream_base(upstream_url)
+    own_path = URL(base).raw_path.rstrip("/")
+    public = forwarding.public_prefix(request)
+    if value.startswith(base + "/") or value == base:
+        rest = value[len(base):]
+        return forwarding.public_origin(request) + public + (rest or "/")
+    if value.startswith("/") and not value.startswith("//"):
+        if not own_path:
+            return public + value if public else value
+        if value == own_path or value.startswith((own_path + "/", own_path + "?")):
+            return public + (value[len(own_path):] or "/")
+    return value
+
+
+def public_cookie(value: str, upstream_url: str, request: web.Request) -> str:
+    """A ``Set-Cookie`` whose ``Path`` names the upstream's sub-path, moved to musegate's prefix."""
+    own_path = URL(_upstream_base(upstream_url)).raw_path.rstrip("/")
+    public = forwarding.public_prefix(request)
+    if own_path == public:
+        return value
+    parts = value.split(";")
+    for i, part in enumerate(parts[1:], 1):  # parts[0] is the cookie itself
+        name, _, path = part.strip().partition("=")
+        under = not own_path or path == own_path or path.startswith(own_path + "/")
+        if name.lower() == "path" and path.startswith("/") and under:
+            parts[i] = f" Path={public + path[len(own_path):] or '/'}"
+    return ";".join(parts)
+
+
+def _response_headers(request: web.Request, upstream: aiohttp.ClientResponse,
+                      upstream_url: str) -> CIMultiDict[str]:
+    headers = _end_to_end(upstream.headers)
+    if "Location" in headers:
+        headers["Location"] = public_location(headers["Location"], upstream_url, request)
+    if "Set-Cookie" in headers:
+        cookies = [public_cookie(c, upstream_url, request) for c in headers.getall("Set-Cookie")]
+        headers.popall("Set-Cookie")
+        for cookie in cookies:
+            headers.add("Set-Cookie", cookie)
+    return headers
+
+
+async def _relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
+                          upstream_url: str) -> web.StreamResponse:
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                              headers=_end_to_end(upstream.headers))
+                              headers=_response_headers(request, upstream, upstream_url))
     try:
         await resp.prepare(request)
         if request.method != "HEAD":

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import keys
+from gateway import forwarding, keys
 from gateway.ui_login import (
     LoginRefused,
     LoginUnavailable,
@@ -69,12 +69,12 @@ STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
 
 
 def public_prefix(request: web.Request) -> str:
-    """The public path musegate's own routes live under (mount path + base path)."""
-    config = request.app[keys.CONFIG]
-    return str(getattr(config, "mount_path", "") or "") + config.base_path
+    """The public path musegate's own routes live under (proxy prefix + mount path + base path)."""
+    return forwarding.public_prefix(request) + request.app[keys.CONFIG].base_path
 
 
 def is_https(request: web.Request) -> bool:
+    """https directly, or as a trusted proxy's X-Forwarded-Proto says (forwarding rewrote it)."""
     return request.secure
 
 

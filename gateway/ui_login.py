@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from gateway import keys
+from gateway import access, forwarding, keys
 from gateway.ui_session import ADMIN, JELLYFIN, LOCAL, SUBSONIC
 
 CLIENT = "musegate-web"
@@ -47,17 +46,13 @@ class Login:
 
 
 def api_key_of(request: web.Request) -> str:
-    return str(getattr(request.app[keys.CONFIG], "api_key", "") or "")
+    return request.app[keys.CONFIG].api_key
 
 
-def is_loopback(request: web.Request) -> bool:
-    """The TCP peer is this machine (what a direct local caller is; proxies are not believed)."""
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    host = peer[0] if isinstance(peer, tuple) and peer else request.remote
-    try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-    except ValueError:
-        return False
+def is_local_operator(request: web.Request) -> bool:
+    """The JSON API's own rule for keyless callers (gateway.access): direct, loopback, and
+    musegate itself listening on loopback only."""
+    return access.loopback_only(request.app[keys.CONFIG]) and forwarding.is_direct_local(request)
 
 
 def login_modes(request: web.Request) -> list[str]:
@@ -68,7 +63,7 @@ def login_modes(request: web.Request) -> list[str]:
         modes.append("password")
     if api_key_of(request):
         modes.append("api_key")
-    elif is_loopback(request) and not request.headers.get("X-Forwarded-For"):
+    elif is_local_operator(request):
         modes.append("local")
     return modes
 

@@ -10,16 +10,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from musegate.cli_features import (
-    CommandError,
-    cmd_alchemy,
-    cmd_cluster,
-    cmd_fingerprint,
-    cmd_instant,
-    cmd_path,
-    cmd_serve,
-    cmd_similar,
-)
 from musegate.config import FIELDS, Config, ConfigError, describe, load_config
 
 log = logging.getLogger("musegate")
@@ -111,6 +101,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run musegate's HTTP API (and later the proxy)")
     p.add_argument("--host", help="listen address (default: host setting)")
     p.add_argument("--port", type=int, help="listen port (default: port setting)")
+
+    p = sub.add_parser(
+        "health", help="exit 0 when the running server answers (for container healthchecks)")
+    p.add_argument("--ready", action="store_true",
+                   help="also need the store, the index and the music server (readiness)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing")
 
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     p.add_argument("--json", action="store_true")
@@ -307,6 +303,15 @@ def cmd_config(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(config: Config, args: argparse.Namespace) -> int:
+    from musegate.probe import check
+
+    healthy, line = check(config, ready=args.ready)
+    if not args.quiet:
+        print(line, file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
@@ -320,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing noise
     if args.command == "config":
         return cmd_config(config, args)
+    if args.command == "health":
+        return cmd_health(config, args)
     if args.command == "demo":
         from musegate.demo import run_demo
 
@@ -327,7 +334,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(config, args.dir, args.wait))
         except KeyboardInterrupt:
             return 0
+    # The engine is imported only for the commands that use it (`health` must start fast).
     from analysis.store import StorageFullError
+    from musegate.cli_features import (
+        CommandError,
+        cmd_alchemy,
+        cmd_cluster,
+        cmd_fingerprint,
+        cmd_instant,
+        cmd_path,
+        cmd_serve,
+        cmd_similar,
+    )
     from musegate.library import TrackNotFound
 
     commands = {

@@ -7,6 +7,7 @@ rather than half-way through a night-long analysis run.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -74,6 +75,37 @@ FIELDS: tuple[Field, ...] = (
         str,
         lambda: "/musegate",
         "URL prefix of musegate's own API, so it never shadows a path of the upstream server",
+    ),
+    Field(
+        "mount_path",
+        str,
+        lambda: "",
+        "public sub-path musegate is mounted at behind a reverse proxy that keeps it, e.g. /music "
+        "(every route, the upstream's too, is served below it; the upstream never sees it)",
+    ),
+    Field(
+        "trusted_proxies",
+        str,
+        lambda: "",
+        "reverse proxies whose X-Forwarded-For/Proto/Host/Prefix headers are believed: IPs or CIDRs "
+        "separated by ',' (from anyone else those headers are dropped)",
+    ),
+    Field(
+        "api_key",
+        str,
+        lambda: "",
+        "admin key for the JSON API and metrics (X-API-Key header or Bearer token); without one "
+        "the API answers only direct callers on this machine, and only when host is a loopback address",
+        secret=True,
+    ),
+    Field(
+        "metrics_port",
+        int,
+        lambda: 0,
+        "0: Prometheus metrics at BASE_PATH/metrics, protected like the API; N: also an open "
+        "metrics-only listener on host:N",
+        minimum=0,
+        maximum=65535,
     ),
     Field("max_per_artist", int, lambda: 3, "songs per artist in a playlist (0 = no cap)", minimum=0),
     Field(
@@ -156,6 +188,10 @@ class Config:
     host: str
     port: int
     base_path: str
+    mount_path: str
+    trusted_proxies: str
+    api_key: str
+    metrics_port: int
     max_per_artist: int
     hnsw_threshold: int
     playlist_dir: str
@@ -220,11 +256,30 @@ def _coerce(field: Field, value: Any, source: str) -> Any:
             if candidate not in field.choices:
                 raise bad(f"must be one of {', '.join(field.choices)}")
             value = candidate
-        if field.name == "base_path":
+        if field.name in ("base_path", "mount_path"):
             value = "/" + value.strip().strip("/") if value.strip().strip("/") else ""
-            if any(c in value for c in "?#{} "):
-                raise bad("must be a plain URL path such as /musegate")
+            if any(c in value for c in "?#{}% ") or "//" in value:
+                raise bad(f"must be a plain URL path such as {'/musegate' if field.name == 'base_path' else '/music'}")
+        elif field.name == "trusted_proxies":
+            try:
+                value = ",".join(str(n) for n in parse_networks(value))
+            except ValueError as exc:
+                raise bad(str(exc)) from None
     return value
+
+
+def parse_networks(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``trusted_proxies`` as networks: '10.0.0.0/8, ::1' -> (10.0.0.0/8, ::1/128)."""
+    out = []
+    for item in spec.replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(out)
 
 
 def _config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:

@@ -65,6 +65,10 @@ class RunState:
     total: int = 0
     error: str | None = None
     runs: int = 0
+    # Since the server started, over all runs (Prometheus counters read these).
+    analysed_total: int = 0
+    failed_total: int = 0
+    analysis_seconds_total: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -175,6 +179,9 @@ class LibraryScheduler:
             locate = getattr(self.adapter, "audio_location", None)
             report = await library.analyse(self.store, self.config, self._progress, locate=locate)
             self._progress(report)
+            st.analysed_total += report.analysed
+            st.failed_total += report.failed
+            st.analysis_seconds_total += report.seconds
             st.status = "done"
             st.message = (
                 f"{sync.added} new, {sync.changed} changed, {sync.removed} removed; "

@@ -65,9 +65,15 @@ async def fill_the_disk(store) -> None:
 
 @pytest.fixture
 def disk_fills_after_first_write(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first batch of analyses is saved; from the second on, the disk is full."""
+    """The first batch of analyses is saved; from the second on, the disk is full.
+
+    Batches are cut by size only: the writer's time-based flush would cut a batch early
+    on a slow or busy machine, and the tests count what the first batch saved.
+    """
+    from analysis import analyzer
     from analysis.store import LibraryStore
 
+    monkeypatch.setattr(analyzer, "FLUSH_SECONDS", float("inf"))
     real_write = LibraryStore.write_results
     writes = {"n": 0}
 

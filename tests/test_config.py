@@ -55,7 +55,7 @@ def test_secret_fields_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
     assert shown["upstream_api_key"] == ""  # unset secrets show as unset
     assert shown["upstream_user"] == "musegate"  # not a secret
     secret_names = {f.name for f in FIELDS if f.secret}
-    assert secret_names == {"upstream_password", "upstream_api_key", "llm_api_key"}
+    assert secret_names == {"upstream_password", "upstream_api_key", "llm_api_key", "api_key"}
 
 
 def test_cli_config_reports_errors(capsys: pytest.CaptureFixture[str],

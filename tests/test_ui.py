@@ -244,11 +244,13 @@ def test_status_updates_live_while_analysing(served: Any, browser: Any) -> None:
 
 
 def test_ui_under_a_sub_path(tmp_path: Path, browser: Any) -> None:
-    with stack(tmp_path, base_path="/sonic/gate", artists=2, tracks=2) as (gate, *_):
+    with stack(tmp_path, mount_path="/music", base_path="/sonic/gate", artists=2,
+               tracks=2) as (gate, *_):
+        assert gate.url.endswith("/music/sonic/gate")
         page = _page(browser, PHONE)
         login(page, gate.url)
         (cookie,) = page.context.cookies()
-        assert cookie["path"] == "/sonic/gate"
+        assert cookie["path"] == "/music/sonic/gate"
         page.goto(gate.url + "/#similar")
         pick(page, "Search for a song", "Song 0-0-0")
         page.get_by_role("button", name="Find similar songs").click()

@@ -54,8 +54,6 @@ async def test_local_login_cookie_flags_and_csrf(tmp_path: Path) -> None:
 async def test_api_key_login_refuses_a_wrong_key(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     await fill_store(config)
-    if not hasattr(config, "api_key"):
-        return  # the api_key setting arrives with the access check
     config = config.replace(api_key="s3cret")
     async with TestServer(create_app(config, refresh_seconds=None)) as server, \
             aiohttp.ClientSession() as http:
@@ -81,3 +79,24 @@ def test_ui_routes_are_documented() -> None:
     for path in ("/musegate/login", "/musegate/logout", "/musegate/session", "/musegate/api/events",
                  "/musegate/api/map", "/musegate/stream/{track_id}"):
         assert path in paths
+
+
+async def test_api_needs_the_key_or_a_session_with_csrf(tmp_path: Path) -> None:
+    config = make_config(tmp_path, api_key="s3cret")
+    await fill_store(config)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with TestServer(create_app(config, refresh_seconds=None)) as server, \
+            aiohttp.ClientSession(cookie_jar=jar) as http:
+        status = server.make_url("/musegate/api/status")
+        assert (await http.get(status)).status == 401
+        info = await (await http.get(server.make_url("/musegate/session"))).json()
+        assert info["modes"] == ["api_key"]  # no keyless local login once a key is set
+        login = await http.post(server.make_url("/musegate/login"), json={"api_key": "s3cret"})
+        csrf = (await login.json())["csrf"]
+        assert (await http.get(status)).status == 200
+        first = (await (await http.get(server.make_url("/musegate/api/tracks"),
+                                       params={"q": "a", "limit": 1})).json())["tracks"][0]
+        similar = server.make_url("/musegate/api/similar")
+        assert (await http.post(similar, json={"ids": [first["id"]]})).status == 403
+        ok = await http.post(similar, json={"ids": [first["id"]]}, headers={CSRF_HEADER: csrf})
+        assert ok.status == 200
