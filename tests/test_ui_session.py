@@ -100,3 +100,26 @@ async def test_api_needs_the_key_or_a_session_with_csrf(tmp_path: Path) -> None:
         assert (await http.post(similar, json={"ids": [first["id"]]})).status == 403
         ok = await http.post(similar, json={"ids": [first["id"]]}, headers={CSRF_HEADER: csrf})
         assert ok.status == 200
+
+
+async def test_cookie_is_secure_and_prefixed_behind_a_trusted_https_proxy(tmp_path: Path) -> None:
+    config = make_config(tmp_path, api_key="s3cret", trusted_proxies="127.0.0.1",
+                         mount_path="/music")
+    await fill_store(config)
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "192.0.2.4",
+             "X-Forwarded-Prefix": "/outer"}
+    async with TestServer(create_app(config, refresh_seconds=None)) as server, \
+            aiohttp.ClientSession() as http:
+        resp = await http.post(server.make_url("/music/musegate/login"),
+                               json={"api_key": "s3cret"}, headers=proxy)
+        assert resp.status == 200
+        cookie = resp.cookies[COOKIE]
+        assert cookie["secure"] and cookie["path"] == "/outer/music/musegate"
+    # The same headers from a caller that is no trusted proxy change nothing.
+    untrusted = config.replace(trusted_proxies="")
+    async with TestServer(create_app(untrusted, refresh_seconds=None)) as server, \
+            aiohttp.ClientSession() as http:
+        resp = await http.post(server.make_url("/music/musegate/login"),
+                               json={"api_key": "s3cret"}, headers=proxy)
+        cookie = resp.cookies[COOKIE]
+        assert not cookie["secure"] and cookie["path"] == "/music/musegate"
