@@ -21,6 +21,7 @@ from aiohttp import web
 
 from analysis.store import LibraryStore
 from gateway import access, api, api_library, compat, forwarding, health, keys, metrics, ui
+from gateway.access_log import RedactingAccessLogger
 from gateway.jobs import JobManager
 from gateway.params import ApiError, error_response
 from gateway.ui_visibility import visibility_middleware
@@ -212,11 +213,13 @@ async def serve(config: Config) -> None:
     """
     app = create_app(config, schedule=True)
     # On stop, requests in flight get this long to finish; endless streams are cut after it.
-    runner = web.AppRunner(app, shutdown_timeout=DRAIN_SECONDS)
+    runner = web.AppRunner(app, shutdown_timeout=DRAIN_SECONDS,
+                           access_log_class=RedactingAccessLogger)
     await runner.setup()
     sites = [web.TCPSite(runner, config.host, config.port)]
     if config.metrics_port:
-        metrics_runner = web.AppRunner(metrics_app(main_app(app)))
+        metrics_runner = web.AppRunner(metrics_app(main_app(app)),
+                                       access_log_class=RedactingAccessLogger)
         await metrics_runner.setup()
         sites.append(web.TCPSite(metrics_runner, config.host, config.metrics_port))
     for site in sites:

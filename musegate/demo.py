@@ -96,6 +96,7 @@ async def run_demo(config: Config, directory: str, wait: bool | None = None) -> 
 
     from analysis.store import LibraryStore
     from gateway import keys
+    from gateway.access_log import RedactingAccessLogger
     from gateway.app import create_app
     from musegate.supysonic_runner import Supysonic
 
@@ -117,7 +118,7 @@ async def run_demo(config: Config, directory: str, wait: bool | None = None) -> 
             path_map=f"={lib_root}", host="127.0.0.1", port=config.port or _free_port(),
         )
         app = create_app(config, schedule=True)
-        runner = web.AppRunner(app)
+        runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
         await runner.setup()
         port = config.port
         try:
