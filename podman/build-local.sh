@@ -21,6 +21,9 @@
 #                          /etc/ssl/certs/ca-certificates.crt when it exists;
 #                          empty = the base image's own trust store)
 #   MUSEGATE_TIMEOUT       seconds each wait may take (600)
+#   MUSEGATE_BUILD_REPORT  a file to write KEY=VALUE results to (for tests):
+#                          PODMAN_GLOBAL, PODMAN_RUN_OPTS, IMAGE, IMAGE_MB,
+#                          BUILD_SECONDS, RESULT (passed, failed or skipped), REASON
 #   DEBIAN_MIRROR          (http://deb.debian.org)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,9 +53,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+REPORT=${MUSEGATE_BUILD_REPORT:-/dev/null}
+: >"$REPORT"
+report() { printf '%s=%s\n' "$1" "$2" >>"$REPORT"; }
 say() { printf '== %s\n' "$*"; }
-fail() { printf 'build-local: FAILED: %s\n' "$*" >&2; exit 1; }
-skip() { printf 'build-local: SKIP: %s\n' "$*" >&2; exit 77; }
+fail() { report RESULT failed; report REASON "$*"; printf 'build-local: FAILED: %s\n' "$*" >&2; exit 1; }
+skip() { report RESULT skipped; report REASON "$*"; printf 'build-local: SKIP: %s\n' "$*" >&2; exit 77; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -127,6 +133,8 @@ if [ -z "$found" ]; then
   skip "podman cannot run a container here: $(grep -v '^--' "$probe_log" | tail -1)"
 fi
 say "podman runs containers with: podman ${GLOBAL[*]} run ${RUN_OPTS[*]}"
+report PODMAN_GLOBAL "${GLOBAL[*]}"
+report PODMAN_RUN_OPTS "${RUN_OPTS[*]}"
 
 # ---- 2. the musegate image -------------------------------------------------
 BUILD_OPTS=(--format docker --build-arg "BASE=$BASE_IMAGE" -t "$IMAGE" -f podman/Containerfile)
@@ -145,6 +153,9 @@ SIZE_BYTES=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 SIZE_MB=$(awk -v b="$SIZE_BYTES" 'BEGIN { printf "%.0f", b / 1000000 }')
 BASE_MB=$(awk -v b="$(podman image inspect --format '{{.Size}}' "$BASE_IMAGE")" 'BEGIN { printf "%.0f", b / 1000000 }')
 say "built $IMAGE in $BUILD_SECONDS s: $SIZE_MB MB (the base alone is $BASE_MB MB)"
+report IMAGE "$IMAGE"
+report IMAGE_MB "$SIZE_MB"
+report BUILD_SECONDS "$BUILD_SECONDS"
 
 # ---- 3. run it on a demo library -------------------------------------------
 # The image's own demo synthesiser writes the tracks, owned by the caller.
@@ -219,4 +230,5 @@ EXIT_CODE=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
 podman logs "$NAME" 2>&1 | grep -q 'musegate stopping' \
   || { podman logs "$NAME" 2>&1 | tail -30 >&2; fail "no 'musegate stopping' in the log after SIGTERM"; }
 say "ok: stopped cleanly (exit code 0, 'musegate stopping' logged)"
+report RESULT passed
 printf 'build-local: PASSED: image %s %s MB, built in %s s\n' "$IMAGE" "$SIZE_MB" "$BUILD_SECONDS"
