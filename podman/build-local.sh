@@ -23,7 +23,8 @@
 #   MUSEGATE_TIMEOUT       seconds each wait may take (600)
 #   MUSEGATE_BUILD_REPORT  a file to write KEY=VALUE results to (for tests):
 #                          PODMAN_GLOBAL, PODMAN_RUN_OPTS, IMAGE, IMAGE_MB,
-#                          BUILD_SECONDS, RESULT (passed, failed or skipped), REASON
+#                          BUILD_SECONDS, STOP_SECONDS, RESULT (passed, failed
+#                          or skipped), REASON
 #   DEBIAN_MIRROR          (http://deb.debian.org)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -224,11 +225,14 @@ wait_for "every demo track analysed (GET /musegate/api/status)" analysed
 say "status: $(get /musegate/api/status)"
 
 say "podman stop"
+started=$(now)
 podman "${GLOBAL[@]}" stop -t 30 "$NAME" >/dev/null
+STOP_SECONDS=$(elapsed "$started")
+report STOP_SECONDS "$STOP_SECONDS"
 EXIT_CODE=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
 [ "$EXIT_CODE" = 0 ] || { podman logs "$NAME" 2>&1 | tail -30 >&2; fail "exit code $EXIT_CODE after podman stop"; }
 podman logs "$NAME" 2>&1 | grep -q 'musegate stopping' \
   || { podman logs "$NAME" 2>&1 | tail -30 >&2; fail "no 'musegate stopping' in the log after SIGTERM"; }
-say "ok: stopped cleanly (exit code 0, 'musegate stopping' logged)"
+say "ok: stopped cleanly in $STOP_SECONDS s (exit code 0, 'musegate stopping' logged)"
 report RESULT passed
 printf 'build-local: PASSED: image %s %s MB, built in %s s\n' "$IMAGE" "$SIZE_MB" "$BUILD_SECONDS"

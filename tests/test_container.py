@@ -183,7 +183,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     )
     report = read_report(report_path)
     if proc.returncode == SKIP_EXIT:
-        pytest.skip(f"podman cannot run containers here: {report.get('REASON', proc.stderr[-500:])}")
+        pytest.skip(report.get("REASON") or proc.stderr[-500:])
     report["OUTPUT"] = proc.stdout + proc.stderr
     report["RETURNCODE"] = str(proc.returncode)
     return report
