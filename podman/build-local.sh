@@ -230,9 +230,12 @@ podman "${GLOBAL[@]}" stop -t 30 "$NAME" >/dev/null
 STOP_SECONDS=$(elapsed "$started")
 report STOP_SECONDS "$STOP_SECONDS"
 EXIT_CODE=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
-[ "$EXIT_CODE" = 0 ] || { podman logs "$NAME" 2>&1 | tail -30 >&2; fail "exit code $EXIT_CODE after podman stop"; }
-podman logs "$NAME" 2>&1 | grep -q 'musegate stopping' \
-  || { podman logs "$NAME" 2>&1 | tail -30 >&2; fail "no 'musegate stopping' in the log after SIGTERM"; }
+# The whole log to a file first: `podman logs | grep -q` can fail under pipefail
+# when grep stops reading early.
+podman logs "$NAME" >"$WORK/container.log" 2>&1
+[ "$EXIT_CODE" = 0 ] || { tail -30 "$WORK/container.log" >&2; fail "exit code $EXIT_CODE after podman stop"; }
+grep -q 'musegate stopping' "$WORK/container.log" \
+  || { tail -30 "$WORK/container.log" >&2; fail "no 'musegate stopping' in the log after SIGTERM"; }
 say "ok: stopped cleanly in $STOP_SECONDS s (exit code 0, 'musegate stopping' logged)"
 report RESULT passed
 printf 'build-local: PASSED: image %s %s MB, built in %s s\n' "$IMAGE" "$SIZE_MB" "$BUILD_SECONDS"

@@ -241,7 +241,7 @@ def test_pod_yaml_plays_with_the_built_image(built: dict[str, str], tmp_path: Pa
     healthcheck, the music is read-only and the readiness probe says "not ready"
     while the music server is absent.
     """
-    assert built.get("RESULT") == "passed", "the image did not build"
+    assert built.get("RESULT") == "passed", f"build-local.sh did not pass: {built.get('REASON')}"
     tag = uuid.uuid4().hex[:8]
     pod = load_pod()
     pod["metadata"]["name"] = f"musegate-test-{tag}"
