@@ -432,6 +432,19 @@ class LibraryStore:
                     out[row["id"]] = _row_to_track(row)
         return out
 
+    async def clear_failures(self, track_ids: Sequence[int] | None = None) -> int:
+        """Forget failed attempts (of ``track_ids``, or all) so those tracks are pending again."""
+        if track_ids is None:
+            cur = await self._db.execute("DELETE FROM failures")
+        else:
+            ids = [int(i) for i in track_ids]
+            if not ids:
+                return 0
+            cur = await self._db.execute(
+                f"DELETE FROM failures WHERE track_id IN ({', '.join('?' * len(ids))})", ids)
+        await self._db.commit()
+        return int(cur.rowcount or 0)
+
     async def failures(self) -> list[tuple[TrackRecord, str, int]]:
         async with self._db.execute(
             "SELECT t.*, f.reason, f.attempts FROM failures f JOIN tracks t ON t.id = f.track_id"

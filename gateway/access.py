@@ -12,6 +12,9 @@ library, so it needs a rule of its own:
   until a key is set, because there a connection from 127.0.0.1 may well be a
   port forwarder relaying someone else.
 
+A logged-in web UI session (cookie, plus its CSRF token on state-changing
+methods) is admitted as well: the pages call this same API.
+
 The liveness and readiness probes stay open: they say nothing about the library.
 """
 
@@ -23,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway import forwarding
+from gateway.ui_session import csrf_ok, session_of
 from musegate.config import Config
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,8 +57,17 @@ def loopback_only(config: Config) -> bool:
 
 
 def check(request: web.BaseRequest, config: Config) -> None:
-    """Raise :class:`AccessDenied` unless ``request`` may use the API."""
+    """Raise :class:`AccessDenied` unless ``request`` may use the API.
+
+    A web UI session (``gateway.ui_session``) admits the request too; on a
+    state-changing method only with the session's CSRF token.
+    """
     key = presented_key(request)
+    session = session_of(request) if key is None and isinstance(request, web.Request) else None
+    if session is not None:
+        if csrf_ok(request, session):
+            return
+        raise AccessDenied(403, "missing or wrong X-CSRF-Token for this web UI session")
     if config.api_key:
         if key is not None and hmac.compare_digest(key.encode(), config.api_key.encode()):
             return

@@ -20,9 +20,11 @@ from typing import Any
 from aiohttp import web
 
 from analysis.store import LibraryStore
-from gateway import access, api, compat, forwarding, health, keys, metrics
+from gateway import access, api, api_library, compat, forwarding, health, keys, metrics, ui
+from gateway.access_log import RedactingAccessLogger
 from gateway.jobs import JobManager
 from gateway.params import ApiError, error_response
+from gateway.ui_visibility import visibility_middleware
 from musegate.config import Config
 from musegate.library import adapter_for, close_adapter
 from musegate.services import LibraryService
@@ -111,6 +113,7 @@ def create_app(
     app = web.Application(middlewares=[
         forwarding.middleware(config), metrics.middleware(_classifier(config)),
         error_middleware(config),
+        ui.session_middleware(base), visibility_middleware(base),
     ])
     app[keys.CONFIG] = config
     app[keys.ADAPTER] = adapter_for(config) if adapter is _DEFAULT else adapter
@@ -158,10 +161,12 @@ def create_app(
         *health.routes(base),
         ("GET", f"{base}/metrics", metrics.metrics_handler(lambda r: r.app)),
         *api.routes(base),
+        *api_library.routes(base),
         *compat.routes(base, plugin=not jellyfin),
     ]
     for method, path, handler in own_routes:
         app.router.add_route(method, path, handler)
+    ui.add_ui(app)
     if config.source == "subsonic" and config.upstream_url:
         # The intercepted Subsonic similarity endpoints (before the pass-through below).
         from gateway.subsonic import add_subsonic
@@ -208,18 +213,20 @@ async def serve(config: Config) -> None:
     """
     app = create_app(config, schedule=True)
     # On stop, requests in flight get this long to finish; endless streams are cut after it.
-    runner = web.AppRunner(app, shutdown_timeout=DRAIN_SECONDS)
+    runner = web.AppRunner(app, shutdown_timeout=DRAIN_SECONDS,
+                           access_log_class=RedactingAccessLogger)
     await runner.setup()
     sites = [web.TCPSite(runner, config.host, config.port)]
     if config.metrics_port:
-        metrics_runner = web.AppRunner(metrics_app(main_app(app)))
+        metrics_runner = web.AppRunner(metrics_app(main_app(app)),
+                                       access_log_class=RedactingAccessLogger)
         await metrics_runner.setup()
         sites.append(web.TCPSite(metrics_runner, config.host, config.metrics_port))
     for site in sites:
         await site.start()
     root = f"http://{config.host}:{config.port}{config.mount_path}{config.base_path}"
     print(f"musegate listening on {root}/api (OpenAPI at {root}/api/openapi.json, "
-          f"health at {root}/health)", flush=True)
+          f"health at {root}/health); web UI at {root}/", flush=True)
     if not config.api_key and not access.loopback_only(config):
         log.warning("no api_key set: musegate's JSON API and metrics stay closed while listening "
                     "on %s (the Subsonic/Jellyfin gateway works as usual)", config.host)

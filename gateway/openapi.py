@@ -418,6 +418,75 @@ def _operations(api: str) -> dict[str, dict[str, Any]]:
     }
 
 
+def _library_and_ui(base: str) -> dict[str, dict[str, Any]]:
+    """The library-state endpoints (gateway/api_library.py) and the web UI's routes (gateway/ui.py)."""
+    api = f"{base}/api"
+    lib, ui = ["library"], ["web UI"]
+    obj = {"type": "object"}
+    ids_body = _body({"type": "object", "properties": {"ids": IDS}}, required=False)
+    return {
+        f"{api}/progress": {"get": {
+            "summary": "Counts, the scheduled scan/analysis run with tracks/s and ETA, background jobs",
+            "tags": lib, "operationId": "progress", "responses": _ok("Library progress", obj)}},
+        f"{api}/events": {"get": {
+            "summary": "The progress object as Server-Sent Events (`event: progress`) on every change",
+            "tags": lib, "operationId": "events",
+            "responses": {"200": {"description": "text/event-stream",
+                                  "content": {"text/event-stream": {"schema": STR}}}}}},
+        f"{api}/failures": {"get": {
+            "summary": "Tracks whose analysis failed, with the reason and attempts",
+            "tags": lib, "operationId": "failures", "responses": _ok("Failures", obj)}},
+        f"{api}/failures/retry": {"post": {
+            "summary": "Forget failures (all, or `ids`) and start a scan-and-analyse run",
+            "tags": lib, "operationId": "retryFailures", "requestBody": ids_body,
+            "responses": {**_ok("Cleared", obj, "202"), **_errors("409")}}},
+        f"{api}/scan": {"post": {
+            "summary": "Scan the library and analyse what is new now",
+            "tags": lib, "operationId": "scanNow",
+            "responses": {**_ok("Started", obj, "202"), **_errors("409")}}},
+        f"{api}/map": {"get": {
+            "summary": "Every analysed track's 2-D map position, top tag and cluster",
+            "tags": lib, "operationId": "musicMap", "responses": _ok("Map points", obj)}},
+        f"{api}/features": {"get": {
+            "summary": "Tempo, key, energy and top tags of analysed tracks",
+            "tags": lib, "operationId": "trackFeatures",
+            "parameters": [_q("ids", IDS, "Track ids", explode=True)],
+            "responses": {**_ok("Features", obj), **_errors("400")}}},
+        f"{base}/": {"get": {"summary": "The web UI (single-page app)", "tags": ui,
+                             "operationId": "uiPage",
+                             "responses": {"200": {"description": "HTML page"}}}},
+        **({base: {"get": {"summary": "Redirect to the web UI", "tags": ui,
+                           "operationId": "uiRedirect",
+                           "responses": {"302": {"description": "To the page"}}}}} if base else {}),
+        f"{base}/static/{{path}}": {"get": {
+            "summary": "The web UI's scripts, styles and vendored libraries", "tags": ui,
+            "operationId": "uiStatic", "parameters": [_path_param("path", "File below static/")],
+            "responses": {"200": {"description": "The file"}, "404": {"description": "No such file"}}}},
+        f"{base}/session": {"get": {
+            "summary": "The logged-in user and CSRF token, or the login modes when nobody is",
+            "tags": ui, "operationId": "uiSession", "responses": _ok("Session", obj)}},
+        f"{base}/login": {"post": {
+            "summary": "Log in with the music server's credentials or the admin API key; sets the "
+                       "session cookie", "tags": ui, "operationId": "uiLogin",
+            "requestBody": _body({"type": "object", "properties": {
+                "username": STR, "password": STR, "api_key": STR,
+                "mode": {"type": "string", "enum": ["password", "api_key", "local"]}}}),
+            "responses": {**_ok("Session", obj), "401": {"description": "Refused"},
+                          "502": {"description": "The music server is not reachable"}}}},
+        f"{base}/logout": {"post": {
+            "summary": "End the session (X-CSRF-Token required)", "tags": ui,
+            "operationId": "uiLogout",
+            "responses": {**_ok("Logged out", obj), "403": {"description": "CSRF token missing"}}}},
+        f"{base}/stream/{{track_id}}": {"get": {
+            "summary": "A song's audio for the preview player, fetched as the session's user",
+            "tags": ui, "operationId": "uiStream",
+            "parameters": [_path_param("track_id", "musegate track id")],
+            "responses": {"200": {"description": "Audio"}, "206": {"description": "A range"},
+                          "401": {"description": "Not logged in"},
+                          "404": {"description": "Unknown or not visible"}}}},
+    }
+
+
 def _probes(base: str) -> dict[str, Any]:
     """Health, readiness and metrics sit beside the API, at ``{base_path}/…``."""
     status = {"type": "object", "properties": {"status": STR}}
@@ -459,7 +528,8 @@ def build_openapi(base_path: str = "/musegate", server_url: str = "/") -> dict[s
         },
         "servers": [{"url": server_url or "/"}],
         "security": [{"apiKey": []}, {"bearer": []}, {}],
-        "paths": {**_probes(base_path), **_operations(f"{base_path}/api")},
+        "paths": {**_probes(base_path), **_operations(f"{base_path}/api"),
+                  **_library_and_ui(base_path)},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

@@ -96,6 +96,7 @@ async def run_demo(config: Config, directory: str, wait: bool | None = None) -> 
 
     from analysis.store import LibraryStore
     from gateway import keys
+    from gateway.access_log import RedactingAccessLogger
     from gateway.app import create_app
     from musegate.supysonic_runner import Supysonic
 
@@ -117,7 +118,7 @@ async def run_demo(config: Config, directory: str, wait: bool | None = None) -> 
             path_map=f"={lib_root}", host="127.0.0.1", port=config.port or _free_port(),
         )
         app = create_app(config, schedule=True)
-        runner = web.AppRunner(app)
+        runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
         await runner.setup()
         port = config.port
         try:
@@ -146,7 +147,10 @@ async def run_demo(config: Config, directory: str, wait: bool | None = None) -> 
             print(
                 "\nPoint a Subsonic app (Symfonium, Feishin, DSub, Supersonic…) at\n"
                 f"    http://127.0.0.1:{port}   user {DEMO_USER!r}  password {DEMO_PASSWORD!r}\n"
-                "and use its instant mix / song radio / similar songs."
+                "and use its instant mix / song radio / similar songs.\n"
+                f"\nOpen the web UI at\n    http://127.0.0.1:{port}{config.base_path}/\n"
+                f"and log in as {DEMO_USER!r} with password {DEMO_PASSWORD!r} (the demo Subsonic "
+                "server's own account)."
             )
             if wait is None:
                 wait = sys.stdin.isatty()

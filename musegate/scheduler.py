@@ -56,6 +56,7 @@ class RunState:
     started: float | None = None
     finished: float | None = None
     next_run: float | None = None
+    analysis_started: float | None = None  # when the analysis part of the run began
     added: int = 0
     changed: int = 0
     removed: int = 0
@@ -102,6 +103,8 @@ class LibraryScheduler:
         self._scheduler = AsyncIOScheduler()
         self._trigger = cron_trigger(config.scan_cron)
         self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[bool]] = set()
+        self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         self._last_write = 0.0
 
     def start(self, run_now: bool = True) -> None:
@@ -136,6 +139,15 @@ class LibraryScheduler:
     def busy(self) -> bool:
         return self._lock.locked()
 
+    def run_soon(self) -> bool:
+        """Start a scan-and-analyse run in the background now; False when one is going."""
+        if self._lock.locked():
+            return False
+        task = asyncio.get_running_loop().create_task(self.run_once(), name="library scan (asked)")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
+
     async def run_once(self) -> bool:
         """Scan and analyse now; False (and nothing done) when a run is already going."""
         if self._lock.locked():
@@ -149,7 +161,7 @@ class LibraryScheduler:
     async def _run(self) -> None:
         st = self.state
         st.status, st.progress, st.error = "scanning", 0.0, None
-        st.started, st.finished = time.time(), None
+        st.started, st.finished, st.analysis_started = time.time(), None, None
         st.analysed = st.failed = st.total = 0
         st.message = "scanning the library"
         st.runs += 1
@@ -162,6 +174,7 @@ class LibraryScheduler:
             if sync.removed and self.on_analysed is not None:
                 await self.on_analysed()
             st.status, st.message = "analysing", "analysing new and changed tracks"
+            st.analysis_started = time.time()
             self._write_state(force=True)
             locate = getattr(self.adapter, "audio_location", None)
             report = await library.analyse(self.store, self.config, self._progress, locate=locate)
@@ -214,7 +227,27 @@ class LibraryScheduler:
         when = getattr(job, "next_run_time", None) if job is not None else None
         self.state.next_run = when.timestamp() if when is not None else None
 
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue that receives a copy of the state on every change (the UI's live progress)."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
+        self._listeners.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._listeners.discard(queue)
+
+    def _notify(self) -> None:
+        if not self._listeners:
+            return
+        state = self.state.to_json()
+        state.pop("history", None)
+        for queue in self._listeners:
+            if queue.full():  # a slow reader loses the oldest states, never the newest
+                queue.get_nowait()
+            queue.put_nowait(dict(state))
+
     def _write_state(self, force: bool = False) -> None:
+        self._notify()
         now = time.monotonic()
         if not force and now - self._last_write < _STATE_WRITE_SECONDS:
             return

@@ -22,6 +22,7 @@ import numpy as np
 from analysis.store import LibraryStore
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
+from index.projection import project_2d
 from musegate.config import Config
 from musegate.library import analyzer_settings, catalogue_rows
 
@@ -115,6 +116,8 @@ class LibraryService:
         self._snapshot: LibrarySnapshot | None = None
         self._lock = ReadWriteLock()
         self._refreshing = asyncio.Lock()
+        self._projection: tuple[tuple[Any, ...], np.ndarray] | None = None
+        self._projecting = asyncio.Lock()
 
     @property
     def snapshot(self) -> LibrarySnapshot:
@@ -181,6 +184,21 @@ class LibraryService:
         """Run a pure feature function on the snapshot in a worker thread (the loop stays free)."""
         async with self.reading() as snap:
             return await asyncio.to_thread(fn, snap.catalogue, snap.index, *args, **kwargs)
+
+    async def projection(self) -> tuple[LibrarySnapshot, np.ndarray]:
+        """The snapshot and its 2-D map coordinates (row i = catalogue row i).
+
+        Computed once per index version (the snapshot's signature) and cached:
+        every map view between two library changes reuses it.
+        """
+        async with self._projecting:
+            snap = self.snapshot
+            cached = self._projection
+            if cached is not None and cached[0] == snap.signature:
+                return snap, cached[1]
+            coords = await asyncio.to_thread(project_2d, snap.catalogue.vectors)
+            self._projection = (snap.signature, coords)
+            return snap, coords
 
     async def watch(self, interval: float) -> None:
         """Poll the store and refresh forever (cancel to stop); errors are logged, not fatal."""

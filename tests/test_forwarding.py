@@ -331,3 +331,31 @@ async def test_dead_upstream_counts_as_an_upstream_error(
         assert _samples(text)["musegate_upstream_errors_total"] == 1
     finally:
         await gate.close()
+
+
+async def test_access_log_never_shows_credentials(
+        tmp_path: Path, stub: Stub, caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp import web
+
+    from gateway.access_log import RedactingAccessLogger
+
+    app = create_app(make_config(tmp_path, upstream_url=stub.url), refresh_seconds=None)
+    runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    secrets = {"p": "hunter2-pass", "t": "26719a1196d2a940705a59634eb18eab",
+               "s": "c19b2d", "apiKey": "key-0xdeadbeef", "api_key": "jf-token-77"}
+    try:
+        with caplog.at_level("INFO", logger="aiohttp.access"):
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"http://127.0.0.1:{port}/rest/ping.view",
+                    params={"u": "alice", **secrets, "f": "json"}) as resp:
+                assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("/rest/ping.view?u=alice" in line and "f=json" in line for line in lines), lines
+    for value in secrets.values():
+        assert all(value not in line for line in lines), (value, lines)

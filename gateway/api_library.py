@@ -1,0 +1,209 @@
+"""The library's own state over the JSON API: progress, failures, scan now, the music map.
+
+What the web UI's Status and Music map pages read, usable by any API client:
+
+* ``GET  /api/progress`` — counts, the scheduled scan/analysis run with its rate
+  (tracks/s) and ETA, and the background jobs; ``GET /api/events`` sends the
+  same object as a Server-Sent Event whenever it changes;
+* ``GET  /api/failures`` — the tracks whose analysis failed, with the reason;
+* ``POST /api/failures/retry`` — forget those failures (all, or ``ids``) and start a run;
+* ``POST /api/scan`` — scan and analyse now;
+* ``GET  /api/map`` — every analysed track's 2-D position (cached per index version),
+  top tag and, when a clustering has finished, its playlist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from analysis.labels import MSD_LABELS
+from gateway import keys
+from gateway.api import track_json
+from gateway.jobs import DONE
+from gateway.params import ApiError, Params
+from index.catalogue import KEYS
+from musegate.library import analyzer_settings
+
+# How often the event stream looks for a change, and sends a keep-alive comment when idle.
+EVENT_POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+
+
+def _run_json(scheduler: Any, state: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    if scheduler is None:
+        return None
+    state = dict(state) if state is not None else scheduler.state.to_json()
+    state.pop("history", None)
+    done = int(state.get("analysed") or 0) + int(state.get("failed") or 0)
+    total = int(state.get("total") or 0)
+    started = state.get("analysis_started")
+    rate = eta = None
+    if state.get("status") == "analysing" and started and done:
+        elapsed = max(time.time() - float(started), 1e-6)
+        rate = done / elapsed
+        eta = (total - done) / rate if total > done else 0.0
+    state["rate"] = round(rate, 3) if rate is not None else None
+    state["eta_seconds"] = round(eta, 1) if eta is not None else None
+    return state
+
+
+async def progress_json(app: web.Application,
+                        run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Counts, the library run (``run``: a state the scheduler announced, else its current one)."""
+    config = app[keys.CONFIG]
+    settings = analyzer_settings(config)
+    st = await app[keys.STORE].status(settings.version, settings.max_attempts)
+    jobs = [j.to_json() for j in app[keys.JOBS].list()[:10]]
+    for job in jobs:
+        job.pop("params", None)
+    return {
+        "tracks": st.tracks, "analysed": st.analysed, "failed": st.failed,
+        "pending": st.pending, "outdated": st.outdated,
+        "indexed": len(app[keys.SERVICE].snapshot.index),
+        "run": _run_json(app.get(keys.SCHEDULER), run),
+        "jobs": jobs,
+    }
+
+
+async def progress(request: web.Request) -> web.Response:
+    return web.json_response(await progress_json(request.app))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """``progress`` as Server-Sent Events (``event: progress``), sent on every change.
+
+    Every state the scheduler announces is sent (none is skipped, however quickly the
+    run moves on); counts and jobs are looked at twice a second in between.
+    """
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    last = ""
+    idle_since = time.monotonic()
+    scheduler = request.app.get(keys.SCHEDULER)
+    queue = scheduler.subscribe() if scheduler is not None else None
+    run: dict[str, Any] | None = None
+    try:
+        while True:
+            data = json.dumps(await progress_json(request.app, run), separators=(",", ":"))
+            if data != last:
+                await response.write(f"event: progress\ndata: {data}\n\n".encode())
+                last, idle_since = data, time.monotonic()
+            elif time.monotonic() - idle_since > KEEPALIVE_SECONDS:
+                await response.write(b": keep-alive\n\n")
+                idle_since = time.monotonic()
+            run = None
+            if queue is None:
+                await asyncio.sleep(EVENT_POLL_SECONDS)
+                continue
+            with contextlib.suppress(TimeoutError):
+                run = await asyncio.wait_for(queue.get(), EVENT_POLL_SECONDS)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        if queue is not None:
+            scheduler.unsubscribe(queue)
+    return response
+
+
+async def failures(request: web.Request) -> web.Response:
+    found = await request.app[keys.STORE].failures()
+    return web.json_response({"failures": [
+        {**track_json(track), "reason": reason, "attempts": attempts}
+        for track, reason, attempts in found
+    ]})
+
+
+def _scheduler(request: web.Request) -> Any:
+    scheduler = request.app.get(keys.SCHEDULER)
+    if scheduler is None:
+        raise ApiError(409, "this server does not run the library scheduler "
+                            "(start it with `musegate serve`)")
+    return scheduler
+
+
+async def retry_failures(request: web.Request) -> web.Response:
+    p = await Params.of(request)
+    scheduler = _scheduler(request)
+    ids = p.ints("ids") if p.has("ids") else None
+    cleared = await request.app[keys.STORE].clear_failures(ids)
+    started = scheduler.run_soon()
+    return web.json_response({"cleared": cleared, "started": started}, status=202)
+
+
+async def scan(request: web.Request) -> web.Response:
+    started = _scheduler(request).run_soon()
+    if not started:
+        raise ApiError(409, "a scan is already running")
+    return web.json_response({"started": True}, status=202)
+
+
+def _cluster_of(request: web.Request) -> tuple[list[str], dict[int, int]]:
+    for job in request.app[keys.JOBS].list("clustering"):
+        if job.status == DONE and job.result is not None:
+            names = [pl.name for pl in job.result.playlists]
+            member = {int(t): i for i, pl in enumerate(job.result.playlists) for t in pl.track_ids}
+            return names, member
+    return [], {}
+
+
+async def music_map(request: web.Request) -> web.Response:
+    snap, coords = await request.app[keys.SERVICE].projection()
+    cat = snap.catalogue
+    top = cat.tags.argmax(axis=1) if len(cat) else []
+    names, member = _cluster_of(request)
+    points = [
+        {
+            "id": int(cat.ids[i]), "upstream_id": snap.upstream_ids.get(int(cat.ids[i]), ""),
+            "title": cat.titles[i], "artist": cat.artists[i],
+            "x": round(float(coords[i, 0]), 5), "y": round(float(coords[i, 1]), 5),
+            "tag": int(top[i]), "cluster": member.get(int(cat.ids[i]), -1),
+        }
+        for i in range(len(cat))
+    ]
+    return web.json_response({"tags": list(MSD_LABELS), "clusters": names, "points": points})
+
+
+async def features(request: web.Request) -> web.Response:
+    """Tempo, key, energy and top tags of analysed tracks (for showing lists)."""
+    p = await Params.of(request)
+    ids = p.ints("ids", max_items=1000)
+    snap = request.app[keys.SERVICE].snapshot
+    cat = snap.catalogue
+    out = []
+    for tid in ids:
+        if not cat.has(tid):
+            continue
+        row = cat.row(tid)
+        order = cat.tags[row].argsort()[::-1][:3]
+        out.append({
+            "id": tid, "upstream_id": snap.upstream_ids.get(tid, ""),
+            "tempo": round(float(cat.tempo[row]), 1),
+            "key": KEYS[int(cat.key[row])] if int(cat.key[row]) >= 0 else None,
+            "scale": "minor" if bool(cat.minor[row]) else "major",
+            "energy": round(float(cat.energy[row]), 4),
+            "tags": [{"tag": MSD_LABELS[int(t)], "score": round(float(cat.tags[row, t]), 4)}
+                     for t in order],
+        })
+    return web.json_response({"tracks": out})
+
+
+def routes(base: str) -> list[tuple[str, str, Any]]:
+    api = f"{base}/api"
+    return [
+        ("GET", f"{api}/progress", progress),
+        ("GET", f"{api}/events", events),
+        ("GET", f"{api}/failures", failures),
+        ("POST", f"{api}/failures/retry", retry_failures),
+        ("POST", f"{api}/scan", scan),
+        ("GET", f"{api}/map", music_map),
+        ("GET", f"{api}/features", features),
+    ]

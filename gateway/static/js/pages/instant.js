@@ -1,0 +1,41 @@
+// Instant playlist: a sentence → how it was read → the list → export.
+import { post } from "../api.js";
+import { h, field } from "../dom.js";
+import { trackTable, exportForm, errorBox, busy } from "../widgets.js";
+
+function reading(c) {
+  const parts = [];
+  for (const [k, v] of Object.entries(c || {})) {
+    if (v === null || v === undefined || (Array.isArray(v) && !v.length) || (typeof v === "object" && !Array.isArray(v) && !Object.keys(v).length)) continue;
+    parts.push(h("li", {}, h("strong", {}, k.replace(/_/g, " ")), ": ", typeof v === "object" ? JSON.stringify(v) : String(v)));
+  }
+  return parts.length ? h("ul", {}, parts) : h("p", { class: "muted" }, "No constraint recognised.");
+}
+
+export async function render(root) {
+  let result = [];
+  const text = h("input", { placeholder: "sad piano in a minor key around 70 bpm", maxlength: 2000 });
+  const n = h("input", { type: "number", min: 1, max: 1000, value: 20 });
+  const go = h("button", { type: "submit" }, "Make the playlist");
+  const err = errorBox();
+  const out = h("div", { id: "instant-result" });
+  const form = h("form", { class: "card" }, field("Describe the playlist", text), h("div", { class: "row" }, field("How many", n)), go, err);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!text.value.trim()) { err.textContent = "Write a sentence first."; return; }
+    err.textContent = "";
+    const done = busy(go, "Reading…");
+    try {
+      const data = await post("api/instant", { text: text.value, n: Number(n.value) });
+      result = data.tracks;
+      const i = data.interpretation;
+      out.replaceChildren(h("div", { class: "card", id: "instant-reading" }, h("h2", {}, "How it was read"),
+          h("p", { class: "muted" }, `by the ${i.source === "llm" ? "language model" : "built-in reader"}: ${(i.explanation || []).join("; ")}`),
+          reading(i.constraints)),
+        h("h2", {}, `${result.length} songs`), await trackTable(result),
+        exportForm(() => result, text.value.slice(0, 60)));
+    } catch (e2) { err.textContent = e2.message; }
+    finally { done(); }
+  });
+  root.append(form, out);
+}

@@ -1,0 +1,175 @@
+"""Who may log in to the web UI: checked by the upstream server itself, or the admin key.
+
+musegate has no user database. A login is accepted when
+
+* the admin ``api_key`` is given (an operator session that sees the whole library);
+* the source is Subsonic and the upstream's ``ping`` accepts the user name and
+  password — the same ``AuthChecker`` an intercepted app call goes through;
+* the source is Jellyfin and ``POST /Users/AuthenticateByName`` gives an access
+  token, which Jellyfin then confirms on ``/System/Info`` like any caller's token;
+* no ``api_key`` is set and the caller is on this machine (loopback): a local
+  operator session, as the JSON API itself answers loopback callers then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from gateway import access, forwarding, keys
+from gateway.ui_session import ADMIN, JELLYFIN, LOCAL, SUBSONIC
+
+CLIENT = "musegate-web"
+VERSION = "0.1.0"
+LOGIN_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=10)
+
+
+class LoginRefused(Exception):
+    """Wrong credentials (the upstream's or the key); the message is safe to show."""
+
+
+class LoginUnavailable(Exception):
+    """The upstream could not be asked; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class Login:
+    user: str
+    kind: str
+    subsonic_params: tuple[tuple[str, str], ...] = ()
+    jellyfin_token: str | None = None
+    jellyfin_user_id: str | None = None
+
+
+def api_key_of(request: web.Request) -> str:
+    return request.app[keys.CONFIG].api_key
+
+
+def is_local_operator(request: web.Request) -> bool:
+    """The JSON API's own rule for keyless callers (gateway.access): direct, loopback, and
+    musegate itself listening on loopback only."""
+    return access.loopback_only(request.app[keys.CONFIG]) and forwarding.is_direct_local(request)
+
+
+def login_modes(request: web.Request) -> list[str]:
+    """What the login form offers this caller: 'password', 'api_key', 'local'."""
+    config = request.app[keys.CONFIG]
+    modes = []
+    if config.source in ("subsonic", "jellyfin") and config.upstream_url:
+        modes.append("password")
+    if api_key_of(request):
+        modes.append("api_key")
+    elif is_local_operator(request):
+        modes.append("local")
+    return modes
+
+
+def _key_matches(given: str, wanted: str) -> bool:
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(),
+                               hashlib.sha256(wanted.encode()).digest())
+
+
+async def check_login(request: web.Request, body: dict[str, object]) -> Login:
+    config = request.app[keys.CONFIG]
+    modes = login_modes(request)
+    mode = str(body.get("mode") or ("api_key" if body.get("api_key") else "password"))
+    if mode not in modes:
+        raise LoginRefused(f"this server does not accept a {mode.replace('_', ' ')} login here")
+    if mode == "api_key":
+        if not _key_matches(str(body.get("api_key") or ""), api_key_of(request)):
+            raise LoginRefused("wrong API key")
+        return Login("admin", ADMIN)
+    if mode == "local":
+        return Login("local", LOCAL)
+    user = str(body.get("username") or "").strip()
+    password = str(body.get("password") or "")
+    if not user or not password:
+        raise LoginRefused("enter a user name and a password")
+    if config.source == "subsonic":
+        return await _subsonic(request, user, password)
+    return await _jellyfin(request, user, password)
+
+
+async def _subsonic(request: web.Request, user: str, password: str) -> Login:
+    from gateway.subsonic import GATEWAY
+    from gateway.subsonic_auth import Credentials, UpstreamDown, UpstreamError
+
+    params = (("u", user), ("p", "enc:" + password.encode("utf-8").hex()))
+    creds = Credentials(params)
+    try:
+        await request.app[GATEWAY].auth.check(creds, {"c": CLIENT})
+    except UpstreamError as exc:
+        raise LoginRefused(exc.message or "wrong user name or password") from None
+    except UpstreamDown:
+        raise LoginUnavailable("the music server is not reachable") from None
+    return Login(user, SUBSONIC, subsonic_params=params)
+
+
+def jellyfin_auth_header(device_id: str, token: str | None = None) -> str:
+    parts = [f'Client="{CLIENT}"', 'Device="musegate web UI"', f'DeviceId="{device_id}"',
+             f'Version="{VERSION}"']
+    if token:
+        parts.append(f'Token="{token}"')
+    return "MediaBrowser " + ", ".join(parts)
+
+
+def jellyfin_device_id(user: str) -> str:
+    """One device per user in Jellyfin's device list, stable across logins."""
+    return hashlib.sha256(f"musegate-web|{user.lower()}".encode()).hexdigest()[:32]
+
+
+async def _jellyfin(request: web.Request, user: str, password: str) -> Login:
+    from gateway.jellyfin import GATEWAY
+    from gateway.jellyfin_auth import JellyfinCredentials, Refused, UpstreamDown
+
+    gw = request.app[GATEWAY]
+    device = jellyfin_device_id(user)
+    try:
+        async with gw.session.post(
+            gw.upstream_url + "/Users/AuthenticateByName",
+            json={"Username": user, "Pw": password},
+            headers={"X-Emby-Authorization": jellyfin_auth_header(device),
+                     "Accept": "application/json"},
+            timeout=LOGIN_TIMEOUT,
+        ) as resp:
+            if resp.status in (400, 401, 403):
+                raise LoginRefused("wrong user name or password")
+            if resp.status != 200:
+                raise LoginUnavailable(f"Jellyfin answered HTTP {resp.status}")
+            answer = await resp.json(content_type=None)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        raise LoginUnavailable("the music server is not reachable") from None
+    token = str((answer or {}).get("AccessToken") or "")
+    user_id = str(((answer or {}).get("User") or {}).get("Id") or "")
+    if not token:
+        raise LoginUnavailable("Jellyfin answered without an access token")
+    creds = JellyfinCredentials.of({"X-Emby-Token": token}, {})
+    try:
+        await gw.auth.check(gw.upstream_url, creds)
+    except Refused:
+        raise LoginRefused("Jellyfin refused the new access token") from None
+    except UpstreamDown:
+        raise LoginUnavailable("the music server is not reachable") from None
+    return Login(user, JELLYFIN, jellyfin_token=token, jellyfin_user_id=user_id or None)
+
+
+async def jellyfin_logout(request: web.Request, token: str, user: str) -> None:
+    """Revoke the session's Jellyfin token (best effort: a logout never fails)."""
+    from gateway.jellyfin import GATEWAY
+
+    gw = request.app.get(GATEWAY)
+    if gw is None:
+        return
+    try:
+        async with gw.session.post(
+            gw.upstream_url + "/Sessions/Logout",
+            headers={"X-Emby-Authorization": jellyfin_auth_header(jellyfin_device_id(user), token)},
+            timeout=LOGIN_TIMEOUT,
+        ):
+            pass
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass

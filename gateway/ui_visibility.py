@@ -1,0 +1,168 @@
+"""Web UI users see only the songs their music server shows them.
+
+The JSON API answers from musegate's own store, which holds every song the
+service account scanned. When a request comes from a UI session of an
+upstream user (not the operator), every track in the answer — any list of
+objects with an ``upstream_id`` — is kept only when the upstream lets that
+user see it, asked the same way the protocol gateways ask:
+
+* Subsonic: ``SubsonicGateway.visible`` with the session's credentials, i.e.
+  ``subsonic_visibility`` decides: ``hydrate`` (one ``getSong`` per song as
+  the user) or ``folders`` (the user's ``getMusicFolders`` against the folder
+  the scan recorded);
+* Jellyfin: ``GET /Items?Ids=…`` with the user's access token, in chunks;
+  what Jellyfin leaves out of its answer is not visible.
+
+Verdicts are remembered in the session for ``auth_cache_seconds`` so that a
+page that shows the same songs again costs no upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway import keys
+from gateway.ui_session import JELLYFIN, SUBSONIC, UiSession, session_of
+
+IDS_PER_CALL = 200
+VERDICTS = "visible"
+
+
+def _cache(session: UiSession) -> dict[str, tuple[float, bool]]:
+    return session.cache.setdefault(VERDICTS, {})
+
+
+async def visible_ids(
+    request: web.Request, session: UiSession, tracks: Sequence[tuple[int, str]]
+) -> set[str]:
+    """The upstream ids among ``tracks`` ((musegate id, upstream id) pairs) the user may see."""
+    if session.sees_everything:
+        return {u for _, u in tracks}
+    ttl = float(request.app[keys.CONFIG].auth_cache_seconds)
+    now = time.monotonic()
+    cache = _cache(session)
+    known: set[str] = set()
+    ask: list[tuple[int, str]] = []
+    for tid, uid in dict.fromkeys(tracks):
+        verdict = cache.get(uid)
+        if verdict is not None and verdict[0] > now:
+            if verdict[1]:
+                known.add(uid)
+        else:
+            ask.append((tid, uid))
+    if ask:
+        if session.kind == SUBSONIC:
+            seen = await _subsonic_visible(request, session, ask)
+        elif session.kind == JELLYFIN:
+            seen = await _jellyfin_visible(request, session, [u for _, u in ask])
+        else:
+            seen = set()
+        if ttl > 0:
+            if len(cache) > 200_000:
+                cache.clear()
+            for _, uid in ask:
+                cache[uid] = (now + ttl, uid in seen)
+        known |= seen
+    return known
+
+
+async def _subsonic_visible(
+    request: web.Request, session: UiSession, tracks: list[tuple[int, str]]
+) -> set[str]:
+    from gateway.subsonic import GATEWAY
+    from gateway.subsonic_auth import Credentials
+
+    gw = request.app[GATEWAY]
+    found = await gw.visible(request.app[keys.STORE], tracks,
+                             Credentials(session.subsonic_params), {"c": "musegate-web"})
+    return {uid for uid, _ in found}
+
+
+async def _jellyfin_visible(request: web.Request, session: UiSession, ids: list[str]) -> set[str]:
+    from gateway.jellyfin import GATEWAY
+
+    gw = request.app[GATEWAY]
+    headers = {"X-Emby-Token": session.jellyfin_token or "", "Accept": "application/json"}
+
+    async def chunk(part: list[str]) -> set[str]:
+        params = {"Ids": ",".join(part), "Fields": "", "EnableImages": "false",
+                  "EnableUserData": "false"}
+        if session.jellyfin_user_id:
+            params["UserId"] = session.jellyfin_user_id
+        async with gw.session.get(gw.upstream_url + "/Items", params=params,
+                                  headers=headers) as resp:
+            if resp.status != 200:
+                return set()
+            body = await resp.json(content_type=None)
+        items = body.get("Items") if isinstance(body, dict) else None
+        return {str(i.get("Id")) for i in items or [] if isinstance(i, dict) and i.get("Id")}
+
+    parts = [ids[i : i + IDS_PER_CALL] for i in range(0, len(ids), IDS_PER_CALL)]
+    try:
+        found = await asyncio.gather(*(chunk(p) for p in parts))
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return set()
+    seen = set().union(*found) if found else set()
+    # Jellyfin ids compare without dashes and case: map answers back to the stored spelling.
+    norm = {s.replace("-", "").lower() for s in seen}
+    return {u for u in ids if u.replace("-", "").lower() in norm}
+
+
+def _track_lists(node: Any, out: list[list[Any]]) -> None:
+    """Every list in a JSON answer whose items are track objects (they carry ``upstream_id``)."""
+    if isinstance(node, dict):
+        for value in node.values():
+            _track_lists(value, out)
+    elif isinstance(node, list):
+        if node and all(isinstance(i, dict) and "upstream_id" in i for i in node):
+            out.append(node)
+        else:
+            for value in node:
+                _track_lists(value, out)
+
+
+async def filter_answer(request: web.Request, session: UiSession, body: Any) -> Any:
+    lists: list[list[Any]] = []
+    _track_lists(body, lists)
+    pairs = [(int(t.get("id") or 0), str(t["upstream_id"])) for lst in lists for t in lst
+             if t.get("upstream_id")]
+    seen = await visible_ids(request, session, pairs)
+    kept: set[int] = set()
+    for lst in lists:
+        lst[:] = [t for t in lst if str(t.get("upstream_id")) in seen]
+        kept.update(int(t.get("id") or 0) for t in lst)
+    projection = body.get("projection") if isinstance(body, dict) else None
+    if isinstance(projection, list):  # alchemy's scatter names its result songs too
+        body["projection"] = [p for p in projection if not isinstance(p, dict)
+                              or p.get("role") != "result" or p.get("track_id") in kept]
+    return body
+
+
+def visibility_middleware(base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Filter the JSON API's answers for UI sessions of upstream users."""
+    api = f"{base}/api/"
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        if not request.path.startswith(api):
+            return response
+        session = session_of(request)
+        if (session is None or session.sees_everything or not isinstance(response, web.Response)
+                or response.content_type != "application/json" or response.status >= 300
+                or response.body is None):
+            return response
+        body = json.loads(response.body)  # type: ignore[arg-type]
+        body = await filter_answer(request, session, body)
+        return web.json_response(body, status=response.status)
+
+    return middleware
