@@ -138,7 +138,10 @@ report PODMAN_GLOBAL "${GLOBAL[*]}"
 report PODMAN_RUN_OPTS "${RUN_OPTS[*]}"
 
 # ---- 2. the musegate image -------------------------------------------------
-BUILD_OPTS=(--format docker --build-arg "BASE=$BASE_IMAGE" -t "$IMAGE" -f podman/Containerfile)
+# --format docker: the OCI format has no HEALTHCHECK. --layers=false: no
+# intermediate images pile up over repeated runs (pip reinstalls every time).
+BUILD_OPTS=(--format docker --layers=false --build-arg "BASE=$BASE_IMAGE" -t "$IMAGE"
+            -f podman/Containerfile)
 # The ulimits the probe needed apply to the build's RUN steps as well.
 BUILD_OPTS+=("${RUN_OPTS[@]}")
 if [ -n "$BUILD_CA" ]; then
@@ -146,10 +149,15 @@ if [ -n "$BUILD_CA" ]; then
                --build-arg PIP_CERT=/run/musegate-build-ca.crt)
 fi
 say "podman build ${BUILD_OPTS[*]} ."
+OLD_ID=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 started=$(now)
 podman "${GLOBAL[@]}" build "${BUILD_OPTS[@]}" . >"$WORK/build.log" 2>&1 \
   || { tail -30 "$WORK/build.log" >&2; fail "podman build failed"; }
 BUILD_SECONDS=$(elapsed "$started")
+# The image this tag had before, now untagged (kept if a container still uses it).
+if [ -n "$OLD_ID" ] && [ "$OLD_ID" != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+  podman rmi "$OLD_ID" >/dev/null 2>&1 || true
+fi
 SIZE_BYTES=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 SIZE_MB=$(awk -v b="$SIZE_BYTES" 'BEGIN { printf "%.0f", b / 1000000 }')
 BASE_MB=$(awk -v b="$(podman image inspect --format '{{.Size}}' "$BASE_IMAGE")" 'BEGIN { printf "%.0f", b / 1000000 }')
