@@ -47,6 +47,7 @@ IMPORT_KEY=$(printf '%s|%s' "$BASE_KEY" "$BASE_PATH" | sha256sum | cut -c1-16)
 BASE_TAR=$CACHE_DIR/bookworm-python-$BASE_KEY.tar
 
 NAME=musegate-build-local-$$
+GLOBAL=()  # podman's global options, as the probe below finds them
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/musegate-build-local.XXXXXX")
 cleanup() {
   podman "${GLOBAL[@]}" rm -f -v "$NAME" >/dev/null 2>&1 || true
@@ -65,7 +66,6 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 command -v podman >/dev/null || skip "podman is not installed (apt-get install podman)"
 command -v mmdebstrap >/dev/null || skip "mmdebstrap is not installed (apt-get install mmdebstrap)"
-GLOBAL=()
 
 # ---- 1. the base image -----------------------------------------------------
 mkdir -p "$CACHE_DIR"
