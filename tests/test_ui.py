@@ -9,6 +9,7 @@ shows, with Playwright's deadlines; nothing sleeps.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ import pytest
 from tests.conftest import sine_mix, write_track
 from tests.ui_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, USERS, browser_missing, stack
 
+# CI installs both (.ci/run): there a missing browser is a failure, not a skip.
+if browser_missing() is not None and os.environ.get("CI"):
+    raise RuntimeError(f"CI must run the browser tests: {browser_missing()}")
 pytestmark = pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or "")
 
 DESKTOP = {"width": 1280, "height": 800}
