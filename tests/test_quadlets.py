@@ -442,7 +442,7 @@ def test_musegate_container_follows_the_deployment_contract():
     assert unit.value("Container", "Image") == "ghcr.io/musegate/musegate:latest"
     assert unit.value("Container", "AutoUpdate") == "registry"
     # The way to a locally built image is spelled out, since none is published.
-    assert "podman build -t localhost/musegate:latest -f podman/Containerfile ." in text
+    assert "podman build --format docker -t localhost/musegate:latest -f podman/Containerfile ." in text
     assert re.search(r"^#\s*Image=localhost/musegate:latest$", text, re.M)
     assert re.search(r"^#\s*AutoUpdate=local$", text, re.M)
     volumes = {v.split(":")[1]: v for v in unit.values("Container", "Volume")}
