@@ -373,7 +373,8 @@ def render(results: list[dict[str, Any]], wall: float) -> str:
         "",
         "A folder library of empty files with a synthetic analysis per song (40 embedding "
         "clusters with their own top tags), served by the real `musegate serve` (local operator "
-        "login) and opened in the Music map page through Playwright. api/map times are the "
+        "login) and opened in the Music map page through Playwright, after an unreported 200-song "
+        "round that warms disk caches. api/map times are the "
         "client's on loopback (request to last byte). The first frame is the first "
         "requestAnimationFrame after the page marks the points drawn, from navigation start "
         "(api/map is warm then). Pan: one pointermove per animation frame while a real button "
