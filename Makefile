@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/jellyfin.py
+	$(BIN)/python bench/ui_map.py
 
 clean:
 	rm -rf $(VENV) demo-data build *.egg-info

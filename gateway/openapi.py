@@ -446,7 +446,25 @@ def _library_and_ui(base: str) -> dict[str, dict[str, Any]]:
             "responses": {**_ok("Started", obj, "202"), **_errors("409")}}},
         f"{api}/map": {"get": {
             "summary": "Every analysed track's 2-D map position, top tag and cluster",
-            "tags": lib, "operationId": "musicMap", "responses": _ok("Map points", obj)}},
+            "description": "Parallel arrays: entry i of every array in `points` is song i "
+                           "(`count` songs). `tag` indexes `tags`; `cluster` indexes "
+                           "`clusters` (the newest finished clustering), -1 for none. "
+                           "Coordinates are in [-1, 1], rounded to 5 decimals. A music-server "
+                           "user's session gets only the songs their server shows them.",
+            "tags": lib, "operationId": "musicMap", "responses": _ok("Map points", {
+                "type": "object", "required": ["tags", "clusters", "count", "points"],
+                "properties": {
+                    "tags": {"type": "array", "items": STR},
+                    "clusters": {"type": "array", "items": STR},
+                    "count": INT,
+                    "points": {"type": "object", "properties": {
+                        "id": IDS,
+                        "title": {"type": "array", "items": STR},
+                        "artist": {"type": "array", "items": STR},
+                        "x": {"type": "array", "items": NUM},
+                        "y": {"type": "array", "items": NUM},
+                        "tag": {"type": "array", "items": INT},
+                        "cluster": {"type": "array", "items": INT}}}}})}},
         f"{api}/features": {"get": {
             "summary": "Tempo, key, energy and top tags of analysed tracks",
             "tags": lib, "operationId": "trackFeatures",

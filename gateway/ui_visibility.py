@@ -32,6 +32,9 @@ from gateway import keys
 from gateway.ui_session import JELLYFIN, SUBSONIC, UiSession, session_of
 
 IDS_PER_CALL = 200
+# A handler that filtered its own answer for the session sets this on the response
+# (api/map: its songs are parallel arrays, not a list of track objects).
+FILTERED_BY_HANDLER = web.ResponseKey("musegate_filtered", bool)
 VERDICTS = "visible"
 
 
@@ -158,7 +161,7 @@ def visibility_middleware(base: str) -> Callable[..., Awaitable[web.StreamRespon
             return response
         session = session_of(request)
         if (session is None or session.sees_everything or not isinstance(response, web.Response)
-                or response.content_type != "application/json" or response.status >= 300
+                or response.get(FILTERED_BY_HANDLER) or response.content_type != "application/json" or response.status >= 300
                 or response.body is None):
             return response
         body = json.loads(response.body)  # type: ignore[arg-type]

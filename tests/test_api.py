@@ -237,6 +237,27 @@ async def test_clustering_job_start_poll_fetch(env: Env) -> None:
     assert job["status"] == "done" and job["progress"] == 1.0
     jobs = await env.get(f"{API}/jobs")
     assert [j["id"] for j in jobs["jobs"]] == [job_id]
+    # The music map colours by the newest clustering: its names, each song's playlist.
+    points = (await env.get(f"{API}/map"))["points"]
+    member = {t["id"]: i for i, pl in enumerate(result["playlists"]) for t in pl["tracks"]}
+    assert (await env.get(f"{API}/map"))["clusters"] == names
+    assert dict(zip(points["id"], points["cluster"], strict=True)) == {
+        tid: member.get(tid, -1) for tid in points["id"]}
+
+
+async def test_music_map_is_parallel_arrays(env: Env) -> None:
+    body = await env.get(f"{API}/map")
+    points = body["points"]
+    assert body["count"] == len(env.lib.ids) and body["clusters"] == []
+    assert set(points) == {"id", "title", "artist", "x", "y", "tag", "cluster"}
+    assert all(len(col) == body["count"] for col in points.values())
+    assert set(points["id"]) == set(env.lib.ids.values())
+    assert all(-1.0 <= v <= 1.0 for v in points["x"] + points["y"])
+    assert all(0 <= t < len(body["tags"]) for t in points["tag"]) and set(points["cluster"]) == {-1}
+    row = points["id"].index(env.id("Piano", 1))
+    assert (points["title"][row], points["artist"][row]) == ("Piano song 1", "Piano Artist 1")
+    assert body["tags"][points["tag"][row]] in ("beautiful", "sad", "Mellow")
+    assert await env.get(f"{API}/map") == body  # the cached answer is the same answer
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,13 @@ async def test_a_user_sees_only_their_libraries(env: Env) -> None:
                                 params={"q": kid_track.title}, headers=proxied) as resp:
                 found = {t["upstream_id"] for t in (await resp.json())["tracks"]}
             assert (kid_track.id in found) == (user == "alice")
+            # The music map (parallel arrays, filtered by its own handler) too.
+            async with http.get(f"{env.url}/musegate/api/map", headers=proxied) as resp:
+                assert resp.status == 200
+                mapped = (await resp.json())["points"]
+            shown = [s for s in env.songs if user == "alice" or s.library == "Music"]
+            assert len(mapped["id"]) == len(mapped["x"]) == len(shown)
+            assert sorted(mapped["title"]) == sorted(s.title for s in shown)
             # A state-changing call needs the session's CSRF token.
             async with http.post(f"{env.url}/musegate/logout") as resp:
                 assert resp.status == 403

@@ -25,15 +25,19 @@ export async function render(root) {
     onPick: (p) => pick(p.track),
   });
 
+  // api/map sends parallel arrays: points.x[i], points.title[i], … are song i.
   let data = null;
+  let tracks = [];
   function paint() {
+    const cols = data.points;
     const byCluster = colour.value === "cluster" && data.clusters.length;
     const names = byCluster ? data.clusters : data.tags;
+    const keyOf = byCluster ? cols.cluster : cols.tag;
     const counts = new Map();
-    for (const p of data.points) { const k = byCluster ? p.cluster : p.tag; counts.set(k, (counts.get(k) || 0) + 1); }
+    for (const k of keyOf) counts.set(k, (counts.get(k) || 0) + 1);
     const ranked = [...counts.entries()].sort((a, b) => b[1] - a[1]);
     const colourOf = new Map(ranked.map(([k], i) => [k, i < 12 ? palette(i) : "hsl(0 0% 55%)"]));
-    scatter.setPoints(data.points.map((p) => ({ x: p.x, y: p.y, color: colourOf.get(byCluster ? p.cluster : p.tag), track: p, label: p.title })));
+    scatter.setPoints(tracks.map((t, i) => ({ x: cols.x[i], y: cols.y[i], color: colourOf.get(keyOf[i]), track: t, label: t.title })));
     legend.replaceChildren(...ranked.slice(0, 12).map(([k, c]) => h("span", {}, h("i", { style: `background:${colourOf.get(k)}` }), `${k < 0 ? "no cluster" : names[k]} (${c})`)));
     if (colour.value === "cluster" && !data.clusters.length) info.textContent = "No clustering has run yet: coloured by top tag (run one on the Clusters page).";
   }
@@ -53,9 +57,11 @@ export async function render(root) {
 
   try {
     data = await get("api/map");
-    info.textContent = `${data.points.length} songs. Hover or tap a point; drag to pan, wheel to zoom.`;
+    const cols = data.points;
+    tracks = cols.id.map((id, i) => ({ id, title: cols.title[i], artist: cols.artist[i] }));
+    info.textContent = `${tracks.length} songs. Hover or tap a point; drag to pan, wheel to zoom.`;
     paint();
-    document.body.dataset.mapPoints = String(data.points.length);
+    document.body.dataset.mapPoints = String(tracks.length);  // drawn: setPoints draws at once
   } catch (e) { err.textContent = e.message; info.textContent = ""; }
   return { stop: () => scatter.destroy() };
 }
