@@ -90,8 +90,8 @@ export async function trackTable(tracks, { columns = [], caption = "" } = {}) {
   const head = h("tr", {}, h("th", {}, h("span", { class: "visually-hidden" }, "Play")),
                  h("th", {}, "#"), h("th", {}, "Song"),
                  ...columns.map((c) => h("th", { class: c.num ? "num" : "" }, c.label)),
-                 h("th", { class: "num" }, "Tempo"), h("th", {}, "Key"),
-                 h("th", { class: "num" }, "Energy"), h("th", { class: "wide" }, "Top tags"),
+                 h("th", { class: "num" }, "Tempo"), h("th", { class: "wide" }, "Key"),
+                 h("th", { class: "num wide" }, "Energy"), h("th", { class: "wide" }, "Top tags"),
                  h("th", { class: "num wide" }, "Length"));
   const rows = tracks.map((t, i) => {
     const f = feats[t.id];
@@ -102,8 +102,8 @@ export async function trackTable(tracks, { columns = [], caption = "" } = {}) {
       h("td", {}, h("div", {}, t.title || "?"), h("div", { class: "muted" }, `${t.artist || "?"} · ${t.album || ""}`)),
       ...columns.map((c) => h("td", { class: c.num ? "num" : "" }, c.value(t))),
       h("td", { class: "num" }, f ? Math.round(f.tempo) : ""),
-      h("td", {}, KEYS_WITH_SCALE(f)),
-      h("td", { class: "num" }, f ? f.energy.toFixed(2) : ""),
+      h("td", { class: "wide" }, KEYS_WITH_SCALE(f)),
+      h("td", { class: "num wide" }, f ? f.energy.toFixed(2) : ""),
       h("td", { class: "tags wide" }, f ? f.tags.map((x) => x.tag).join(", ") : ""),
       h("td", { class: "num wide" }, fmtDuration(t.duration)));
   });
