@@ -3,11 +3,21 @@ import { post } from "../api.js";
 import { h, field } from "../dom.js";
 import { trackTable, exportForm, errorBox, busy } from "../widgets.js";
 
+// [{tag, weight}] → "instrumental (1), beautiful (0.5)"; other objects as key: value pairs.
+function shown(v) {
+  if (Array.isArray(v)) {
+    return v.map((x) => (x && typeof x === "object" && "tag" in x)
+      ? `${x.tag}${x.weight !== undefined ? ` (${x.weight})` : ""}` : shown(x)).join(", ");
+  }
+  if (v && typeof v === "object") return Object.entries(v).map(([k, x]) => `${k} ${shown(x)}`).join(", ");
+  return String(v);
+}
+
 function reading(c) {
   const parts = [];
   for (const [k, v] of Object.entries(c || {})) {
     if (v === null || v === undefined || (Array.isArray(v) && !v.length) || (typeof v === "object" && !Array.isArray(v) && !Object.keys(v).length)) continue;
-    parts.push(h("li", {}, h("strong", {}, k.replace(/_/g, " ")), ": ", typeof v === "object" ? JSON.stringify(v) : String(v)));
+    parts.push(h("li", {}, h("strong", {}, k.replace(/_/g, " ")), ": ", shown(v)));
   }
   return parts.length ? h("ul", {}, parts) : h("p", { class: "muted" }, "No constraint recognised.");
 }
@@ -32,8 +42,12 @@ export async function render(root) {
       out.replaceChildren(h("div", { class: "card", id: "instant-reading" }, h("h2", {}, "How it was read"),
           h("p", { class: "muted" }, `by the ${i.source === "llm" ? "language model" : "built-in reader"}: ${(i.explanation || []).join("; ")}`),
           reading(i.constraints)),
-        h("h2", {}, `${result.length} songs`), await trackTable(result),
-        exportForm(() => result, text.value.slice(0, 60)));
+        ...(result.length
+          ? [h("h2", {}, `${result.length} songs`), await trackTable(result),
+             exportForm(() => result, text.value.slice(0, 60))]
+          : [h("h2", {}, "No songs"),
+             h("p", { class: "muted", id: "instant-empty" },
+               "No analysed song fits all of that. Try fewer or looser words (a tempo range, a mood, one tag).")]));
     } catch (e2) { err.textContent = e2.message; }
     finally { done(); }
   });
