@@ -285,9 +285,18 @@ async def test_song_mix_through_apiclient(env: Env) -> None:
     assert [env.artist_of(i) for i in ids[:8]] == ["Artist 1"] * 8
     # exactly the BaseItemDto the fake itself returns for this caller and these fields
     hydrate = _hydration_calls(env, since)
-    # One Ids call per answer. The client library may retry a slow request on a busy
-    # machine, which repeats the same call; a second, different call would be a bug.
-    assert hydrate and len({tuple(r.query.getall("Ids")) for r in hydrate}) == 1
+    # The client library may retry a slow request on a busy machine, which repeats the
+    # same calls: count each distinct one once, in the order they were made.
+    rounds = list(dict.fromkeys(tuple(",".join(r.query.getall("Ids")).split(","))
+                                for r in hydrate))
+    # One Ids call for the 10 best, and another only for as many as Jellyfin withheld
+    # from it: here only the ghost, which lands among the 10 best in some runs (the
+    # fake's song ids, and so which song gets which synthetic embedding, are random).
+    assert rounds and len(rounds[0]) == 10
+    asked = [i for r in rounds for i in r]
+    assert len(asked) == len(set(asked)), "no id is asked for twice"
+    withheld = sum(1 for i in rounds[0] if i == env.ghost)
+    assert sum(len(r) for r in rounds[1:]) == withheld, rounds
     status, direct, _ = await env.get("/Items", base=env.fake.url, Ids=seed, Fields="Genres,Path",
                                       userId=env.users["alice"])
     assert status == 200 and body["Items"][0] == direct["Items"][0]
