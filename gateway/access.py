@@ -56,6 +56,19 @@ def loopback_only(config: Config) -> bool:
     return forwarding.is_loopback(config.host) or config.host.lower() == "localhost"
 
 
+def key_matches(given: str | None, config: Config) -> bool:
+    """``given`` is the configured api_key (compared in constant time; False when none is set)."""
+    if not config.api_key or given is None:
+        return False
+    return hmac.compare_digest(given.encode(), config.api_key.encode())
+
+
+def local_without_key(request: web.BaseRequest, config: Config) -> bool:
+    """The keyless rule: no api_key set, a direct local caller, musegate bound to loopback."""
+    return (not config.api_key and loopback_only(config)
+            and forwarding.is_direct_local(request))
+
+
 def check(request: web.BaseRequest, config: Config) -> None:
     """Raise :class:`AccessDenied` unless ``request`` may use the API.
 
@@ -69,13 +82,13 @@ def check(request: web.BaseRequest, config: Config) -> None:
             return
         raise AccessDenied(403, "missing or wrong X-CSRF-Token for this web UI session")
     if config.api_key:
-        if key is not None and hmac.compare_digest(key.encode(), config.api_key.encode()):
+        if key_matches(key, config):
             return
         raise AccessDenied(401, "this API needs musegate's api_key "
                                 "(X-API-Key header or Authorization: Bearer)")
     if key is not None:
         raise AccessDenied(401, "an API key was sent but musegate has no api_key configured")
-    if loopback_only(config) and forwarding.is_direct_local(request):
+    if local_without_key(request, config):
         return
     raise AccessDenied(403, "set api_key to use musegate's API from another machine "
                             "or through a proxy")

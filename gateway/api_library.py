@@ -37,6 +37,8 @@ from musegate.library import analyzer_settings
 # How often the event stream looks for a change, and sends a keep-alive comment when idle.
 EVENT_POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
+# Between scheduler announcements the store is counted this often (a retry, a removal).
+COUNT_SECONDS = 10.0
 
 
 def _run_json(scheduler: Any, state: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -57,47 +59,56 @@ def _run_json(scheduler: Any, state: dict[str, Any] | None = None) -> dict[str, 
     return state
 
 
-async def progress_json(app: web.Application,
-                        run: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Counts, the library run (``run``: a state the scheduler announced, else its current one)."""
-    config = app[keys.CONFIG]
-    settings = analyzer_settings(config)
+async def _counts(app: web.Application) -> dict[str, Any]:
+    """The store's counts: one SQL round (≈23 ms at 100k tracks, bench/store.py)."""
+    settings = analyzer_settings(app[keys.CONFIG])
     st = await app[keys.STORE].status(settings.version, settings.max_attempts)
+    return {"tracks": st.tracks, "analysed": st.analysed, "failed": st.failed,
+            "pending": st.pending, "outdated": st.outdated}
+
+
+def _live(app: web.Application, run: dict[str, Any] | None) -> dict[str, Any]:
+    """What changes without the store: the index size, the library run, background jobs."""
     jobs = [j.to_json() for j in app[keys.JOBS].list()[:10]]
     for job in jobs:
         job.pop("params", None)
-    return {
-        "tracks": st.tracks, "analysed": st.analysed, "failed": st.failed,
-        "pending": st.pending, "outdated": st.outdated,
-        "indexed": len(app[keys.SERVICE].snapshot.index),
-        "run": _run_json(app.get(keys.SCHEDULER), run),
-        "jobs": jobs,
-    }
+    return {"indexed": len(app[keys.SERVICE].snapshot.index),
+            "run": _run_json(app.get(keys.SCHEDULER), run), "jobs": jobs}
 
 
 async def progress(request: web.Request) -> web.Response:
-    return web.json_response(await progress_json(request.app))
+    return web.json_response({**await _counts(request.app), **_live(request.app, None)})
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """``progress`` as Server-Sent Events (``event: progress``), sent on every change.
 
     Every state the scheduler announces is sent (none is skipped, however quickly the
-    run moves on); counts and jobs are looked at twice a second in between.
+    run moves on), and the store is counted again with it (at most once a second while
+    it runs, and always when it ends): analyses are written only by a run. In between, jobs and the run are looked at twice a second from memory,
+    and the store only every COUNT_SECONDS, so an open Status page does not keep the
+    database thread busy while apps wait for it.
     """
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",
     })
     await response.prepare(request)
+    app = request.app
     last = ""
-    idle_since = time.monotonic()
-    scheduler = request.app.get(keys.SCHEDULER)
+    idle_since = counted_at = time.monotonic()
+    counts = await _counts(app)
+    scheduler = app.get(keys.SCHEDULER)
     queue = scheduler.subscribe() if scheduler is not None else None
     run: dict[str, Any] | None = None
     try:
         while True:
-            data = json.dumps(await progress_json(request.app, run), separators=(",", ":"))
+            since = time.monotonic() - counted_at
+            # A run's end is counted at once; its progress at most once a second.
+            ended = run is not None and run.get("status") not in ("scanning", "analysing")
+            if ended or (run is not None and since >= 1.0) or since >= COUNT_SECONDS:
+                counts, counted_at = await _counts(app), time.monotonic()
+            data = json.dumps({**counts, **_live(app, run)}, separators=(",", ":"))
             if data != last:
                 await response.write(f"event: progress\ndata: {data}\n\n".encode())
                 last, idle_since = data, time.monotonic()

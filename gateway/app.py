@@ -113,7 +113,7 @@ def create_app(
     app = web.Application(middlewares=[
         forwarding.middleware(config), metrics.middleware(_classifier(config)),
         error_middleware(config),
-        ui.session_middleware(base), visibility_middleware(base),
+        visibility_middleware(base),
     ])
     app[keys.CONFIG] = config
     app[keys.ADAPTER] = adapter_for(config) if adapter is _DEFAULT else adapter

@@ -12,8 +12,7 @@ from typing import Any
 from analysis.labels import MSD_LABELS
 from index.clustering import ALGORITHMS
 from index.instant import CONSTRAINTS_SCHEMA
-
-VERSION = "0.1.0"
+from musegate import __version__ as VERSION
 
 
 def _q(name: str, schema: dict[str, Any], description: str, required: bool = False,

@@ -18,15 +18,15 @@ computes from the public prefix, so it works behind a reverse proxy sub-path.
 
 from __future__ import annotations
 
+import contextlib
 import html
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from gateway import forwarding, keys
+from gateway import forwarding, keys, proxy
 from gateway.ui_login import (
     LoginRefused,
     LoginUnavailable,
@@ -63,19 +63,15 @@ SECURITY_HEADERS = {
 }
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
           ".png": "image/png", ".txt": "text/plain", ".html": "text/html"}
+# The shared session does not decompress, so Content-Encoding must travel with the bytes.
 _RELAYED = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Last-Modified",
-            "ETag")
+            "ETag", "Content-Encoding")
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
 
 
 def public_prefix(request: web.Request) -> str:
     """The public path musegate's own routes live under (proxy prefix + mount path + base path)."""
     return forwarding.public_prefix(request) + request.app[keys.CONFIG].base_path
-
-
-def is_https(request: web.Request) -> bool:
-    """https directly, or as a trusted proxy's X-Forwarded-Proto says (forwarding rewrote it)."""
-    return request.secure
 
 
 def _json_error(status: int, message: str, **extra: Any) -> web.Response:
@@ -142,7 +138,7 @@ async def login(request: web.Request) -> web.Response:
     response = web.json_response({"logged_in": True, **session.to_json(),
                                   "source": request.app[keys.CONFIG].source},
                                  headers={"Cache-Control": "no-store"})
-    set_cookie(response, session, public_prefix(request), is_https(request))
+    set_cookie(response, session, public_prefix(request), request.secure)
     return response
 
 
@@ -155,7 +151,7 @@ async def logout(request: web.Request) -> web.Response:
         if session.kind == JELLYFIN and session.jellyfin_token:
             await jellyfin_logout(request, session.jellyfin_token, session.user)
     response = web.json_response({"logged_out": True})
-    clear_cookie(response, public_prefix(request), is_https(request))
+    clear_cookie(response, public_prefix(request), request.secure)
     return response
 
 
@@ -211,10 +207,13 @@ async def _relay(request: web.Request, url: str, query: dict[str, str],
                  headers: dict[str, str]) -> web.StreamResponse:
     if "Range" in request.headers:
         headers = {**headers, "Range": request.headers["Range"]}
-    async with aiohttp.ClientSession(timeout=STREAM_TIMEOUT,
-                                     cookie_jar=aiohttp.DummyCookieJar()) as client:
+    shared = request.app.get(proxy.SESSION)
+    async with contextlib.AsyncExitStack() as stack:
+        # The pass-through's pooled session when there is one (no new pool per preview).
+        client = shared or await stack.enter_async_context(proxy.new_session())
         try:
-            upstream = await client.get(url, params=query, headers=headers)
+            upstream = await client.get(url, params=query, headers=headers,
+                                        timeout=STREAM_TIMEOUT)
         except (TimeoutError, aiohttp.ClientError, OSError):
             return _json_error(502, "the music server is not reachable")
         async with upstream:
@@ -231,21 +230,6 @@ async def _relay(request: web.Request, url: str, query: dict[str, str],
                 await response.write(chunk)
             await response.write_eof()
             return response
-
-
-def session_middleware(base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The UI's own data routes answer only a session (the page and its files are public)."""
-    protected = (f"{base}/stream/",)
-
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if request.path.startswith(protected) and session_of(request) is None:
-            return _json_error(401, "not logged in")
-        return await handler(request)
-
-    return middleware
 
 
 def routes(base: str) -> list[tuple[str, str, Any]]:

@@ -14,17 +14,16 @@ musegate has no user database. A login is accepted when
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from gateway import access, forwarding, keys
+from gateway import access, keys
 from gateway.ui_session import ADMIN, JELLYFIN, LOCAL, SUBSONIC
+from musegate import __version__ as VERSION
 
 CLIENT = "musegate-web"
-VERSION = "0.1.0"
 LOGIN_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=10)
 
 
@@ -45,32 +44,17 @@ class Login:
     jellyfin_user_id: str | None = None
 
 
-def api_key_of(request: web.Request) -> str:
-    return request.app[keys.CONFIG].api_key
-
-
-def is_local_operator(request: web.Request) -> bool:
-    """The JSON API's own rule for keyless callers (gateway.access): direct, loopback, and
-    musegate itself listening on loopback only."""
-    return access.loopback_only(request.app[keys.CONFIG]) and forwarding.is_direct_local(request)
-
-
 def login_modes(request: web.Request) -> list[str]:
     """What the login form offers this caller: 'password', 'api_key', 'local'."""
     config = request.app[keys.CONFIG]
     modes = []
     if config.source in ("subsonic", "jellyfin") and config.upstream_url:
         modes.append("password")
-    if api_key_of(request):
+    if config.api_key:
         modes.append("api_key")
-    elif is_local_operator(request):
+    elif access.local_without_key(request, config):
         modes.append("local")
     return modes
-
-
-def _key_matches(given: str, wanted: str) -> bool:
-    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(),
-                               hashlib.sha256(wanted.encode()).digest())
 
 
 async def check_login(request: web.Request, body: dict[str, object]) -> Login:
@@ -80,7 +64,7 @@ async def check_login(request: web.Request, body: dict[str, object]) -> Login:
     if mode not in modes:
         raise LoginRefused(f"this server does not accept a {mode.replace('_', ' ')} login here")
     if mode == "api_key":
-        if not _key_matches(str(body.get("api_key") or ""), api_key_of(request)):
+        if not access.key_matches(str(body.get("api_key") or ""), config):
             raise LoginRefused("wrong API key")
         return Login("admin", ADMIN)
     if mode == "local":

@@ -19,19 +19,17 @@ page that shows the same songs again costs no upstream call.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway import keys
 from gateway.ui_session import JELLYFIN, SUBSONIC, UiSession, session_of
 
-IDS_PER_CALL = 200
 # A handler that filtered its own answer for the session sets this on the response
 # (api/map: its songs are parallel arrays, not a list of track objects).
 FILTERED_BY_HANDLER = web.ResponseKey("musegate_filtered", bool)
@@ -89,33 +87,22 @@ async def _subsonic_visible(
 
 
 async def _jellyfin_visible(request: web.Request, session: UiSession, ids: list[str]) -> set[str]:
-    from gateway.jellyfin import GATEWAY
+    """The gateway's own ``GET /Items?Ids=…`` (chunked, as the caller) with the session's token."""
+    from gateway.jellyfin import GATEWAY, Call, normalise_id
+    from gateway.jellyfin_auth import JellyfinCredentials, UpstreamDown
 
     gw = request.app[GATEWAY]
-    headers = {"X-Emby-Token": session.jellyfin_token or "", "Accept": "application/json"}
-
-    async def chunk(part: list[str]) -> set[str]:
-        params = {"Ids": ",".join(part), "Fields": "", "EnableImages": "false",
-                  "EnableUserData": "false"}
-        if session.jellyfin_user_id:
-            params["UserId"] = session.jellyfin_user_id
-        async with gw.session.get(gw.upstream_url + "/Items", params=params,
-                                  headers=headers) as resp:
-            if resp.status != 200:
-                return set()
-            body = await resp.json(content_type=None)
-        items = body.get("Items") if isinstance(body, dict) else None
-        return {str(i.get("Id")) for i in items or [] if isinstance(i, dict) and i.get("Id")}
-
-    parts = [ids[i : i + IDS_PER_CALL] for i in range(0, len(ids), IDS_PER_CALL)]
+    call = Call(request, gw.upstream_url,
+                JellyfinCredentials.of({"X-Emby-Token": session.jellyfin_token or ""}, {}),
+                CIMultiDict(), {})
+    params = {"Fields": "", "EnableImages": "false", "EnableUserData": "false"}
+    if session.jellyfin_user_id:
+        params["UserId"] = session.jellyfin_user_id
     try:
-        found = await asyncio.gather(*(chunk(p) for p in parts))
-    except (TimeoutError, aiohttp.ClientError, OSError):
+        found = await gw.items(call, ids, params)
+    except UpstreamDown:
         return set()
-    seen = set().union(*found) if found else set()
-    # Jellyfin ids compare without dashes and case: map answers back to the stored spelling.
-    norm = {s.replace("-", "").lower() for s in seen}
-    return {u for u in ids if u.replace("-", "").lower() in norm}
+    return {u for u in ids if normalise_id(u) in found}
 
 
 def _track_lists(node: Any, out: list[list[Any]]) -> None:
