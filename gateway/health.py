@@ -39,7 +39,6 @@ async def _upstream_reason(app: web.Application) -> str | None:
     try:
         async with session.get(config.upstream_url, allow_redirects=False,
                                timeout=READY_TIMEOUT) as resp:
-            await resp.release()
             if resp.status >= 500:
                 return f"music server answers {resp.status}"
             return None

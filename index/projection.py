@@ -38,8 +38,3 @@ def project_2d(vectors: np.ndarray) -> np.ndarray:
         coords /= scale
     return coords.astype(np.float32)
 
-
-def top_tags(tags: np.ndarray) -> np.ndarray:
-    """int [N]: the index of each track's strongest tag."""
-    tags = np.asarray(tags)
-    return np.argmax(tags, axis=1) if len(tags) else np.zeros(0, np.int64)
