@@ -143,6 +143,17 @@ export function exportForm(getTracks, defaultName) {
 
 export function errorBox() { return h("p", { class: "error", role: "alert" }); }
 
+// A form's submit: the button shows `label` and is disabled while `run` works; an error
+// it throws is shown in `err` (the same for every page's main form).
+export function onSubmit(form, button, err, label, run) {
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    err.textContent = "";
+    const done = busy(button, label);
+    try { await run(); } catch (e2) { err.textContent = e2.message; } finally { done(); }
+  });
+}
+
 export function busy(button, text) {
   const old = button.textContent;
   button.disabled = true;

@@ -2,7 +2,7 @@
 import { post } from "../api.js";
 import { h, field, palette } from "../dom.js";
 import { Scatter } from "../scatter.js";
-import { trackPicker, trackTable, exportForm, errorBox, chip, busy, play } from "../widgets.js";
+import { trackPicker, trackTable, exportForm, errorBox, chip, onSubmit, play } from "../widgets.js";
 
 const TAGS = ["rock", "pop", "electronic", "jazz", "ambient", "acoustic", "instrumental", "metal", "dance",
               "chillout", "sad", "happy", "party", "Mellow", "beautiful", "guitar", "experimental", "folk", "blues", "soul"];
@@ -37,30 +37,24 @@ export async function render(root) {
     chips,
     h("div", { class: "row" }, h("div", {}, h("label", { for: (temp.id = "alchemy-temp") }, "Temperature"), temp, tempOut), field("How many", n)),
     go, err);
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    err.textContent = "";
-    const done = busy(go, "Mixing…");
-    try {
-      const strip = (x) => ({ kind: x.kind, value: x.value });
-      const data = await post("api/alchemy", { add: add.map(strip), subtract: subtract.map(strip), n: Number(n.value), temperature: Number(temp.value) });
-      result = data.tracks;
-      const byId = Object.fromEntries(result.map((t) => [t.id, t]));
-      const canvas = h("canvas", { class: "scatter", id: "alchemy-scatter", role: "img", "aria-label": "Results and ingredients on a plane; click a result to play it" });
-      const colors = { result: palette(0), add: palette(3), subtract: palette(1), add_centroid: palette(3), subtract_centroid: palette(1) };
-      const legend = h("div", { class: "legend" }, ["result", "add", "subtract"].map((r) => h("span", {}, h("i", { style: `background:${colors[r]}` }), r)));
-      out.replaceChildren(h("h2", {}, `${result.length} songs`), h("div", { class: "card" }, canvas, legend),
-        await trackTable(result, { columns: [{ label: "Similarity", num: true, value: (t) => t.similarity.toFixed(3) }] }),
-        exportForm(() => result, "Alchemy mix"));
-      if (scatter) scatter.destroy();
-      scatter = new Scatter(canvas, { onPick: (p) => p.track && play(p.track) });
-      scatter.setPoints(data.projection.map((p) => ({
-        x: p.x, y: p.y, label: p.label, color: colors[p.role] || palette(5),
-        shape: p.role === "add_centroid" || p.role === "subtract_centroid" ? "cross" : (p.role === "result" ? "dot" : "ring"),
-        showLabel: p.role !== "result", track: byId[p.track_id], r: 5,
-      })));
-    } catch (e2) { err.textContent = e2.message; }
-    finally { done(); }
+  onSubmit(form, go, err, "Mixing…", async () => {
+    const strip = (x) => ({ kind: x.kind, value: x.value });
+    const data = await post("api/alchemy", { add: add.map(strip), subtract: subtract.map(strip), n: Number(n.value), temperature: Number(temp.value) });
+    result = data.tracks;
+    const byId = Object.fromEntries(result.map((t) => [t.id, t]));
+    const canvas = h("canvas", { class: "scatter", id: "alchemy-scatter", role: "img", "aria-label": "Results and ingredients on a plane; click a result to play it" });
+    const colors = { result: palette(0), add: palette(3), subtract: palette(1), add_centroid: palette(3), subtract_centroid: palette(1) };
+    const legend = h("div", { class: "legend" }, ["result", "add", "subtract"].map((r) => h("span", {}, h("i", { style: `background:${colors[r]}` }), r)));
+    out.replaceChildren(h("h2", {}, `${result.length} songs`), h("div", { class: "card" }, canvas, legend),
+      await trackTable(result, { columns: [{ label: "Similarity", num: true, value: (t) => t.similarity.toFixed(3) }] }),
+      exportForm(() => result, "Alchemy mix"));
+    if (scatter) scatter.destroy();
+    scatter = new Scatter(canvas, { onPick: (p) => p.track && play(p.track) });
+    scatter.setPoints(data.projection.map((p) => ({
+      x: p.x, y: p.y, label: p.label, color: colors[p.role] || palette(5),
+      shape: p.role === "add_centroid" || p.role === "subtract_centroid" ? "cross" : (p.role === "result" ? "dot" : "ring"),
+      showLabel: p.role !== "result", track: byId[p.track_id], r: 5,
+    })));
   });
   show();
   root.append(form, out);

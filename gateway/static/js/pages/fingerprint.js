@@ -1,7 +1,7 @@
 // Sonic fingerprint: songs like what the logged-in user plays most.
 import { post } from "../api.js";
 import { h, field } from "../dom.js";
-import { trackTable, exportForm, errorBox, busy } from "../widgets.js";
+import { trackTable, exportForm, errorBox, onSubmit } from "../widgets.js";
 
 export async function render(root, session) {
   let result = [];
@@ -16,20 +16,14 @@ export async function render(root, session) {
     h("div", { class: "row" }, field("How many", n),
       h("div", {}, h("label", { for: (played.id = "fp-played") }, played, " include songs already played"))),
     go, err);
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    err.textContent = "";
-    const done = busy(go, "Listening…");
-    try {
-      const body = { n: Number(n.value), include_played: played.checked };
-      if (upstreamUser) body.user = session.user;
-      const data = await post("api/fingerprint", body);
-      result = data.tracks;
-      out.replaceChildren(h("h2", {}, `${result.length} songs from ${data.plays_used} played songs`),
-        await trackTable(result, { columns: [{ label: "Match", num: true, value: (t) => t.similarity.toFixed(3) }] }),
-        exportForm(() => result, `${session.user}'s fingerprint`));
-    } catch (e2) { err.textContent = e2.message; }
-    finally { done(); }
+  onSubmit(form, go, err, "Listening…", async () => {
+    const body = { n: Number(n.value), include_played: played.checked };
+    if (upstreamUser) body.user = session.user;
+    const data = await post("api/fingerprint", body);
+    result = data.tracks;
+    out.replaceChildren(h("h2", {}, `${result.length} songs from ${data.plays_used} played songs`),
+      await trackTable(result, { columns: [{ label: "Match", num: true, value: (t) => t.similarity.toFixed(3) }] }),
+      exportForm(() => result, `${session.user}'s fingerprint`));
   });
   root.append(form, out);
 }

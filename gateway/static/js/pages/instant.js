@@ -1,7 +1,7 @@
 // Instant playlist: a sentence → how it was read → the list → export.
 import { post } from "../api.js";
 import { h, field } from "../dom.js";
-import { trackTable, exportForm, errorBox, busy } from "../widgets.js";
+import { trackTable, exportForm, errorBox, onSubmit } from "../widgets.js";
 
 // [{tag, weight}] → "instrumental (1), beautiful (0.5)"; other objects as key: value pairs.
 function shown(v) {
@@ -30,26 +30,20 @@ export async function render(root) {
   const err = errorBox();
   const out = h("div", { id: "instant-result" });
   const form = h("form", { class: "card" }, field("Describe the playlist", text), h("div", { class: "row" }, field("How many", n)), go, err);
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    if (!text.value.trim()) { err.textContent = "Write a sentence first."; return; }
-    err.textContent = "";
-    const done = busy(go, "Reading…");
-    try {
-      const data = await post("api/instant", { text: text.value, n: Number(n.value) });
-      result = data.tracks;
-      const i = data.interpretation;
-      out.replaceChildren(h("div", { class: "card", id: "instant-reading" }, h("h2", {}, "How it was read"),
-          h("p", { class: "muted" }, `by the ${i.source === "llm" ? "language model" : "built-in reader"}: ${(i.explanation || []).join("; ")}`),
-          reading(i.constraints)),
-        ...(result.length
-          ? [h("h2", {}, `${result.length} songs`), await trackTable(result),
-             exportForm(() => result, text.value.slice(0, 60))]
-          : [h("h2", {}, "No songs"),
-             h("p", { class: "muted", id: "instant-empty" },
-               "No analysed song fits all of that. Try fewer or looser words (a tempo range, a mood, one tag).")]));
-    } catch (e2) { err.textContent = e2.message; }
-    finally { done(); }
+  onSubmit(form, go, err, "Reading…", async () => {
+    if (!text.value.trim()) throw new Error("Write a sentence first.");
+    const data = await post("api/instant", { text: text.value, n: Number(n.value) });
+    result = data.tracks;
+    const i = data.interpretation;
+    out.replaceChildren(h("div", { class: "card", id: "instant-reading" }, h("h2", {}, "How it was read"),
+        h("p", { class: "muted" }, `by the ${i.source === "llm" ? "language model" : "built-in reader"}: ${(i.explanation || []).join("; ")}`),
+        reading(i.constraints)),
+      ...(result.length
+        ? [h("h2", {}, `${result.length} songs`), await trackTable(result),
+           exportForm(() => result, text.value.slice(0, 60))]
+        : [h("h2", {}, "No songs"),
+           h("p", { class: "muted", id: "instant-empty" },
+             "No analysed song fits all of that. Try fewer or looser words (a tempo range, a mood, one tag).")]));
   });
   root.append(form, out);
 }

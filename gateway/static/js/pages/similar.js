@@ -1,7 +1,7 @@
 // Search → similar songs: type-ahead seed, filters (artist cap, mood), the list, play, export.
 import { post } from "../api.js";
 import { h, field } from "../dom.js";
-import { trackPicker, trackTable, exportForm, errorBox, chip, busy } from "../widgets.js";
+import { trackPicker, trackTable, exportForm, errorBox, chip, onSubmit } from "../widgets.js";
 
 const MOODS = ["", "happy", "sad", "relaxed", "aggressive", "party", "chillout", "mellow", "beautiful", "catchy", "sexy"];
 
@@ -24,21 +24,15 @@ export async function render(root) {
     seedBox,
     h("div", { class: "row" }, field("How many", n), field("Songs per artist (0 = no cap)", cap), field("Mood", mood)),
     go, err);
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
+  onSubmit(form, go, err, "Searching…", async () => {
     if (!seed) return;
-    err.textContent = "";
-    const done = busy(go, "Searching…");
-    try {
-      const body = { ids: [seed.id], n: Number(n.value), max_per_artist: Number(cap.value) };
-      if (mood.value) body.mood = { [mood.value]: 0.5 };
-      const data = await post("api/similar", body);
-      result = data.tracks;
-      out.replaceChildren(h("h2", {}, `${result.length} songs like “${seed.title}”`),
-        await trackTable(result, { columns: [{ label: "Distance", num: true, value: (t) => (1 - t.similarity).toFixed(3) }] }),
-        exportForm(() => result, `Like ${seed.title}`));
-    } catch (e2) { err.textContent = e2.message; }
-    finally { done(); }
+    const body = { ids: [seed.id], n: Number(n.value), max_per_artist: Number(cap.value) };
+    if (mood.value) body.mood = { [mood.value]: 0.5 };
+    const data = await post("api/similar", body);
+    result = data.tracks;
+    out.replaceChildren(h("h2", {}, `${result.length} songs like “${seed.title}”`),
+      await trackTable(result, { columns: [{ label: "Distance", num: true, value: (t) => (1 - t.similarity).toFixed(3) }] }),
+      exportForm(() => result, `Like ${seed.title}`));
   });
   showSeed();
   root.append(form, out);
