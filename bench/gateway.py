@@ -13,9 +13,11 @@ off so it streams like musegate) as a second baseline. Measured per target:
 2. throughput of one 200 MB ``stream`` (format=raw), and the share of direct;
 3. 50 concurrent clients issuing ``getAlbum`` (requests/s, p50/p99);
 4. the intercepted ``getSimilarSongs2`` (count 50) end to end, on a store that holds
-   every upstream song with an analysis (``seed_store``), once per
-   ``subsonic_visibility`` mode: ``hydrate`` (the default musegate above) and
-   ``folders`` (a second musegate on the same store, started after the first stopped).
+   every upstream song with an analysis (``seed_store``), by visibility path
+   (``similar_modes``): exact without the per-user song cache, exact with it cold
+   and warm (the default), and ``folders``: one musegate each on the same store,
+   each started after the previous one stopped. ``bench/gateway_similar.py``
+   runs this part alone.
 
 Results are printed and written to docs/benchmarks.md (--no-write to skip).
 """
@@ -300,22 +302,89 @@ async def seed_store(data_dir: Path, upstream: Upstream) -> list[str]:
 
 
 async def intercepted_similar_latency(gate_url: str, upstream: Upstream, seeds: list[str],
-                                      n: int) -> dict[str, float]:
-    """p50/p99 ms of an intercepted getSimilarSongs2 (count 50) through musegate, and songs returned."""
+                                      n: int, cold: bool = False,
+                                      warm_up: bool = False) -> dict[str, float]:
+    """p50/p99 ms of an intercepted getSimilarSongs2 (count 50) through musegate, and songs returned.
+
+    ``cold``: every request names a client (``c``) of its own, so none of the caller's songs
+    are in musegate's cache (it is kept per user *and* client) while the credential check
+    stays cached. ``warm_up``: one unmeasured request per seed first, as the same client.
+    """
     samples: list[float] = []
     returned: list[int] = []
     async with aiohttp.ClientSession() as s:
-        for i in range(n):
+        for i in range(-len(seeds[:n]) if warm_up else 0, n):
             params = {**upstream.auth, "id": seeds[i % len(seeds)], "count": "50"}
+            if cold:
+                params["c"] = f"{upstream.auth['c']}-cold-{i}"
             t0 = time.perf_counter()
             async with s.get(f"{gate_url}/rest/getSimilarSongs2.view", params=params) as r:
                 body = await r.json()
-            samples.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
             answer = body["subsonic-response"]
             assert answer["status"] == "ok", answer
-            returned.append(len(answer.get("similarSongs2", {}).get("song", [])))
+            if i >= 0:
+                samples.append(elapsed)
+                returned.append(len(answer.get("similarSongs2", {}).get("song", [])))
     p50, p99 = _ms(samples)
     return {"p50": p50, "p99": p99, "songs": float(np.mean(returned))}
+
+
+async def similar_modes(work: Path, upstream: Upstream, seeds: list[str],
+                        n: int) -> dict[str, Any]:
+    """getSimilarSongs2 count 50 by visibility path, in one run (ratios against the first).
+
+    ``uncached``: the exact path as it was, one ``getSong`` per returned song every time
+    (``subsonic_song_cache_seconds = 0``); ``cold``/``warm``: the default path, with none /
+    all of the caller's songs already in its cache; ``folders``: the opt-in inexact mode.
+    Each musegate runs on its own, one after the other, on the same store and upstream.
+    """
+    out: dict[str, Any] = {}
+    async with run_musegate(work, upstream.url, source="subsonic",
+                            overrides={"subsonic_song_cache_seconds": 0}) as old:
+        out["uncached"] = await intercepted_similar_latency(old.url, upstream, seeds, n,
+                                                            warm_up=True)
+    print(f"     similar uncached: {out['uncached']}", flush=True)
+
+    async with run_musegate(work, upstream.url, source="subsonic") as gate:
+        out["cold"] = await intercepted_similar_latency(gate.url, upstream, seeds, n, cold=True,
+                                                        warm_up=True)
+        print(f"     similar     cold: {out['cold']}", flush=True)
+        out["warm"] = await intercepted_similar_latency(gate.url, upstream, seeds, n,
+                                                        warm_up=True)
+        print(f"     similar     warm: {out['warm']}", flush=True)
+    async with run_musegate(work, upstream.url, source="subsonic",
+                            visibility="folders") as folders_gate:
+        out["folders"] = await intercepted_similar_latency(folders_gate.url, upstream, seeds, n,
+                                                           warm_up=True)
+    print(f"     similar  folders: {out['folders']}", flush=True)
+    return out
+
+
+def render_similar(sim: dict[str, Any], n: int) -> list[str]:
+    """The similarity table (shared by the full pass-through run and bench/gateway_similar.py)."""
+    base = sim["uncached"]["p50"]
+    rows = [
+        ("`hydrate`, uncached (before issue 11; `subsonic_song_cache_seconds = 0`)",
+         "one `getSong` per returned song as the caller, every time", "uncached"),
+        ("`hydrate` (default), cold", "same calls, answers kept per caller "
+         "(every request is a new client, so nothing is cached)", "cold"),
+        ("`hydrate` (default), warm", "the caller's songs already cached: no upstream call "
+         "(credential check cached too)", "warm"),
+        ("`folders` (opt-in)", "the caller's `getMusicFolders` (cached), stored song objects "
+         "(no per-user fields)", "folders"),
+    ]
+    lines = [f"Intercepted `getSimilarSongs2` (count 50) through musegate; {n} sequential "
+             "requests per row after one unmeasured request per seed; the credential check "
+             "is cached in every row. Ratio: p50 against the uncached row of the same run.", "",
+             "| path | what it costs | songs per answer | p50 (ms) | p99 (ms) | p50 vs uncached |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for label, how, key in rows:
+        m = sim.get(key)
+        if m:
+            lines.append(f"| {label} | {how} | {m['songs']:.0f} | {m['p50']:.1f} | "
+                         f"{m['p99']:.1f} | {m['p50'] / base:.3f}× |")
+    return lines
 
 
 # ---------------------------------------------------------------------------- the run
@@ -335,13 +404,8 @@ async def run(quick: bool) -> dict[str, Any]:
                                     source="subsonic" if seeds else "folder") as gate, \
                     run_nginx(work / "nginx", upstream.url) as nginx_url:
                 results = await _measure(upstream, gate, nginx_url, seeds, n, per_client)
-            results["similar_folders"] = None
-            if seeds:
-                async with run_musegate(work / "musegate", upstream.url, source="subsonic",
-                                        visibility="folders") as folders_gate:
-                    results["similar_folders"] = await intercepted_similar_latency(
-                        folders_gate.url, upstream, seeds, min(n, 100))
-                print(f"     similar  folders: {results['similar_folders']}", flush=True)
+            results["similar"] = (await similar_modes(work / "musegate", upstream, seeds,
+                                                      min(n, 100)) if seeds else None)
     return results
 
 
@@ -363,9 +427,6 @@ async def _measure(upstream: Upstream, gate: Any, nginx_url: str | None, seeds: 
     await each("stream", lambda b: throughput(b, upstream.stream, upstream.auth))
     await each("concurrent", lambda b: concurrent(b, upstream.album, upstream.auth,
                                                   50, per_client))
-    results["similar"] = (
-        await intercepted_similar_latency(gate.url, upstream, seeds, min(n, 100))
-        if seeds else None)
     results["musegate_rss_mib"] = gate.memory_kib()["VmHWM"] / 1024
     return results
 
@@ -407,23 +468,8 @@ def render(r: dict[str, Any]) -> str:
         rps, p50, p99 = r[("concurrent", t)]
         lines.append(f"| {t} | {rps:.0f} | {p50:.1f} | {p99:.1f} |")
     if r.get("similar"):
-        lines += ["", "Intercepted `getSimilarSongs2` (count 50) through musegate, one row per "
-                      "`subsonic_visibility` mode (see docs/subsonic.md, \"How musegate decides "
-                      f"what a caller may see\"); {min(r['n'], 100)} sequential requests, "
-                      "credentials already cached after the first:", "",
-                  "| `subsonic_visibility` | how visibility is decided | songs per answer | "
-                  "p50 (ms) | p99 (ms) |",
-                  "| --- | --- | ---: | ---: | ---: |"]
-        modes = [("hydrate", "one `getSong` per returned song, as the caller "
-                  "(exact Child, the caller's own stars/ratings)", r["similar"]),
-                 ("folders", "the caller's `getMusicFolders` (cached), stored song objects "
-                  "(no per-user fields)", r.get("similar_folders"))]
-        for mode, how, sim in modes:
-            if sim:
-                lines.append(f"| `{mode}` | {how} | {sim['songs']:.0f} | {sim['p50']:.1f} | "
-                             f"{sim['p99']:.1f} |")
-        lines += ["", "In `hydrate` mode nearly all of the time is one `getSong` round trip per "
-                      "returned song: supysonic answers them one at a time."]
+        lines += ["", *render_similar(r["similar"], min(r["n"], 100)),
+                  "", "See docs/subsonic.md, \"How musegate decides what a caller may see\"."]
     else:
         lines += ["", "Intercepted `getSimilarSongs2`: not measured (needs supysonic as the "
                       "upstream; the stub has no library)."]

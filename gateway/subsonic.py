@@ -12,14 +12,17 @@ Intercepted (``.view`` or bare, GET or POST form):
 
 Who may see what (``subsonic_visibility``):
 
-* ``hydrate`` (default): every song in an answer is fetched with ``getSong``
-  from the upstream using the caller's own credentials, concurrently, and
-  dropped when the upstream refuses it. It asks the server the exact question
-  ("may this caller see this song, and what does it look like to them?") and
-  returns exactly the Child the server itself would, per-user fields
+* ``hydrate`` (default): every song in an answer is the Child the upstream
+  returns to the caller for ``getSong`` — asked as the caller, dropped when the
+  upstream refuses it. It asks the server the exact question ("may this caller
+  see this song, and what does it look like to them?"), per-user fields
   (``starred``, ``userRating``, ``playCount``…) included; servers whose rules
   are not music folders (Navidrome libraries, LMS users) are handled exactly.
-  The price is one ``getSong`` per returned song.
+  Answers are reused per caller (``gateway.subsonic_songs.UserSongCache``,
+  ``subsonic_song_cache_seconds``): a song the upstream already showed this
+  caller costs no call, and the calls relayed here that change a Child (star,
+  setRating, scrobble…) drop it first, so only changes made elsewhere wait for
+  the TTL.
 * ``folders`` (opt-in, fast): one ``getMusicFolders`` as the caller (cached
   under the credential hash for ``auth_cache_seconds``), then the candidates
   are kept when the music folder the scan recorded for them
@@ -52,7 +55,7 @@ from multidict import MultiDict
 
 from adapters.subsonic import FOLDER_KEY, shared_song
 from analysis.store import LibraryStore
-from gateway import keys, proxy
+from gateway import keys, metrics, proxy
 from gateway.subsonic_auth import (
     AuthChecker,
     CredentialCache,
@@ -74,6 +77,7 @@ from gateway.subsonic_format import (
     params_of,
     response_format,
 )
+from gateway.subsonic_songs import MUTATIONS, REFUSED_CODES, UserSongCache, scope_of
 from index.path import song_path
 from index.similar import similar_tracks
 from musegate.config import Config
@@ -106,6 +110,9 @@ class SubsonicGateway:
         self.auth = AuthChecker(self.upstream, self.cache)
         self.visibility = config.subsonic_visibility
         self.folder_cache = FolderCache(config.auth_cache_seconds)
+        self.songs = UserSongCache(config.subsonic_song_cache_seconds,
+                                   config.subsonic_song_cache_entries)
+        self.service: Any = None  # the LibraryService, once the app's lifetime has it
 
     # ------------------------------------------------------------------ seeds
 
@@ -183,28 +190,44 @@ class SubsonicGateway:
     ) -> list[tuple[str, dict[str, Any]]]:
         """(id, the caller's Child) for the first ``limit`` ids the upstream lets the caller see.
 
-        Ids are fetched in rounds of exactly as many as are still missing, so the common
-        case (nothing refused) costs one ``getSong`` per returned song and no more.
+        Songs the upstream already answered for the caller's scope (``UserSongCache``)
+        are taken from the cache; the rest are asked with ``getSong`` as the caller.
+        Ids are settled in rounds of exactly as many as are still missing, so the common
+        case (nothing refused) asks about each returned song once and no more.
         UpstreamDown propagates: an unreachable server is an error, not an empty list.
         """
         limit = len(upstream_ids) if limit is None else limit
         sem = asyncio.Semaphore(HYDRATE_CONCURRENCY)
+        scope = scope_of(creds, client) if self.songs.enabled else None
+        if scope is not None:
+            self.songs.library(self._library_signature())
 
-        async def one(uid: str) -> dict[str, Any] | None:
+        async def one(uid: str, token: int) -> dict[str, Any] | None:
+            if scope is not None:
+                known, child = self.songs.get(scope, uid)
+                if known:
+                    return child
             async with sem:
                 try:
                     body = await self.upstream.call("getSong", creds, client, id=uid)
-                except UpstreamError:
+                except UpstreamError as exc:
+                    if scope is not None and exc.code in REFUSED_CODES:
+                        self.songs.put(scope, uid, None, token)
                     return None
             song = body.get("song")
-            return song if isinstance(song, dict) else None
+            song = song if isinstance(song, dict) else None
+            if scope is not None and song is not None:
+                self.songs.put(scope, uid, song, token)
+            return song
 
         out: list[tuple[str, dict[str, Any]]] = []
         pos = 0
         while len(out) < limit and pos < len(upstream_ids):
             batch = list(upstream_ids[pos : pos + (limit - len(out))])
             pos += len(batch)
-            results = await asyncio.gather(*(one(u) for u in batch), return_exceptions=True)
+            with self.songs.filling() as token:
+                results = await asyncio.gather(*(one(u, token) for u in batch),
+                                               return_exceptions=True)
             for uid, result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     raise result
@@ -212,6 +235,15 @@ class SubsonicGateway:
                     out.append((uid, result))
         return out
 
+    def _library_signature(self) -> Any:
+        """The loaded library's signature (moves on a rescan's changes); None before it loads."""
+        service = self.service
+        if service is None:
+            return None
+        try:
+            return service.snapshot.signature
+        except RuntimeError:
+            return None
 
     # ------------------------------------------------------------ folder mode
 
@@ -549,6 +581,26 @@ async def open_subsonic_extensions(request: web.Request) -> web.Response:
     return ok_response(request, {"openSubsonicExtensions": merged}, gw.envelope.get())
 
 
+async def _observed_mutation(request: web.Request) -> web.StreamResponse:
+    """Relay a call that changes songs' Child objects unchanged, dropping them from the cache.
+
+    Passed through like any other request (the upstream authenticates it and answers);
+    musegate only reads the song ids it names (every ``id``, from the query and a POSTed
+    form) so that no cached Child predating the change is served afterwards.
+    """
+    metrics.mark(request, metrics.PASSTHROUGH)
+    gw = request.app[GATEWAY]
+    body: bytes | None = None
+    ids = list(request.query.getall("id", ()))
+    if request.method == "POST" and request.body_exists:
+        body = await request.read()
+        if request.content_type == "application/x-www-form-urlencoded":
+            text = body.decode(request.charset or "utf-8", errors="replace")
+            ids += [v for k, v in parse_qsl(text, keep_blank_values=True) if k == "id"]
+    with gw.songs.changing(i for i in ids if i):
+        return await proxy.forward(request, gw.upstream_url, body=body)
+
+
 # ---------------------------------------------------------------------------- wiring
 
 
@@ -570,11 +622,14 @@ def add_subsonic(app: web.Application, config: Config) -> None:
             timeout=UPSTREAM_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
         ) as session:
             app[ENVELOPE] = envelope
-            app[GATEWAY] = SubsonicGateway(config, session, envelope)
+            gateway = SubsonicGateway(config, session, envelope)
+            gateway.service = app.get(keys.SERVICE)
+            app[GATEWAY] = gateway
             yield
 
     app.cleanup_ctx.append(lifetime)
-    for name, handler in ENDPOINTS.items():
+    routes = {**ENDPOINTS, **dict.fromkeys(MUTATIONS, _observed_mutation)}
+    for name, handler in routes.items():
         for path in (f"/rest/{name}", f"/rest/{name}.view"):
             app.router.add_route("GET", path, handler)
             app.router.add_route("POST", path, handler)

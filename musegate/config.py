@@ -171,6 +171,21 @@ FIELDS: tuple[Field, ...] = (
         "per song) or 'folders' (fast: the caller's getMusicFolders, stored songs, no per-user fields)",
         choices=SUBSONIC_VISIBILITY,
     ),
+    Field(
+        "subsonic_song_cache_seconds",
+        int,
+        lambda: 300,
+        "hydrate mode: how long a song as the upstream showed it to a caller is reused "
+        "(changes made through musegate apply at once; 0 asks getSong every time)",
+        minimum=0,
+    ),
+    Field(
+        "subsonic_song_cache_entries",
+        int,
+        lambda: 20000,
+        "hydrate mode: most (caller, song) entries kept, least recently used dropped first",
+        minimum=0,
+    ),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -210,6 +225,8 @@ class Config:
     scan_cron: str
     auth_cache_seconds: int
     subsonic_visibility: str
+    subsonic_song_cache_seconds: int
+    subsonic_song_cache_entries: int
 
     @property
     def db_path(self) -> Path:

@@ -26,9 +26,10 @@ import random
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -372,6 +373,7 @@ class Stub:
 
 
 _MUSEGATE = """
+import json
 import sys
 from aiohttp import web
 from gateway.app import create_app
@@ -379,7 +381,7 @@ from musegate.config import load_config
 config = load_config(None, env={}, overrides={
     "data_dir": sys.argv[1], "upstream_url": sys.argv[2], "port": int(sys.argv[3]),
     "source": sys.argv[4], "library_path": "", "log_level": "WARNING",
-    "subsonic_visibility": sys.argv[5]})
+    "subsonic_visibility": sys.argv[5], **json.loads(sys.argv[6])})
 web.run_app(create_app(config), host="127.0.0.1", port=config.port, access_log=None,
             print=lambda *_: print("READY", flush=True))
 """
@@ -413,10 +415,13 @@ class MusegateProcess:
 @contextlib.asynccontextmanager
 async def run_musegate(data_dir: Path, upstream_url: str, timeout: float = 60.0,
                        source: str = "folder",
-                       visibility: str = "hydrate") -> AsyncIterator[MusegateProcess]:
+                       visibility: str = "hydrate",
+                       overrides: Mapping[str, Any] | None = None,
+                       ) -> AsyncIterator[MusegateProcess]:
     """Start musegate in front of ``upstream_url``; stopped (SIGTERM, then kill) on exit.
 
-    ``visibility`` is the ``subsonic_visibility`` key, so a benchmark can measure both modes.
+    ``visibility`` is the ``subsonic_visibility`` key, so a benchmark can measure both modes;
+    ``overrides`` sets any other configuration key (e.g. ``subsonic_song_cache_seconds``).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -424,7 +429,7 @@ async def run_musegate(data_dir: Path, upstream_url: str, timeout: float = 60.0,
     env = {**os.environ, "PYTHONPATH": str(repo)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _MUSEGATE, str(data_dir), upstream_url, str(port), source,
-        visibility,
+        visibility, json.dumps(dict(overrides or {})),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(repo), env=env,
     )
     assert proc.stdout is not None

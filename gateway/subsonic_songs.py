@@ -1,0 +1,209 @@
+"""Each caller's own song objects, as the upstream returned them to that caller, reused.
+
+Exact visibility in Subsonic means asking the server, as the caller, for every
+song an answer holds (``getSong``): the server alone knows who may see what and
+what the caller's ``starred``/``userRating``/``playCount`` are. That is one
+round trip per song. This cache keeps each answer the upstream gave — the
+Child, or "refused" — under the caller's *scope* (the upstream user, plus the
+client name and API version, because servers such as supysonic shape a Child by
+the client's transcoding preferences) and the song id, so the next answer that
+holds the same song costs no upstream call.
+
+Nothing enters the cache that the upstream did not return to that scope, so a
+song the caller may not see can only be served if the server showed it to
+them within the last ``ttl`` seconds. Entries leave the cache:
+
+* when musegate relays a call that changes what a Child shows (``star``,
+  ``unstar``, ``setRating``, ``scrobble``, ``createBookmark``,
+  ``deleteBookmark``): the named songs are dropped for *every* scope (a rating
+  may move another user's ``averageRating``), before the call is relayed and
+  again once the upstream answered. While such a call is in flight its songs are
+  neither served from nor stored in the cache, and a fill that started before
+  it stores nothing for them (``changing`` / ``filling``);
+* when the library's signature moves (a rescan saw added, removed or edited
+  songs): everything is dropped;
+* after ``ttl`` seconds, for changes musegate cannot see (another client talking
+  to the server directly, an admin changing access, play counts a server keeps
+  itself);
+* least recently used first, when more than ``max_entries`` are held (memory is
+  bounded by entries, whoever they belong to).
+
+Only refusals that say "not found" (70) or "not authorised" (50) are remembered;
+any other error is asked again next time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from gateway.subsonic_auth import Credentials
+
+# Upstream answers that mean "this caller may not have this song" (Subsonic error codes).
+REFUSED_CODES = frozenset({50, 70})
+# Calls that change what the named songs' Child objects show, to the caller or to others.
+MUTATIONS = ("star", "unstar", "setRating", "scrobble", "createBookmark", "deleteBookmark")
+
+Scope = tuple[str, str, str]
+Child = dict[str, Any]
+
+
+def scope_of(creds: Credentials, client: Mapping[str, str]) -> Scope | None:
+    """(upstream user, client name, API version) of already verified credentials, or None.
+
+    The user is the ``u`` parameter, the user name inside HTTP Basic, or a SHA-256 of
+    an API key (one key is one user; the key itself is never kept). Credentials that
+    name the user twice (``u`` and Basic, or ``u`` and ``apiKey``) leave the choice of
+    who the caller is to the server, so they are not cached at all.
+    """
+    params = dict(creds.params)
+    named = [k for k in ("u", "apiKey") if params.get(k)] + (
+        ["basic"] if creds.authorization else [])
+    if len(named) != 1:
+        return None
+    if named[0] == "u":
+        user = "u:" + params["u"]
+    elif named[0] == "apiKey":
+        user = "k:" + hashlib.sha256(params["apiKey"].encode("utf-8")).hexdigest()
+    else:
+        name = _basic_user(creds.authorization or "")
+        if name is None:
+            return None
+        user = "u:" + name
+    return user, client.get("c") or "", client.get("v") or ""
+
+
+def _basic_user(header: str) -> str | None:
+    try:
+        decoded = base64.b64decode(header.split(" ", 1)[1].strip(), validate=True).decode("utf-8")
+    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    name, sep, _ = decoded.partition(":")
+    return name if sep and name else None
+
+
+class UserSongCache:
+    """(scope, song id) -> the Child the upstream returned, or None for a refusal; LRU + TTL."""
+
+    def __init__(self, ttl: float, max_entries: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[tuple[Scope, str], tuple[float, Child | None]] = OrderedDict()
+        self._scopes_of: dict[str, set[Scope]] = {}
+        self._signature: Any = None
+        # Invalidation bookkeeping: a sequence number per change, the last one per song,
+        # the songs whose change is in flight, and how many fills are running.
+        self._seq = 0
+        self._touched: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
+        self._fills = 0
+        self._floor = 0  # fills that started before the last clear() store nothing
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0 and self.max_entries > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # ------------------------------------------------------------------ reading
+
+    def library(self, signature: Any) -> None:
+        """Drop everything when the library moved since the entries were stored."""
+        if signature != self._signature:
+            self.clear()
+            self._signature = signature
+
+    def get(self, scope: Scope, song_id: str) -> tuple[bool, Child | None]:
+        """(known, Child or None for refused); (False, None) when it must be asked."""
+        if not self.enabled or song_id in self._pending:
+            return False, None
+        key = (scope, song_id)
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        if entry[0] <= self.clock():
+            self._drop(key)
+            return False, None
+        self._entries.move_to_end(key)
+        return True, entry[1]
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def filling(self) -> Iterator[int]:
+        """Bracket upstream calls whose answers will be stored; yields the token ``put`` needs."""
+        self._fills += 1
+        try:
+            yield self._seq
+        finally:
+            self._fills -= 1
+            if self._fills == 0:  # songs still changing are kept out by _pending
+                self._touched.clear()
+
+    def put(self, scope: Scope, song_id: str, child: Child | None, token: int) -> None:
+        """Remember an upstream answer asked for after ``token`` (from ``filling``) was taken.
+
+        Refused when the song changed since (or is changing): the answer may predate it.
+        """
+        if not self.enabled or song_id in self._pending:
+            return
+        if token < self._floor or self._touched.get(song_id, -1) > token:
+            return
+        key = (scope, song_id)
+        self._entries[key] = (self.clock() + self.ttl, child)
+        self._entries.move_to_end(key)
+        self._scopes_of.setdefault(song_id, set()).add(scope)
+        while len(self._entries) > self.max_entries:
+            self._drop(next(iter(self._entries)))
+
+    @contextlib.contextmanager
+    def changing(self, song_ids: Iterable[str]) -> Iterator[None]:
+        """Bracket a relayed call that changes these songs: dropped before, during and after."""
+        ids = list(dict.fromkeys(song_ids))
+        for sid in ids:
+            self._pending[sid] = self._pending.get(sid, 0) + 1
+        self._invalidate(ids)
+        try:
+            yield
+        finally:
+            for sid in ids:
+                left = self._pending[sid] - 1
+                if left:
+                    self._pending[sid] = left
+                else:
+                    del self._pending[sid]
+            self._invalidate(ids)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._scopes_of.clear()
+        self._seq += 1  # fills in flight may hold answers from before the clear
+        self._touched.clear()
+        self._floor = self._seq
+
+    # ------------------------------------------------------------------ internals
+
+    def _invalidate(self, ids: list[str]) -> None:
+        self._seq += 1
+        for sid in ids:
+            if self._fills:  # only a fill already running can hold an older answer
+                self._touched[sid] = self._seq
+            for scope in self._scopes_of.pop(sid, ()):
+                self._entries.pop((scope, sid), None)
+
+    def _drop(self, key: tuple[Scope, str]) -> None:
+        self._entries.pop(key, None)
+        scopes = self._scopes_of.get(key[1])
+        if scopes is not None:
+            scopes.discard(key[0])
+            if not scopes:
+                del self._scopes_of[key[1]]
