@@ -10,6 +10,10 @@ Intercepted (``.view`` or bare, GET or POST form):
 * ``getOpenSubsonicExtensions`` — answered without authentication (as the spec
   requires), the upstream's own list with ``sonicSimilarity`` merged in.
 
+Observed, not answered: ``star``, ``unstar``, ``setRating``, ``scrobble``,
+``createBookmark`` and ``deleteBookmark`` are relayed unchanged; the song ids
+they name are dropped from the per-user song cache around the relay.
+
 Who may see what (``subsonic_visibility``):
 
 * ``hydrate`` (default): every song in an answer is the Child the upstream

@@ -7,9 +7,10 @@ objects with an ``upstream_id`` — is kept only when the upstream lets that
 user see it, asked the same way the protocol gateways ask:
 
 * Subsonic: ``SubsonicGateway.visible`` with the session's credentials, i.e.
-  ``subsonic_visibility`` decides: ``hydrate`` (one ``getSong`` per song as
-  the user) or ``folders`` (the user's ``getMusicFolders`` against the folder
-  the scan recorded);
+  ``subsonic_visibility`` decides: ``hydrate`` (the user's own ``getSong``
+  answers, reused from the gateway's per-user song cache, client ``musegate-web``)
+  or ``folders`` (the user's ``getMusicFolders`` against the folder the scan
+  recorded);
 * Jellyfin: ``GET /Items?Ids=…`` with the user's access token, in chunks;
   what Jellyfin leaves out of its answer is not visible.
 
