@@ -9,10 +9,11 @@ Known secrets are the fixed ones the suite's tests use (``STATIC``) and whatever
 test registers with ``watch_secret`` (tokens a fake server minted, say). Records are
 checked when they are emitted, so a secret must be registered before it is used.
 
-Two sources are the test harness, not musegate, and are left out: aiohttp's default
+Three sources are the test harness, not musegate, and are left out: aiohttp's default
 access logger (``aiohttp/web_log.py``, used by ``TestServer``; musegate itself always
-runs with ``gateway.access_log.RedactingAccessLogger``) and records emitted from
-files under ``tests/`` (fakes and stubs log what their callers sent them).
+runs with ``gateway.access_log.RedactingAccessLogger``), urllib3 (the ``requests``
+client the fuzz tests drive musegate with; musegate itself never uses it) and records
+emitted from files under ``tests/`` (fakes and stubs log what their callers sent them).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _found_in(text: str) -> list[str]:
 class SecretWatch(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         path = record.pathname or ""
-        if path.endswith(("aiohttp/web_log.py",)) or path.startswith(_TESTS_DIR):
+        if (path.endswith("aiohttp/web_log.py") or record.name.startswith("urllib3")
+                or path.startswith(_TESTS_DIR)):
             return
         try:
             text = self.format(record)

@@ -146,6 +146,7 @@ def crash_run(tmp: Path, music: Path, n_tracks: int, kills: int, seed: int,
     log = tmp / "analyze.log"
     watch_log_file(log)
     env = {**os.environ, "MUSEGATE_WRITE_BATCH": "1", "MUSEGATE_LOG_LEVEL": "DEBUG",
+           "MUSEGATE_ANALYSIS_MODE": "fast",
            "OMP_NUM_THREADS": "1"}
     rng = np.random.default_rng(seed)
     moments = sorted(int(m) for m in rng.choice(np.arange(1, n_tracks), size=kills,

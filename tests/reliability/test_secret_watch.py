@@ -32,3 +32,30 @@ def test_a_secret_logged_by_product_code_is_found(tmp_path) -> None:
         ("watch-me-0123456789",), None)
     secret_watch._handler.handle(harness)
     assert len(secret_watch._hits) == before
+
+
+async def test_a_too_long_request_line_is_logged_without_its_password(
+        tmp_path, caplog) -> None:
+    """aiohttp refuses a request line over 8190 bytes before any handler runs and logs its
+    first bytes at ERROR: for a Subsonic client that is ``u=…&p=PASSWORD``."""
+    import asyncio
+
+    from aiohttp.test_utils import TestServer
+
+    from gateway.app import create_app
+    from tests.store_factory import make_config
+
+    caplog.set_level(logging.DEBUG)
+    app = create_app(make_config(tmp_path), adapter=None, refresh_seconds=None)
+    async with TestServer(app, host="127.0.0.1") as ts:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ts.port)
+        line = "GET /rest/getSimilarSongs?u=alice&p=alicepw&t=0123456789abcdef&s=salt42x&id=" \
+               + "x" * 9000 + " HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWxpY2U6YWxpY2Vwdw==\r\n\r\n"
+        writer.write(line.encode())
+        await writer.drain()
+        head = await reader.readline()
+        writer.close()
+    assert b" 400 " in head or b" 414 " in head
+    assert any(r.name == "aiohttp.server" for r in caplog.records)
+    for secret in ("alicepw", "0123456789abcdef", "salt42x"):
+        assert secret not in caplog.text
