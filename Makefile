@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint corpus clean reliability load soak
+.PHONY: demo test bench lint corpus clean reliability
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null || { \
@@ -25,14 +25,6 @@ test: $(STAMP)
 # The slow half of tests/reliability (the fast half runs in `make test`).
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -q -m reliability tests/reliability
-
-# 50 concurrent clients against musegate in front of supysonic: 10 minutes, or 1 hour for soak.
-LOAD_SECONDS ?= 600
-load: $(STAMP)
-	$(BIN)/python tests/reliability/load.py --seconds $(LOAD_SECONDS) --clients 50
-
-soak: $(STAMP)
-	$(MAKE) load LOAD_SECONDS=3600
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
