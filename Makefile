@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint corpus clean
+.PHONY: demo test bench lint corpus clean reliability
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null || { \
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The slow half of tests/reliability (the fast half runs in `make test`).
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -q -m reliability tests/reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ prints the same facts with those values replaced by ``***``.
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import quote
 
 from aiohttp import web
@@ -46,3 +47,49 @@ class RedactingAccessLogger(AbstractAccessLogger):
             response.status, response.body_length, time,
             request.headers.get("User-Agent", "-"),
         )
+
+
+# ``key=value`` in a query string, or ``Header: value`` in a raw request head, whose value
+# is a credential: what aiohttp quotes when it rejects a request line or header as too long.
+_SECRET_PARAM = re.compile(
+    r"(?i)((?:^|[?&;\s'\"(])(?:" + "|".join(re.escape(k) for k in sorted(SECRET_KEYS))
+    + r")=)[^&\s'\"\\]*")
+_SECRET_HEADER = re.compile(
+    r"(?i)((?:authorization|x-emby-authorization|x-emby-token|x-mediabrowser-token"
+    r"|x-api-key|cookie)\s*:\s*)[^\r\n\\]*")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every credential value that looks like one replaced by ``***``."""
+    return _SECRET_HEADER.sub(r"\1***", _SECRET_PARAM.sub(r"\1***", text))
+
+
+class RedactingServerLogFilter(logging.Filter):
+    """Redacts aiohttp's own server errors (``aiohttp.server``).
+
+    A request whose line or header is too long is refused by aiohttp's parser with a 400
+    before any handler runs, and logged at ERROR with the first bytes of the offending
+    line: a Subsonic client's URL starts with ``u=…&p=PASSWORD``. The message and the
+    traceback are redacted here so that no level of musegate's log carries it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_SERVER_FILTER = RedactingServerLogFilter()
+
+
+def install_server_log_filter() -> None:
+    """Attach the filter to aiohttp's server logger (once, however many apps are built)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _SERVER_FILTER not in logger.filters:
+        logger.addFilter(_SERVER_FILTER)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from analysis.store import LibraryStore
 from gateway import access, api, api_library, compat, forwarding, health, keys, metrics, ui
-from gateway.access_log import RedactingAccessLogger
+from gateway.access_log import RedactingAccessLogger, install_server_log_filter
 from gateway.jobs import JobManager
 from gateway.params import ApiError, error_response
 from gateway.ui_visibility import visibility_middleware
@@ -109,6 +109,7 @@ def create_app(
     ``adapter`` overrides the library source (tests pass fakes); ``refresh_seconds``
     None turns the background reload off (tests call ``service.refresh()`` instead).
     """
+    install_server_log_filter()
     base = config.base_path
     app = web.Application(middlewares=[
         forwarding.middleware(config), metrics.middleware(_classifier(config)),

@@ -80,6 +80,7 @@ from gateway.subsonic_format import (
     ok_response,
     params_of,
     response_format,
+    valid_callback,
 )
 from gateway.subsonic_songs import MUTATIONS, REFUSED_CODES, UserSongCache, scope_of
 from index.path import song_path
@@ -401,9 +402,11 @@ def _authenticated(
         gw = request.app[GATEWAY]
         req = await _read(request)
         fmt, callback = response_format(req.params)
-        if fmt == "jsonp" and not callback:
-            return error_response(request, MISSING_PARAMETER, "Required parameter is missing: "
-                                  "callback", gw.envelope.get())
+        if fmt == "jsonp" and not valid_callback(callback):
+            # Checked before anything else: a fallback would hand a script-carrying callback
+            # to the upstream, and some servers (supysonic) echo whatever they are given.
+            return error_response(request, MISSING_PARAMETER, "Required parameter is missing "
+                                  "or invalid: callback", gw.envelope.get())
         try:
             await gw.auth.check(req.creds, req.params)
             return await inner(request, gw, req)

@@ -35,8 +35,9 @@ INVALID_API_KEY = 44
 NOT_AUTHORIZED = 50
 NOT_FOUND = 70
 
-# A JSONP callback is echoed into JavaScript, so only plain identifiers are accepted.
-_CALLBACK = re.compile(r"^[A-Za-z_$][\w$]*(\.[A-Za-z_$][\w$]*)*$")
+# A JSONP callback is echoed into JavaScript, so only plain ASCII identifiers are accepted,
+# matched whole (fullmatch: ``$`` alone would let "cb\n" through, \w alone any script's letters).
+_CALLBACK = re.compile(r"[A-Za-z_$][\w$]*(\.[A-Za-z_$][\w$]*)*", re.ASCII)
 
 
 class EnvelopeCache:
@@ -85,6 +86,11 @@ def response_format(params: Mapping[str, str]) -> tuple[str, str | None]:
     if f not in ("json", "jsonp"):
         f = "xml"
     return f, params.get("callback")
+
+
+def valid_callback(callback: str | None) -> bool:
+    """A JSONP callback that may be echoed into JavaScript: a plain dotted identifier."""
+    return bool(callback) and _CALLBACK.fullmatch(callback or "") is not None
 
 
 def _request_params(request: web.Request) -> Mapping[str, str]:
@@ -158,7 +164,7 @@ def ok_response(
 ) -> web.Response:
     """A successful answer: envelope fields first (as servers send them), then the payload."""
     fmt, callback = response_format(_request_params(request))
-    if fmt == "jsonp" and not (callback and _CALLBACK.match(callback)):
+    if fmt == "jsonp" and not valid_callback(callback):
         return error_response(request, MISSING_PARAMETER, "Missing or invalid callback", envelope)
     body = _envelope("ok", envelope)
     body.update(payload)
@@ -180,7 +186,7 @@ def error_response(
     """
     params = _request_params(request)
     fmt, callback = response_format(params)
-    if fmt == "jsonp" and not (callback and _CALLBACK.match(callback)):
+    if fmt == "jsonp" and not valid_callback(callback):
         # No usable callback: a JSONP body would be broken JavaScript, so say so in JSON.
         fmt, callback = "json", None
     if envelope is None:

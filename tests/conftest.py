@@ -84,3 +84,26 @@ def disk_fills_after_first_write(monkeypatch: pytest.MonkeyPatch) -> None:
         return await real_write(self, analyses, failures)
 
     monkeypatch.setattr(LibraryStore, "write_results", write_then_fill)
+
+
+# ---------------------------------------------------------------------------- secrets in logs
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests import secret_watch
+
+    secret_watch.install()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when any known test secret reached any log (tests/secret_watch.py)."""
+    from tests import secret_watch
+
+    found = secret_watch.hits()
+    if found:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("secrets found in log output:", red=True)
+            for line in found:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
