@@ -6,8 +6,9 @@ seed songs from it and the songs played before. The sound decides the order
 
 * hard rules drop a candidate: a seed, a previous song or a copy of one; too
   short or too long; too far from every seed (``max_distance`` on the 1 − cosine
-  scale); outside the seeds' genre groups (``filter_genre``); Christmas songs
-  outside December (``exclude_xmas``);
+  scale); outside the genre groups of the seeds' genres, or, for seeds in no
+  group, inside any group (``filter_genre``); Christmas songs outside December
+  (``exclude_xmas``);
 * soft rules set a candidate aside: an artist heard in the last
   ``no_repeat_artist`` songs or an album in the last ``no_repeat_album`` (or
   already in this mix), a title already heard, a tempo or key that does not
@@ -177,12 +178,11 @@ def mix(
         seen.add(meta.get(t, none), artists=False, albums=False)
 
     seed_genres = {cat.row(t): _lower(meta.get(t, none).genres) for t in seeds if cat.has(t)}
+    # The plugin's genre filter works on groups only: a seed's groups are acceptable, and a
+    # seed in no group accepts only songs in no group (with no groups, nothing is filtered).
     acceptable: set[str] = set()
     for t in [*seeds, *previous]:
-        g = _lower(meta.get(t, none).genres)
-        if t in seeds:
-            acceptable |= g
-        acceptable |= _group_of(g, groups)
+        acceptable |= _group_of(_lower(meta.get(t, none).genres), groups)
     grouped = set().union(*groups) if groups else set()
     month_ok = not rules.exclude_xmas or december
 

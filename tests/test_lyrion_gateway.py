@@ -159,9 +159,9 @@ async def test_mix_order_follows_the_sound(env: Env) -> None:
     status, _, text = await env.call("/api/similar", json=body)
     assert status == 200
     assert sorted(env.title_of(t) for t in text.split("\n")) == ["mid 0", "mid 2"]
-    # several seeds: both families come back; the genre filter keeps to the seeds' genres
+    # several seeds: both families come back; the genre filter keeps to the seeds' groups
     body = plugin_mix_body([env.urls["low 0"], env.urls["noise 0"]], [], count=4, shuffle=0,
-                           filterkey=0, filtergenre=1)
+                           filterkey=0, filtergenre=1, genregroups=[["Drone"], ["Noise"], ["Chime"]])
     status, _, text = await env.call("/api/similar", json=body)
     got = {env.title_of(t) for t in text.split("\n")}
     assert status == 200 and got == {"low 1", "low 2", "noise 1", "noise 2"}
@@ -176,6 +176,7 @@ async def test_mix_order_follows_the_sound(env: Env) -> None:
 @module_loop
 async def test_documented_get_form_with_paths(env: Env) -> None:
     params = [("track", env.paths["noise 1"]), ("count", "10"), ("filtergenre", "1"),
+              ("genregroups", json.dumps([["Noise"], ["Drone", "Chime"]])),
               ("min", "1"), ("max", "600"), ("norepart", "15"), ("norepalb", "25"),
               ("filterxmas", "1"), ("shuffle", "0")]
     status, ctype, text = await env.call("/api/similar", "GET", params=params)

@@ -88,7 +88,8 @@ def test_duration_genre_and_christmas_rules_are_hard() -> None:
              {"id": 4, "cluster": 0, "genres": ["Pop"]},
              {"id": 5, "cluster": 0, "genres": ["Heavy Metal"]},
              {"id": 6, "cluster": 0, "genres": ["Christmas", "Metal"]},
-             {"id": 7, "cluster": 0}]  # no genre: cannot be filtered out
+             {"id": 7, "cluster": 0},  # no genre: cannot be filtered out
+             {"id": 8, "cluster": 0, "genres": ["Blues"]}]  # in no group
     cat, index, meta = catalogue(rows)
     groups = (frozenset({"Metal", "Heavy Metal"}), frozenset({"Pop", "Dance"}))
     rules = MixRules(count=10, shuffle=False, min_duration=60, max_duration=600, filter_genre=True,
@@ -96,10 +97,13 @@ def test_duration_genre_and_christmas_rules_are_hard() -> None:
     assert set(mix(cat, index, [1], [], meta, rules, random.Random(0))) == {5, 7}
     assert set(mix(cat, index, [1], [], meta, rules, random.Random(0), december=True)) == {5, 6, 7}
     loose = MixRules(count=10, shuffle=False)
-    assert set(mix(cat, index, [1], [], meta, loose, random.Random(0))) == {2, 3, 4, 5, 6, 7}
-    # a seed in no group: songs of any group are foreign to it
+    assert set(mix(cat, index, [1], [], meta, loose, random.Random(0))) == {2, 3, 4, 5, 6, 7, 8}
+    # a seed in no group: songs of any group are foreign to it, ungrouped ones are not
     meta[1] = TrackMeta(artist="a1", genres=frozenset({"Jazz"}))
-    assert set(mix(cat, index, [1], [], meta, rules, random.Random(0))) == {7}
+    assert set(mix(cat, index, [1], [], meta, rules, random.Random(0))) == {7, 8}
+    # without any groups the genre filter has nothing to go by
+    ungrouped = MixRules(count=10, shuffle=False, filter_genre=True)
+    assert set(mix(cat, index, [1], [], meta, ungrouped, random.Random(0))) == {2, 3, 4, 5, 6, 7, 8}
 
 
 def test_genre_adjustments_reorder_by_genre() -> None:
