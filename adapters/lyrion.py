@@ -239,8 +239,20 @@ class LyrionAdapter:
     async def close(self) -> None:
         await self.client.close()
 
+    async def password_protected(self) -> bool:
+        """Whether LMS demands credentials at all (only then can it check a password)."""
+        anonymous = LyrionClient(self.url)
+        try:
+            await anonymous.connect()
+        except LyrionAuthError as exc:
+            return exc.status == 401
+        finally:
+            await anonymous.close()
+        return False
+
     async def check_credentials(self, user: str, password: str) -> bool:
-        """Whether LMS accepts ``user``/``password`` (True when it has no password protection)."""
+        """Whether LMS accepts ``user``/``password`` (True when it has no password protection:
+        ask :meth:`password_protected` first when the answer must prove who the caller is)."""
         probe = LyrionClient(self.url, user, password)
         try:
             await probe.connect()

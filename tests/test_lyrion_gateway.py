@@ -260,3 +260,32 @@ async def test_lms_itself_is_not_proxied(env: Env) -> None:
     status, _, _ = await env.call("/jsonrpc.js", json={"id": 1, "method": "slim.request",
                                                        "params": ["", ["version", "?"]]})
     assert status == 404
+
+
+@module_loop
+async def test_web_ui_login_is_checked_by_lms(env: Env) -> None:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        async with http.get(env.url + "/musegate/session") as resp:
+            assert "password" in (await resp.json())["modes"]
+        async with http.post(env.url + "/musegate/login",
+                             json={"username": "admin", "password": "wrong"}) as resp:
+            assert resp.status == 401 and "wrong user name or password" in await resp.text()
+        async with http.post(env.url + "/musegate/login",
+                             json={"username": "admin", "password": PASSWORD}) as resp:
+            assert resp.status == 200 and (await resp.json())["user"] == "admin"
+        # the whole library, and a preview relayed from LMS's download with Basic auth
+        track = next(t for t in (await env.app[keys.STORE].tracks_of_source(
+            f"lyrion:{env.config.upstream_url}")).values() if t.title == "mid 2")
+        async with http.get(f"{env.url}/musegate/stream/{track.id}") as resp:
+            assert resp.status == 200
+            body = await resp.read()
+        fake_track = env.fake.tracks[int(track.upstream_id)]
+        assert fake_track.file is not None and body == fake_track.file.read_bytes()
+    env.fake.password = ""  # no protection: LMS could not tell anyone apart
+    try:
+        async with aiohttp.ClientSession() as http, http.post(
+                env.url + "/musegate/login", json={"username": "x", "password": "y"}) as resp:
+            assert resp.status == 401 and "no password protection" in await resp.text()
+    finally:
+        env.fake.password = PASSWORD
