@@ -44,10 +44,11 @@ from analysis.store import TrackRecord
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500
-#: Tags a scan asks ``titles`` for: artist, roles (albumartist), album, compilation,
+#: Tags a scan asks ``titles`` for: roles (albumartist…), artist, album, compilation,
 #: duration, album id, file size, genre(s), modification time, type, artist id,
-#: track number, url, remote flag, year.
-SCAN_TAGS = "aAlCdefgGnostuxy"
+#: track number, url, remote flag, year. ``A`` comes before ``a``: its ``artist`` role
+#: lists every artist ("A, B") and LMS lets the later tag win, the primary artist.
+SCAN_TAGS = "AalCdefgGnostuxy"
 #: Tags for listening history: play count and url (the id comes anyway).
 HISTORY_TAGS = "Ou"
 

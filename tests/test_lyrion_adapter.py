@@ -59,7 +59,7 @@ def fill(fake: FakeLyrion, media: Path) -> dict[str, int]:
             ids[f"{family} {i}"] = fake.add_track(
                 f"{family} {i}", f"{family.title()} Artist", f"{family} album", f"/music/{rel}",
                 file, genres=["Ambient" if family != "noise" else "Noise"], duration=8.0,
-                year=2001, tracknum=i + 1, playcount=i * 3,
+                year=2001, tracknum=i + 1, playcount=i * 3, featuring=["Guest"] if i else [],
             )
     return ids
 
@@ -111,6 +111,7 @@ async def test_pages_through_titles_and_skips_remote_tracks(server: Server) -> N
     assert song.path == "/music/Mid Artist/mid album/02 mid 1.flac"
     assert song.raw["url"] == "file:///music/Mid%20Artist/mid%20album/02%20mid%201.flac"
     assert (song.artist, song.album, song.genre, song.year) == ("Mid Artist", "mid album", "Ambient", 2001)
+    assert song.raw["artist"] == "Mid Artist"  # the primary artist, not "Mid Artist, Guest"
     assert song.size == (server.media / "Mid Artist/mid album/02 mid 1.flac").stat().st_size
     assert song.duration == pytest.approx(8.0) and song.mtime == 1_700_000_000
     assert "playcount" not in song.raw  # play counts change; a scan must not see that as an edit

@@ -19,7 +19,8 @@ copies faithfully:
 * ``titles|songs|tracks <start> <itemsPerResponse> tags:…``: ``count`` is the
   total, ``titles_loop`` the page (absent past the end), sorted by title;
   every entry has ``id`` and ``title`` plus the tags asked for (default
-  ``gald``), with LMS's tag names: ``a`` artist, ``A`` roles (``albumartist``,
+  ``gald``), in the order asked (a later tag's key overwrites an earlier one's,
+  as ``A``'s ``artist`` role list and ``a``'s primary artist do), with LMS's tag names: ``a`` artist, ``A`` roles (``albumartist``,
   ``trackartist``…), ``l`` album, ``C`` compilation, ``d`` duration, ``e``
   album_id, ``f`` filesize, ``g`` genre, ``G`` genres, ``n``
   modificationTime, ``O`` playcount, ``o`` type, ``s`` artist_id, ``t``
@@ -80,6 +81,7 @@ class FakeTrack:
     remote_url: str = ""
     album_id: int = 0
     artist_id: int = 0
+    featuring: list[str] = field(default_factory=list)  # more ARTIST-role contributors
 
     @property
     def url(self) -> str:
@@ -96,8 +98,8 @@ class FakeTrack:
         values: dict[str, Any] = {}
         if letter == "a":
             values["artist"] = self.artist
-        elif letter == "A":
-            values["artist"] = self.artist
+        elif letter == "A":  # per role, every name: "A, B" for the artist role
+            values["artist"] = ", ".join([self.artist, *self.featuring])
             if self.album_artist:
                 values["albumartist"] = self.album_artist
                 if self.album_artist != self.artist:
