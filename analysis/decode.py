@@ -22,10 +22,12 @@ through :func:`redact_url`.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ REMOTE_TIMEOUT = 60.0
 
 _CHUNK = 1 << 20
 _URL_QUERY = re.compile(r"(https?://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(https?://)[^\s/?#@'\"]*@", re.IGNORECASE)
 
 #: Exceptions the decoding libraries raise for bad input; all are mapped to
 #: DecodeError so one corrupt file can never take down a scan.
@@ -127,8 +130,24 @@ def is_url(location: object) -> bool:
 
 
 def redact_url(text: str) -> str:
-    """``text`` with every URL's query string (where Subsonic credentials live) replaced."""
-    return _URL_QUERY.sub(r"\1?<redacted>", text)
+    """``text`` with every URL's query string (where Subsonic credentials live) and
+    user:password part (HTTP Basic credentials, as for a password-protected LMS) replaced."""
+    return _URL_QUERY.sub(r"\1?<redacted>", _URL_USERINFO.sub(r"\1<redacted>@", text))
+
+
+def _basic_auth(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its ``user:password@`` part, and the Authorization header it stood for.
+
+    urllib does not send credentials written into a URL, so they become a header.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    host = parts.netloc.rpartition("@")[2]
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 
 
 def fetch(url: str, max_bytes: int = MAX_REMOTE_BYTES, timeout: float = REMOTE_TIMEOUT) -> io.BytesIO:
@@ -138,7 +157,8 @@ def fetch(url: str, max_bytes: int = MAX_REMOTE_BYTES, timeout: float = REMOTE_T
     whole file is needed anyway: the decoders seek in it to read the excerpts.
     """
     shown = redact_url(url)
-    request = urllib.request.Request(url, headers={"User-Agent": "musegate"})
+    url, auth = _basic_auth(url)
+    request = urllib.request.Request(url, headers={"User-Agent": "musegate", **auth})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - http(s) only
             declared = resp.headers.get("Content-Length")

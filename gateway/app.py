@@ -84,6 +84,8 @@ def _classifier(config: Config) -> Callable[[web.Request], str]:
         route = request.match_info.route
         if route.name == "jellyfin-intercept":
             return metrics.PASSTHROUGH  # the handler marks what it answers itself
+        if (route.name or "").startswith("lms-"):
+            return metrics.INTERCEPTED  # LMS's Music Similarity plugin, answered by sound
         if request.path in own:
             return metrics.OWN
         if _is_api(request, base):
@@ -178,7 +180,12 @@ def create_app(
         from gateway.jellyfin import add_jellyfin
 
         add_jellyfin(app, config)
-    if config.upstream_url:
+    if config.source == "lyrion" and config.upstream_url:
+        # The Music Similarity plugin's API; LMS itself is not proxied (its clients talk to it).
+        from gateway.lms_similarity import add_lms_similarity
+
+        add_lms_similarity(app)
+    elif config.upstream_url:
         # Keep this last: the pass-through is the catch-all for whatever no route above answers.
         from gateway.proxy import add_proxy
 

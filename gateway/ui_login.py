@@ -7,6 +7,9 @@ musegate has no user database. A login is accepted when
   password — the same ``AuthChecker`` an intercepted app call goes through;
 * the source is Jellyfin and ``POST /Users/AuthenticateByName`` gives an access
   token, which Jellyfin then confirms on ``/System/Info`` like any caller's token;
+* the source is Lyrion, LMS has password protection on, and it accepts the user
+  name and password (HTTP Basic): LMS has one account and no per-user libraries,
+  so that session sees the whole library, like an operator's;
 * no ``api_key`` is set and the caller is on this machine (loopback): a local
   operator session, as the JSON API itself answers loopback callers then.
 """
@@ -50,6 +53,8 @@ def login_modes(request: web.Request) -> list[str]:
     modes = []
     if config.source in ("subsonic", "jellyfin") and config.upstream_url:
         modes.append("password")
+    elif config.source == "lyrion" and config.upstream_url and config.upstream_user:
+        modes.append("password")  # LMS checks passwords only when its protection is on
     if config.api_key:
         modes.append("api_key")
     elif access.local_without_key(request, config):
@@ -75,7 +80,24 @@ async def check_login(request: web.Request, body: dict[str, object]) -> Login:
         raise LoginRefused("enter a user name and a password")
     if config.source == "subsonic":
         return await _subsonic(request, user, password)
+    if config.source == "lyrion":
+        return await _lyrion(request, user, password)
     return await _jellyfin(request, user, password)
+
+
+async def _lyrion(request: web.Request, user: str, password: str) -> Login:
+    from adapters.lyrion import LyrionError
+
+    adapter = request.app[keys.ADAPTER]
+    try:
+        if not await adapter.password_protected():
+            raise LoginRefused("LMS has no password protection to check a password against; "
+                               "log in with musegate's API key")
+        if not await adapter.check_credentials(user, password):
+            raise LoginRefused("wrong user name or password")
+    except LyrionError:
+        raise LoginUnavailable("the music server is not reachable") from None
+    return Login(user, ADMIN)
 
 
 async def _subsonic(request: web.Request, user: str, password: str) -> Login:

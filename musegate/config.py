@@ -19,7 +19,7 @@ ENV_PREFIX = "MUSEGATE_"
 CONFIG_ENV = "MUSEGATE_CONFIG"
 DEFAULT_CONFIG_FILE = "musegate.toml"
 ANALYSIS_MODES = ("sampled", "fast", "full")
-SOURCES = ("folder", "subsonic", "jellyfin")
+SOURCES = ("folder", "subsonic", "jellyfin", "lyrion")
 LLM_PROVIDERS = ("", "ollama", "openai")
 SUBSONIC_VISIBILITY = ("hydrate", "folders")
 
@@ -130,7 +130,8 @@ FIELDS: tuple[Field, ...] = (
         "source",
         str,
         lambda: "folder",
-        "where the library comes from: 'folder' (library_path), 'subsonic' or 'jellyfin' (upstream_url)",
+        "where the library comes from: 'folder' (library_path), 'subsonic', 'jellyfin' or 'lyrion' "
+        "(upstream_url)",
         choices=SOURCES,
     ),
     Field(
@@ -160,6 +161,13 @@ FIELDS: tuple[Field, ...] = (
         str,
         lambda: "",
         "Jellyfin: names of the music libraries to analyse, separated by ',' (default: all)",
+    ),
+    Field(
+        "lms_clients",
+        str,
+        lambda: "",
+        "Lyrion: who may call the Music Similarity mixer API (/api/similar): IPs or CIDRs separated "
+        "by ',' (default: only this machine)",
     ),
     Field("scan_cron", str, lambda: "0 3 * * *", "when the library is rescanned (cron, local time)"),
     Field("auth_cache_seconds", int, lambda: 60, "how long a successful credential check is reused", minimum=0),
@@ -222,6 +230,7 @@ class Config:
     upstream_auth: str
     path_map: str
     libraries: str
+    lms_clients: str
     scan_cron: str
     auth_cache_seconds: int
     subsonic_visibility: str
@@ -277,7 +286,7 @@ def _coerce(field: Field, value: Any, source: str) -> Any:
             value = "/" + value.strip().strip("/") if value.strip().strip("/") else ""
             if any(c in value for c in "?#{}% ") or "//" in value:
                 raise bad(f"must be a plain URL path such as {'/musegate' if field.name == 'base_path' else '/music'}")
-        elif field.name == "trusted_proxies":
+        elif field.name in ("trusted_proxies", "lms_clients"):
             try:
                 value = ",".join(str(n) for n in parse_networks(value))
             except ValueError as exc:

@@ -34,13 +34,17 @@ def adapter_for(config: Config) -> Any:
 
     Server adapters hold an HTTP session: whoever creates one closes it (``close()``).
     """
-    if config.source in ("subsonic", "jellyfin"):
+    if config.source in ("subsonic", "jellyfin", "lyrion"):
         if not config.upstream_url:
             return None
         if config.source == "subsonic":
             from adapters.subsonic import SubsonicAdapter
 
             return SubsonicAdapter.from_config(config)
+        if config.source == "lyrion":
+            from adapters.lyrion import LyrionAdapter
+
+            return LyrionAdapter.from_config(config)
         from adapters.jellyfin import JellyfinAdapter
 
         return JellyfinAdapter.from_config(config)
