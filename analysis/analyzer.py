@@ -1,9 +1,9 @@
-"""The analyzer job: pending tracks → worker processes → batched writes to the store.
+"""The analyzer job: pending tracks → an executor's workers → batched writes to the store.
 
-Workers are separate processes because the network and librosa both hold the
-GIL for long stretches; each loads the model and warms librosa's JIT once, so
-per-track cost is only the track's own work. Results are written in small
-transactions as they arrive, so killing the process at any moment loses at most
+Where tasks run is the executor's business (:mod:`analysis.executors`): the
+local process pool by default, or a Dask cluster when ``scheduler_address`` is
+set. Either way results come back here and this process alone writes them, in
+small transactions as they arrive, so killing it at any moment loses at most
 the analyses still in flight, and the next run resumes with what is pending.
 
 Where a track's audio lives is the adapter's business: ``locate`` (for example
@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from analysis.executors import AnalysisExecutor, AnalysisTask, TaskResult, executor_for
 from analysis.sampling import SamplingPlan
 from analysis.store import LibraryStore, TrackRecord
 from analysis.types import TrackAnalysis
@@ -32,53 +28,6 @@ from analysis.types import TrackAnalysis
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 2.0
-
-_worker_model = None
-_worker_plan: SamplingPlan | None = None
-
-
-def _init_worker(model_path: str | None, threads: int, plan: SamplingPlan) -> None:
-    """Load the model once per process and run one tiny analysis to warm every JIT path.
-
-    The numeric libraries get the same thread budget as ONNX Runtime: left at
-    their defaults, OpenBLAS and OpenMP start one spinning thread per core in
-    every worker, and with one worker per core that doubled the CPU time of a
-    library analysis (measured: 72.7 s vs 36.1 s for 92 tracks on 2 cores).
-    """
-    global _worker_model, _worker_plan
-    from threadpoolctl import threadpool_limits
-
-    from analysis.model import MusicnnModel
-    from analysis.pipeline import analyse_excerpts
-
-
-    _worker_model = MusicnnModel(model_path, threads=threads)
-    _worker_plan = plan
-    log.debug("analysis worker ready with providers %s", _worker_model.providers)
-    rng = np.random.default_rng(0)
-    warm = (rng.standard_normal(16000 * 4) * 0.1).astype(np.float32)
-    analyse_excerpts([warm], 4.0, _worker_model, plan)
-    # Last: only libraries already loaded are limited, and numpy and scipy each
-    # bring their own OpenBLAS, loaded when first used.
-    threadpool_limits(limits=max(1, threads))
-
-
-def _analyse_in_worker(track_id: int, path: str) -> tuple[int, TrackAnalysis | None, str | None]:
-    from analysis.decode import DecodeError, fetch, is_url, redact_url
-    from analysis.pipeline import analyse_file
-
-    assert _worker_model is not None and _worker_plan is not None
-    try:
-        # Fetched once here: probe and read_excerpts then both read the in-memory copy.
-        source = fetch(path) if is_url(path) else path
-        return track_id, analyse_file(source, _worker_model, _worker_plan), None  # type: ignore[arg-type]
-    except DecodeError as exc:
-        return track_id, None, redact_url(str(exc))
-    except MemoryError:
-        return track_id, None, "out of memory while analysing"
-    except Exception as exc:  # a bad file must never stop the run
-        log.error("analysis of %s failed", redact_url(path), exc_info=not is_url(path))
-        return track_id, None, redact_url(f"{type(exc).__name__}: {exc}")
 
 
 Locator = Callable[[TrackRecord], str]
@@ -122,6 +71,7 @@ class AnalyzerSettings:
     write_batch: int = 16
     max_attempts: int = 3
     model_path: str | None = None
+    scheduler_address: str = ""  # a Dask scheduler; empty: the local process pool
 
 
 class _Writer:
@@ -151,14 +101,19 @@ class _Writer:
         self.last_flush = time.monotonic()
 
 
-def _pool(settings: AnalyzerSettings) -> ProcessPoolExecutor:
-    # spawn: the parent holds aiosqlite's thread and asyncio state that must not be forked.
-    return ProcessPoolExecutor(
-        max_workers=settings.workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(settings.model_path, settings.model_threads, settings.plan),
-    )
+def _executor(settings: AnalyzerSettings) -> AnalysisExecutor:
+    return executor_for(settings.workers, settings.model_path, settings.model_threads,
+                        settings.plan, settings.scheduler_address)
+
+
+def _checked(result: TaskResult, version: str) -> TaskResult:
+    """A worker with another model or musegate version must not mix its vectors in."""
+    got = result.analysis.version if result.analysis is not None else None
+    if got is None or got == version:
+        return result
+    return TaskResult(result.track_id, None,
+                      f"the worker analysed with {got}, this server expects {version}: "
+                      "install the same musegate version on every worker")
 
 
 async def run_analysis(
@@ -167,11 +122,13 @@ async def run_analysis(
     progress: ProgressCallback | None = None,
     limit: int | None = None,
     locate: Locator | None = None,
+    executor: AnalysisExecutor | None = None,
 ) -> AnalysisReport:
     """Analyse every pending track (at most ``limit``) and return what happened.
 
     ``locate`` maps a track to the path or URL its audio is read from (default:
     ``track.path``); it runs here, in the parent, so workers need no adapter.
+    ``executor`` overrides the one the settings choose (tests, benchmarks).
     """
     todo = await store.pending(settings.version, settings.max_attempts, limit)
     report = AnalysisReport(total=len(todo))
@@ -180,48 +137,35 @@ async def run_analysis(
     started = time.monotonic()
     writer = _Writer(store, settings)
     queue: list[TrackRecord] = list(reversed(todo))
-    loop = asyncio.get_running_loop()
-    executor = _pool(settings)
-    in_flight: dict[asyncio.Future[tuple[int, TrackAnalysis | None, str | None]], TrackRecord] = {}
     paths = {t.id: t.path or "" for t in todo}
+    executor = executor if executor is not None else _executor(settings)
+    in_flight: dict[asyncio.Future[TaskResult], TrackRecord] = {}
     try:
+        await executor.start()
         while queue or in_flight:
-            while queue and len(in_flight) < settings.workers * 2:
+            capacity = executor.capacity()
+            while queue and len(in_flight) < capacity:
                 track = queue.pop()
-                fut: Future = executor.submit(
-                    _analyse_in_worker, track.id, _location(track, locate)
-                )
-                in_flight[asyncio.wrap_future(fut, loop=loop)] = track
+                task = AnalysisTask(int(track.id or 0), _location(track, locate), settings.plan,
+                                    settings.model_path, settings.model_threads)
+                in_flight[executor.submit(task)] = track
             finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            broken = False
             for fut in finished:
-                track = in_flight.pop(fut)
-                try:
-                    track_id, result, reason = fut.result()
-                except BrokenProcessPool:
-                    track_id, result, reason = track.id, None, "analysis worker crashed"
-                    broken = True
-                if result is None:
+                in_flight.pop(fut)
+                result = _checked(fut.result(), settings.version)
+                if result.analysis is None:
                     report.failed += 1
-                    report.failures.append((paths.get(track_id, ""), reason or ""))
+                    report.failures.append((paths.get(result.track_id, ""), result.reason or ""))
                 else:
                     report.analysed += 1
-                await writer.add(track_id, result, reason)
-            if broken:
-                # Every other in-flight task died with the pool; record them and start afresh.
-                for fut, track in list(in_flight.items()):
-                    fut.cancel()
-                    report.failed += 1
-                    report.failures.append((track.path or "", "analysis worker crashed"))
-                    await writer.add(track.id, None, "analysis worker crashed")
-                in_flight.clear()
-                executor.shutdown(wait=False, cancel_futures=True)
-                executor = _pool(settings)
+                await writer.add(result.track_id, result.analysis, result.reason)
             report.seconds = time.monotonic() - started
             if progress is not None:
                 progress(report)
     finally:
+        for fut in in_flight:
+            fut.cancel()
         await writer.flush()
-        executor.shutdown(wait=False, cancel_futures=True)
+        await executor.close()
         report.seconds = time.monotonic() - started
     return report

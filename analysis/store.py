@@ -147,6 +147,10 @@ class StorageFullError(OSError):
     """
 
 
+class ReadOnlyStoreError(RuntimeError):
+    """A replica cannot use the store as it is; the message says what the writer must do."""
+
+
 class LibraryStore:
     """One connection, one writer; open with ``await LibraryStore.open(path)``."""
 
@@ -155,8 +159,16 @@ class LibraryStore:
         self.path = path
 
     @classmethod
-    async def open(cls, path: str | Path) -> LibraryStore:
+    async def open(cls, path: str | Path, read_only: bool = False) -> LibraryStore:
+        """The store at ``path``; ``read_only`` for a replica beside the one writer.
+
+        A read-only store never migrates, never creates the file and cannot write
+        (SQLite refuses); it needs the writer to have created the database in WAL
+        mode, which is what lets it read while the writer commits.
+        """
         path = Path(path)
+        if read_only:
+            return await cls._open_read_only(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path)
         db.row_factory = aiosqlite.Row
@@ -172,8 +184,42 @@ class LibraryStore:
             raise
         return store
 
+    @classmethod
+    async def _open_read_only(cls, path: Path) -> LibraryStore:
+        if not path.exists():
+            raise ReadOnlyStoreError(
+                f"{path} does not exist: start the writer (role = writer) on this store first")
+        db = await aiosqlite.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA busy_timeout=10000")
+        store = cls(db, path)
+        try:
+            async with db.execute("PRAGMA journal_mode") as cur:
+                mode = str((await cur.fetchone())[0]).lower()
+            if mode != "wal":
+                raise ReadOnlyStoreError(
+                    f"{path} is in {mode} journal mode; a replica needs the writer's WAL mode "
+                    "(start the writer once with this musegate)")
+            if await store.schema_version() != len(MIGRATIONS):
+                raise ReadOnlyStoreError(
+                    f"{path} has schema {await store.schema_version()}, this musegate reads "
+                    f"{len(MIGRATIONS)}: run the same musegate version as the writer")
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
     async def close(self) -> None:
         await self._db.close()
+
+    async def data_version(self) -> int:
+        """SQLite's counter of commits made by *other* connections: a free change check.
+
+        A replica polls this instead of counting analyses; it only moves when the
+        writer committed something.
+        """
+        async with self._db.execute("PRAGMA data_version") as cur:
+            return int((await cur.fetchone())[0])
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:

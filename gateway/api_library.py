@@ -140,6 +140,9 @@ async def failures(request: web.Request) -> web.Response:
 def _scheduler(request: web.Request) -> Any:
     scheduler = request.app.get(keys.SCHEDULER)
     if scheduler is None:
+        if request.app[keys.CONFIG].role == "replica":
+            raise ApiError(409, "this server is a read-only replica: scans and retries are "
+                                "the writer's (role = writer)")
         raise ApiError(409, "this server does not run the library scheduler "
                             "(start it with `musegate serve`)")
     return scheduler

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -61,6 +62,10 @@ def error_middleware(config: Config) -> Callable[..., Awaitable[web.StreamRespon
             return await handler(request)
         except access.AccessDenied as exc:
             return error_response(exc.status, exc.message)
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc).replace(" ", "") or not api:
+                raise
+            return error_response(409, "this server is a read-only replica: ask the writer")
         except ApiError as exc:
             return error_response(exc.status, exc.message, exc.field)
         except web.HTTPException as exc:
@@ -125,7 +130,8 @@ def create_app(
     owns_adapter = adapter is _DEFAULT
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        store = await LibraryStore.open(config.db_path)
+        replica = config.role == "replica"
+        store = await LibraryStore.open(config.db_path, read_only=replica)
         jobs = JobManager()
         watcher: asyncio.Task[None] | None = None
         try:
@@ -136,7 +142,7 @@ def create_app(
             app[keys.JOBS] = jobs
             if refresh_seconds:
                 watcher = asyncio.create_task(service.watch(refresh_seconds))
-            if schedule and app[keys.ADAPTER] is not None:
+            if schedule and not replica and app[keys.ADAPTER] is not None:
                 from musegate.scheduler import LibraryScheduler
 
                 scheduler = LibraryScheduler(
@@ -219,7 +225,7 @@ async def serve(config: Config) -> None:
     the scheduler stops, analyses already finished are in the database, and the
     next start resumes what was pending.
     """
-    app = create_app(config, schedule=True)
+    app = create_app(config, schedule=True, refresh_seconds=config.refresh_seconds)
     # On stop, requests in flight get this long to finish; endless streams are cut after it.
     runner = web.AppRunner(app, shutdown_timeout=DRAIN_SECONDS,
                            access_log_class=RedactingAccessLogger)

@@ -10,6 +10,7 @@ traffic back and a user reading ``podman healthcheck`` output knows why.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import aiohttp
@@ -51,6 +52,11 @@ async def _upstream_reason(app: web.Application) -> str | None:
             await session.close()
 
 
+def library_version(signature: tuple[object, ...]) -> str:
+    """A short stable name for the store state a snapshot was loaded from."""
+    return hashlib.sha256(repr(signature).encode()).hexdigest()[:12]
+
+
 async def ready(request: web.Request) -> web.Response:
     app = request.app
     reasons: list[str] = []
@@ -70,6 +76,9 @@ async def ready(request: web.Request) -> web.Response:
         reasons.append("index not loaded")
     else:
         details["index_tracks"] = len(service.snapshot.index)
+        # Replicas behind one load balancer agree when this agrees (it moves with the store).
+        details["library_version"] = library_version(service.snapshot.signature)
+        details["role"] = app[keys.CONFIG].role
     upstream = await _upstream_reason(app)
     if upstream:
         reasons.append(upstream)

@@ -362,8 +362,10 @@ def load_or_build(
     ids: np.ndarray,
     vectors: np.ndarray,
     hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+    save: bool = True,
 ) -> tuple[SimilarityIndex, str]:
-    """The saved index when it matches the store, else a fresh one (saved); never raises on a bad file."""
+    """The saved index when it matches the store, else a fresh one (saved unless ``save`` is
+    False: a read-only replica leaves the file to the writer); never raises on a bad file."""
     path = Path(path)
     index, reason = _load_checked(path, ids, vectors)
     if index is not None:
@@ -375,6 +377,8 @@ def load_or_build(
     else:
         reason = f"rebuilt: {reason}"
     index = SimilarityIndex.build(ids, vectors, hnsw_threshold)
+    if not save:
+        return index, reason
     try:
         index.save(path)
     except OSError as exc:

@@ -136,7 +136,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 async def _with_store(config: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
     from analysis.store import LibraryStore
 
-    store = await LibraryStore.open(config.db_path)
+    # A replica's configuration reads the writer's store and must never change it.
+    store = await LibraryStore.open(config.db_path, read_only=config.role == "replica")
     try:
         return await fn(store)
     finally:
@@ -334,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(config, args.dir, args.wait))
         except KeyboardInterrupt:
             return 0
+    if args.command == "analyze" and config.role == "replica":
+        print("musegate: role = replica reads the writer's store and cannot analyse; run "
+              "`musegate analyze` with the writer's configuration", file=sys.stderr)
+        return 2
     # The engine is imported only for the commands that use it (`health` must start fast).
     from analysis.store import StorageFullError
     from musegate.cli_features import (

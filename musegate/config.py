@@ -22,6 +22,7 @@ ANALYSIS_MODES = ("sampled", "fast", "full")
 SOURCES = ("folder", "subsonic", "jellyfin", "lyrion")
 LLM_PROVIDERS = ("", "ollama", "openai")
 SUBSONIC_VISIBILITY = ("hydrate", "folders")
+ROLES = ("writer", "replica")
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("workers", int, lambda: os.cpu_count() or 1, "analysis processes", minimum=1),
     Field("model_threads", int, lambda: 1, "ONNX Runtime threads per worker", minimum=1),
+    Field(
+        "scheduler_address",
+        str,
+        lambda: "",
+        "a Dask scheduler (tcp://host:8786 or tls://…) whose workers analyse the library; "
+        "'' (default): the local process pool of `workers` processes",
+    ),
     Field("write_batch", int, lambda: 16, "analyses written per transaction", minimum=1),
     Field("max_attempts", int, lambda: 3, "failed analyses retried this often", minimum=1),
     Field(
@@ -67,6 +75,22 @@ FIELDS: tuple[Field, ...] = (
         lambda: "INFO",
         "logging level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
+    Field(
+        "role",
+        str,
+        lambda: "writer",
+        "'writer' (default: scans, analyses, writes the store) or 'replica' (`musegate serve` "
+        "only: opens the writer's store read-only, answers queries, reloads when it changes)",
+        choices=ROLES,
+    ),
+    Field(
+        "refresh_seconds",
+        int,
+        lambda: 30,
+        "how often `musegate serve` looks for new analyses in the store (a replica's look is "
+        "one PRAGMA, so a few seconds is fine)",
+        minimum=1,
     ),
     Field("host", str, lambda: "127.0.0.1", "address `musegate serve` listens on"),
     Field("port", int, lambda: 8765, "port `musegate serve` listens on", minimum=1, maximum=65535),
@@ -205,9 +229,12 @@ class Config:
     analysis_mode: str
     workers: int
     model_threads: int
+    scheduler_address: str
     write_batch: int
     max_attempts: int
     log_level: str
+    role: str
+    refresh_seconds: int
     host: str
     port: int
     base_path: str

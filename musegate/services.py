@@ -113,6 +113,10 @@ class LibraryService:
         self.store = store
         self.config = config
         self.version = analyzer_settings(config).version
+        # A replica reads the writer's store: it never saves the index (the file is the
+        # writer's) and skips the signature query while SQLite says nobody committed.
+        self.read_only = config.role == "replica"
+        self._data_version: int | None = None
         self._snapshot: LibrarySnapshot | None = None
         self._lock = ReadWriteLock()
         self._refreshing = asyncio.Lock()
@@ -132,6 +136,11 @@ class LibraryService:
     async def refresh(self, force: bool = False) -> bool:
         """Reload when the store changed (or when ``force``); says whether anything was reloaded."""
         async with self._refreshing:
+            if self.read_only:
+                seen = await self.store.data_version()
+                if not force and self._snapshot is not None and seen == self._data_version:
+                    return False
+                self._data_version = seen  # read first: a commit during the load is seen next time
             sig = await self.signature()
             old = self._snapshot
             if old is not None and not force and sig == old.signature:
@@ -156,9 +165,11 @@ class LibraryService:
         if old is None or old.index.kind == "flat":
             # An exact index is a plain copy of the vectors: rebuilding it is cheaper than diffing.
             if old is None:
-                return await asyncio.to_thread(load_or_build, path, cat.ids, cat.vectors, threshold)
+                return await asyncio.to_thread(load_or_build, path, cat.ids, cat.vectors, threshold,
+                                               save=not self.read_only)
             index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
-            await asyncio.to_thread(_save_quietly, index, path)
+            if not self.read_only:
+                await asyncio.to_thread(_save_quietly, index, path)
             return index, "rebuilt: analyses changed"
         gone, changed = _diff(old.catalogue, cat)
         if len(gone) + len(changed) > _INCREMENTAL_LIMIT:
@@ -171,7 +182,8 @@ class LibraryService:
                 await asyncio.to_thread(index.remove, gone)
                 await asyncio.to_thread(index.add, changed, cat.vectors[rows])
             status = f"updated: {len(changed)} added or changed, {len(gone)} removed"
-        await asyncio.to_thread(_save_quietly, index, path)
+        if not self.read_only:
+            await asyncio.to_thread(_save_quietly, index, path)
         return index, status
 
     @contextlib.asynccontextmanager

@@ -139,10 +139,10 @@ def test_zero_length_wav_header_only(tmp_path: Path) -> None:
 
 def test_workers_use_one_numeric_thread_each() -> None:
     # One worker per core plus a BLAS/OpenMP thread per core in each doubled the CPU time.
-    from analysis.analyzer import AnalyzerSettings, _pool
+    from analysis.executors import LocalPoolExecutor
     from analysis.sampling import DEFAULT
 
-    with _pool(AnalyzerSettings(plan=DEFAULT, version="t")) as pool:
+    with LocalPoolExecutor(1, None, 1, DEFAULT)._new_pool() as pool:
         counts = pool.submit(numeric_thread_counts).result(timeout=120)
     assert counts, "no BLAS/OpenMP library found in the worker"
     assert max(n for n, _ in counts) == 1, counts
