@@ -239,3 +239,35 @@ def find_duplicates(
     """Every duplicate group of the library, with the confirmed pairs behind them."""
     pairs = confirmed_pairs(cat, candidate_pairs(cat, index, neighbours))
     return group_pairs(cat, pairs, quality), pairs
+
+
+def duplicate_among(cat: Catalogue, row: int, others: np.ndarray, sims: np.ndarray | None = None) -> bool:
+    """Is ``row`` a copy of any of ``others`` (rows)? ``sims`` (their cosines to ``row``) saves a GEMV.
+
+    Only others above the candidate cosine reach the fingerprint, so a playlist
+    check costs one matrix-vector product and, rarely, a fingerprint comparison.
+    """
+    if not len(others):
+        return False
+    if sims is None:
+        sims = cat.vectors[others] @ cat.vectors[row]
+    return any(
+        same_recording(cat, row, int(o)).duplicate
+        for o in np.asarray(others)[sims >= CANDIDATE_COSINE]
+        if int(o) != row
+    )
+
+
+def duplicate_matrix(cat: Catalogue, rows: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """bool [len(rows), len(rows)]: which of ``rows`` are copies of each other (``gram``: their cosines).
+
+    For algorithms that test many pairs of one candidate pool (song paths):
+    every close pair is judged once up front.
+    """
+    out = np.zeros(gram.shape, bool)
+    ii, jj = np.nonzero(np.triu(gram >= CANDIDATE_COSINE, 1))
+    for i, j in zip(ii, jj, strict=True):
+        if same_recording(cat, int(rows[i]), int(rows[j])).duplicate:
+            out[i, j] = out[j, i] = True
+    np.fill_diagonal(out, True)
+    return out
