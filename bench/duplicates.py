@@ -146,6 +146,36 @@ def analyse_all(paths: list[Path], workers: int) -> dict[str, TrackAnalysis | st
 # ---- evaluation --------------------------------------------------------------------
 
 
+def _answer_latency(rows: list) -> dict[str, tuple[float, float]]:
+    """ms per similar-songs answer (n=20) and per 25-song path, hide_duplicates off vs on.
+
+    "On" runs on a fresh catalogue, so it pays for every fingerprint comparison
+    (the server's catalogue keeps verdicts until the library changes).
+    """
+    from index.catalogue import Catalogue
+    from index.faiss_index import SimilarityIndex
+    from index.path import song_path
+    from index.similar import similar_tracks
+
+    out: dict[str, tuple[float, float]] = {}
+    for name, runs in (("similar", 46), ("path", 8)):
+        timed = []
+        for hide in (False, True):
+            cat = Catalogue.from_rows(rows)
+            index = SimilarityIndex.build(cat.ids, cat.vectors)
+            seeds = [int(t) for t in cat.ids[:: max(1, len(cat) // (2 * runs))]][: 2 * runs]
+            started = time.perf_counter()
+            for k in range(runs):
+                if name == "similar":
+                    similar_tracks(cat, index, [seeds[k]], n=20, hide_duplicates=hide)
+                else:
+                    song_path(cat, index, seeds[k], seeds[runs + k], length=25,
+                              hide_duplicates=hide)
+            timed.append(1000 * (time.perf_counter() - started) / runs)
+        out[name] = (timed[0], timed[1])
+    return out
+
+
 def evaluate(groups: list[list[Path]],
              analyses: dict[str, TrackAnalysis]) -> dict[str, object]:
     from index import duplicates as dup
@@ -212,6 +242,8 @@ def evaluate(groups: list[list[Path]],
             if v.bit_error_rate is not None:
                 ber_false.append(v.bit_error_rate)
 
+    latency = _answer_latency(rows)
+
     # the fallback rule (analyses without fingerprint), on the same candidates
     stripped = Catalogue.from_rows([CatalogueRow(r.track_id, r.embedding, r.features, r.title,
                                                  duration=r.duration) for r in rows])
@@ -239,6 +271,7 @@ def evaluate(groups: list[list[Path]],
         "false_candidates": len(ber_false),
         "fallback_recall": len(true_pairs & fb) / len(true_pairs),
         "fallback_false": len(fb - true_pairs),
+        "latency": latency,
         "fp_bytes": float(np.mean([len(analyses[str(p)].fingerprint or b"") for p in paths])),
     }
 
@@ -292,6 +325,9 @@ def render(r: dict, timing: tuple[float, float, int], command: str) -> str:
     lines += [
         f"Grouping the whole set (top-10 neighbours, fingerprint checks): {r['seconds']:.2f} s.",
         f"Stored fingerprint: {r['fp_bytes']:.0f} bytes per track on average.",
+        "Answer time, hide_duplicates off / on (cold: every fingerprint comparison paid): "
+        + "; ".join(f"{k} {a:.1f} / {b:.1f} ms (ratio {b / a:.2f})"
+                    for k, (a, b) in r["latency"].items()) + ".",
         "",
         f"Analysis time per track without / with the fingerprint, same decoded excerpts, "
         f"interleaved, {n} tracks: {1000 * without:.0f} ms / {1000 * with_fp:.0f} ms "

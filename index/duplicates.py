@@ -30,9 +30,10 @@ from analysis import audio_fingerprint as afp
 from index.catalogue import Catalogue
 from index.faiss_index import SimilarityIndex
 
-#: Pairs closer than this are checked with fingerprints. The farthest variant
-#: pair measured on the dev corpus sits at 0.054 (see docs/benchmarks.md).
-CANDIDATE_COSINE = 0.90
+#: Pairs closer than this are checked with fingerprints. The farthest copy
+#: measured on the dev corpus sits at 0.9515 (docs/benchmarks.md); every pair
+#: above the bar costs a fingerprint comparison (~1 ms), so it is not lower.
+CANDIDATE_COSINE = 0.93
 #: Fingerprint bit error rate at or below which two tracks are the same
 #: recording. Measured: variants 0.02-0.13, distinct tracks >= 0.35.
 MATCH_BIT_ERROR = 0.25
@@ -258,16 +259,31 @@ def duplicate_among(cat: Catalogue, row: int, others: np.ndarray, sims: np.ndarr
     )
 
 
-def duplicate_matrix(cat: Catalogue, rows: np.ndarray, gram: np.ndarray) -> np.ndarray:
-    """bool [len(rows), len(rows)]: which of ``rows`` are copies of each other (``gram``: their cosines).
+class DuplicateLookup:
+    """``lookup[i, j]`` / ``lookup[i, [j, ...]]``: are pool rows ``i`` and ``j`` copies of each other?
 
-    For algorithms that test many pairs of one candidate pool (song paths):
-    every close pair is judged once up front.
+    For algorithms that test many pairs of one candidate pool (song paths): a
+    pair is judged only when it is first asked about and only when close in
+    cosine, so a search that tries a few hundred of a pool's thousands of close
+    pairs pays for those alone.
     """
-    out = np.zeros(gram.shape, bool)
-    ii, jj = np.nonzero(np.triu(gram >= CANDIDATE_COSINE, 1))
-    for i, j in zip(ii, jj, strict=True):
-        if same_recording(cat, int(rows[i]), int(rows[j])).duplicate:
-            out[i, j] = out[j, i] = True
-    np.fill_diagonal(out, True)
-    return out
+
+    def __init__(self, cat: Catalogue, rows: np.ndarray, gram: np.ndarray) -> None:
+        self.cat = cat
+        self.rows = np.asarray(rows, np.int64)
+        self.pending = gram >= CANDIDATE_COSINE  # close and not judged yet
+        np.fill_diagonal(self.pending, False)
+        self.same = np.eye(len(self.rows), dtype=bool)
+
+    def __getitem__(self, key: tuple[int, object]) -> bool | np.ndarray:
+        i, j = key
+        cols = np.atleast_1d(np.asarray(j, np.int64))
+        for c in cols[self.pending[i, cols]]:
+            c = int(c)
+            verdict = same_recording(self.cat, int(self.rows[i]), int(self.rows[c])).duplicate
+            self.same[i, c] = self.same[c, i] = verdict
+            self.pending[i, c] = self.pending[c, i] = False
+        found = self.same[i, cols]
+        return bool(found[0]) if np.ndim(j) == 0 else found
+
+

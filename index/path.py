@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.catalogue import Catalogue
-from index.duplicates import duplicate_matrix
+from index.duplicates import DuplicateLookup
 from index.faiss_index import SimilarityIndex
 from index.results import (
     DUPLICATE_SECONDS,
@@ -198,7 +198,7 @@ class _Improver:
         texts = _text_keys(cat)
         artists = artist_keys(cat)
         if hide_duplicates:
-            self.dup_vec = duplicate_matrix(cat, pool, gram)
+            self.dup_vec: DuplicateLookup | np.ndarray = DuplicateLookup(cat, pool, gram)
             self.text = [texts[int(r)] for r in pool]
         else:  # only a song itself blocks itself; empty title keys never match
             self.dup_vec = np.eye(len(pool), dtype=bool)
