@@ -318,3 +318,61 @@ async def test_cli_duplicates_json_and_table(tmp_path: Path, capsys: pytest.Capt
     text = capsys.readouterr().out
     assert code == 0 and "1 duplicate groups" in text and "keep" in text
     assert "re-analysing them fills the fingerprint in" in text
+
+
+# ---------------------------------------------------------------------------- Subsonic gateway
+
+
+async def test_subsonic_similar_songs_hide_a_copy_unless_configured(tmp_path: Path) -> None:
+    """getSimilarSongs2 through py-sonic against a real supysonic: two of its songs are
+    given one recording's fingerprints; the gateway answer holds one of them by default
+    and both with hide_duplicates = false."""
+    import asyncio
+
+    import libsonic
+
+    from analysis.store import TrackRecord
+    from tests.supysonic_server import Supysonic, generate_library
+    from tests.test_subsonic_gateway import USERS, _songs, auth
+
+    music = generate_library(tmp_path / "music", artists=1, albums=1, tracks=6, seconds=1.0)
+    async with Supysonic.start(tmp_path, music, users=USERS) as server, \
+            aiohttp.ClientSession() as session:
+        songs = await _songs(session, server.url)
+        assert len(songs) == 6 and auth()["u"] == "alice"
+        y = song(1)
+        fps = {songs[0]["id"]: afp.encode(fingerprint_of(y)),
+               songs[1]["id"]: afp.encode(fingerprint_of(louder_with_silence(y)))}
+        rng = np.random.default_rng(2)
+        base = rng.standard_normal(200)
+        answers = {}
+        for hide in (True, False):
+            config = make_config(tmp_path / f"hide-{hide}", source="subsonic",
+                                 upstream_url=server.url, max_per_artist=0,
+                                 hide_duplicates=hide)
+            version = analyzer_settings(config).version
+            source = f"subsonic:{config.upstream_url}"
+            store = await LibraryStore.open(config.db_path)
+            try:
+                await store.sync_source(source, [
+                    TrackRecord(source=source, upstream_id=s["id"], title=s["title"],
+                                artist=s["artist"], album=s.get("album"), duration=150.0, raw=s)
+                    for s in songs])
+                known = await store.tracks_of_source(source)
+                await store.write_results([
+                    (known[s["id"]].id or 0, synthetic_analysis(
+                        base + np.random.default_rng(k).standard_normal(200) * 0.15, version,
+                        duration=150.0, fingerprint=fps.get(s["id"])))
+                    for k, s in enumerate(songs)])
+            finally:
+                await store.close()
+            app = create_app(config, adapter=None, refresh_seconds=None)
+            async with TestServer(app, host="127.0.0.1") as ts:
+                client = libsonic.Connection("http://127.0.0.1", "alice", USERS["alice"],
+                                             port=ts.port, appName="pytest",
+                                             apiVersion="1.16.1", legacyAuth=True)
+                res = await asyncio.to_thread(client.getSimilarSongs2, songs[5]["id"], 10)
+                answers[hide] = [s["id"] for s in res["similarSongs2"]["song"]]
+    pair = {songs[0]["id"], songs[1]["id"]}
+    assert pair <= set(answers[False]) and len(answers[False]) == 5
+    assert len(pair & set(answers[True])) == 1 and len(answers[True]) == 4
