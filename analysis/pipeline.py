@@ -7,10 +7,11 @@ the benchmark runs it inline, so both measure the same code.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
-from analysis import features
+from analysis import audio_fingerprint, features
 from analysis.decode import DecodeError, probe, read_excerpts
 from analysis.melspec import patches
 from analysis.model import MusicnnModel
@@ -30,8 +31,14 @@ def analysis_version(model: MusicnnModel | str, plan: SamplingPlan) -> str:
 
 
 def analyse_excerpts(
-    excerpts: list[np.ndarray], duration: float, model: MusicnnModel, plan: SamplingPlan
+    excerpts: list[np.ndarray],
+    duration: float,
+    model: MusicnnModel,
+    plan: SamplingPlan,
+    starts: Sequence[float] | None = None,
 ) -> TrackAnalysis:
+    """``starts`` (seconds) place the excerpts in the track for the duplicate fingerprint;
+    without them a single excerpt is taken to start at 0 and several get no fingerprint."""
     if not excerpts or sum(e.size for e in excerpts) == 0:
         raise DecodeError("no audio samples")
     batch = patches(excerpts)
@@ -40,6 +47,13 @@ def analyse_excerpts(
     heard = excerpts[step // 2 :: step] if len(excerpts) > FEATURE_EXCERPTS else excerpts
     key, scale, strength = features.estimate_key(heard, SAMPLE_RATE)
     envelopes = features.onset_envelopes(heard, SAMPLE_RATE)
+    if starts is None and len(excerpts) == 1:
+        starts = [0.0]
+    fingerprint = (
+        audio_fingerprint.encode(audio_fingerprint.compute(excerpts, starts, SAMPLE_RATE))
+        if starts is not None and len(starts) == len(excerpts)
+        else None
+    )
     return TrackAnalysis(
         embedding=embeddings.mean(axis=0).astype(np.float32),
         tags=tags.mean(axis=0).astype(np.float32),
@@ -52,6 +66,7 @@ def analyse_excerpts(
         duration=duration,
         patches=int(batch.shape[0]),
         version=analysis_version(model, plan),
+        fingerprint=fingerprint,
     )
 
 
@@ -62,4 +77,19 @@ def analyse_file(
     info = probe(path)
     spans = excerpt_spans(info.duration, plan)
     excerpts = read_excerpts(path, spans, sr=SAMPLE_RATE)
-    return analyse_excerpts(excerpts, info.duration, model, plan)
+    starts = _kept_starts(spans, excerpts, info.duration)
+    return analyse_excerpts(excerpts, info.duration, model, plan, starts)
+
+
+def _kept_starts(
+    spans: Sequence[tuple[float, float]] | None, excerpts: list[np.ndarray], duration: float
+) -> list[float] | None:
+    """Start of each decoded excerpt; None when dropped spans make the pairing ambiguous.
+
+    ``read_excerpts`` drops spans that fall outside the file (a header that
+    overstates the duration), which can only be the last ones.
+    """
+    if spans is None:
+        return [0.0] if len(excerpts) == 1 else None
+    inside = [s for s, _ in spans if s < duration]
+    return inside[: len(excerpts)] if len(inside) >= len(excerpts) else None

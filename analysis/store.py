@@ -60,6 +60,9 @@ MIGRATIONS: tuple[str, ...] = (
         failed_at REAL NOT NULL
     );
     """,
+    # 2: the duplicate fingerprint (analysis/audio_fingerprint.py); NULL for analyses made
+    # before it, which re-analysis fills in
+    "ALTER TABLE analyses ADD COLUMN fingerprint BLOB",
 )
 
 # Tracks without an analysis of a version that have not failed too often with it;
@@ -110,6 +113,7 @@ class StoredAnalysis:
     features: dict[str, Any]
     embedding: np.ndarray
     analysed_at: float
+    fingerprint: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -382,11 +386,12 @@ class LibraryStore:
         now = time.time()
         async with self._transaction():
             await self._db.executemany(
-                "INSERT INTO analyses (track_id, version, features, embedding, analysed_at)"
-                " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
+                "INSERT INTO analyses (track_id, version, features, embedding, analysed_at,"
+                " fingerprint)"
+                " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
                 " ON CONFLICT (track_id) DO UPDATE SET version = excluded.version,"
                 " features = excluded.features, embedding = excluded.embedding,"
-                " analysed_at = excluded.analysed_at",
+                " analysed_at = excluded.analysed_at, fingerprint = excluded.fingerprint",
                 [
                     (
                         tid,
@@ -394,6 +399,7 @@ class LibraryStore:
                         json.dumps(a.features()),
                         np.asarray(a.embedding, dtype="<f4").tobytes(),
                         now,
+                        a.fingerprint,
                         tid,
                     )
                     for tid, a in analyses
@@ -414,7 +420,7 @@ class LibraryStore:
 
     async def get_analysis(self, track_id: int) -> StoredAnalysis | None:
         async with self._db.execute(
-            "SELECT t.*, a.version, a.features, a.embedding, a.analysed_at"
+            "SELECT t.*, a.version, a.features, a.embedding, a.analysed_at, a.fingerprint"
             " FROM analyses a JOIN tracks t ON t.id = a.track_id WHERE a.track_id = ?",
             (track_id,),
         ) as cur:
@@ -427,12 +433,13 @@ class LibraryStore:
             features=json.loads(row["features"]),
             embedding=np.frombuffer(row["embedding"], dtype="<f4"),
             analysed_at=row["analysed_at"],
+            fingerprint=row["fingerprint"],
         )
 
     async def analysed(self, version: str) -> list[StoredAnalysis]:
         """Every track analysed with ``version``, in track-id order (one query)."""
         async with self._db.execute(
-            "SELECT t.*, a.version, a.features, a.embedding, a.analysed_at"
+            "SELECT t.*, a.version, a.features, a.embedding, a.analysed_at, a.fingerprint"
             " FROM analyses a JOIN tracks t ON t.id = a.track_id WHERE a.version = ?"
             " ORDER BY t.id",
             (version,),
@@ -445,6 +452,7 @@ class LibraryStore:
                 features=json.loads(r["features"]),
                 embedding=np.frombuffer(r["embedding"], dtype="<f4"),
                 analysed_at=r["analysed_at"],
+                fingerprint=r["fingerprint"],
             )
             for r in rows
         ]

@@ -31,6 +31,8 @@ class TrackAnalysis:
     duration: float
     patches: int
     version: str
+    #: analysis.audio_fingerprint.encode() bytes; None for analyses made before fingerprints
+    fingerprint: bytes | None = None
 
     def features(self) -> dict[str, Any]:
         """The scalar features and tag scores as stored (JSON-friendly)."""

@@ -22,6 +22,7 @@ from gateway.jobs import DONE, Job
 from gateway.params import ApiError, Params, bad, not_found
 from index.alchemy import Ingredient, alchemy, ingredient_rows
 from index.clustering import ALGORITHMS, ClusteringResult, cluster_playlists, min_tracks
+from index.duplicates import DuplicatePair
 from index.fingerprint import Play, sonic_fingerprint
 from index.instant import (
     Interpretation,
@@ -32,6 +33,7 @@ from index.instant import (
 from index.path import song_path
 from index.results import Match
 from index.similar import similar_tracks
+from musegate.duplicates import duplicates_report
 from musegate.library import analyzer_settings, read_request
 from musegate.services import LibrarySnapshot, unique_ids
 
@@ -90,6 +92,11 @@ def _max_per_artist(request: web.Request, p: Params) -> int:
     return p.int("max_per_artist", request.app[keys.CONFIG].max_per_artist, 0, 1000) or 0
 
 
+def _hide_duplicates(request: web.Request, p: Params) -> bool:
+    """Per request ``hide_duplicates``, else the configured default (on)."""
+    return p.bool("hide_duplicates", request.app[keys.CONFIG].hide_duplicates)
+
+
 def _resolve(snap: LibrarySnapshot, value: Any, field: str) -> int:
     track_id = snap.resolve_id(value)
     if track_id is None:
@@ -137,6 +144,7 @@ async def similar(request: web.Request) -> web.Response:
         matches = await service.run(
             similar_tracks, seeds, n=n, max_per_artist=mpa, mood=mood,
             mood_tolerance=tolerance, exclude=[e for e in exclude if e is not None],
+            hide_duplicates=_hide_duplicates(request, p),
         )
     except KeyError as exc:
         raise not_found("ids", str(exc.args[0] if exc.args else exc)) from None
@@ -168,6 +176,7 @@ async def path(request: web.Request) -> web.Response:
         result = await service.run(
             song_path, start, end, length=length, waypoints=via,
             max_per_artist=_max_per_artist(request, p),
+            hide_duplicates=_hide_duplicates(request, p),
         )
     except ValueError as exc:
         raise bad("via", str(exc)) from None
@@ -240,6 +249,7 @@ async def alchemy_handler(request: web.Request) -> web.Response:
             temperature=p.float("temperature", 0.0, 0.0, 100.0),
             seed=p.int("seed", 0, 0, 2**31 - 1),
             max_per_artist=_max_per_artist(request, p),
+            hide_duplicates=_hide_duplicates(request, p),
         )
     except ValueError as exc:
         raise bad("add", str(exc)) from None
@@ -364,7 +374,7 @@ async def fingerprint(request: web.Request) -> web.Response:
         matches = await service.run(
             sonic_fingerprint, plays, n=n, now=time.time(),
             max_per_artist=_max_per_artist(request, p), include_played=include_played,
-            half_life_days=half_life,
+            half_life_days=half_life, hide_duplicates=_hide_duplicates(request, p),
         )
     except ValueError as exc:
         raise ApiError(409, str(exc)) from None
@@ -386,6 +396,7 @@ async def instant(request: web.Request) -> web.Response:
     text = p.str("text", max_length=2000)
     n = p.int("n", 30, 1, 1000)
     mpa = _max_per_artist(request, p)
+    hide = _hide_duplicates(request, p)
     raw_constraints = p.raw("constraints")
     if raw_constraints is not None and not p.from_query:
         try:
@@ -402,7 +413,7 @@ async def instant(request: web.Request) -> web.Response:
     c = reading.constraints
 
     def run(cat: Any, index: Any) -> list[Match]:
-        return instant_playlist(cat, c, n=n, max_per_artist=mpa)
+        return instant_playlist(cat, c, n=n, max_per_artist=mpa, hide_duplicates=hide)
 
     matches = await service.run(run)
     return web.json_response({
@@ -428,6 +439,38 @@ async def tracks(request: web.Request) -> web.Response:
     return web.json_response({
         "tracks": [{**track_json(t), "analysed": cat.has(t.id or 0)} for t in found],
     })
+
+
+async def duplicates(request: web.Request) -> web.Response:
+    p = await Params.of(request)
+    service = _service(request)
+    snap = service.snapshot
+    track_id = _resolve(snap, p.raw("id"), "id") if p.has("id") else None
+    async with service.reading() as snap:
+        report = await duplicates_report(request.app[keys.STORE], snap.catalogue, snap.index,
+                                         track_id)
+    return web.json_response({
+        "groups": [
+            {
+                "representative": g.representative.id,
+                "tracks": [{**track_json(t), "representative": t.id == g.representative.id}
+                           for t in g.tracks],
+                "pairs": [pair_json(pr) for pr in g.pairs],
+            }
+            for g in report.groups
+        ],
+        "analysed": report.analysed,
+        "without_fingerprint": report.without_fingerprint,
+    })
+
+
+def pair_json(pair: DuplicatePair) -> dict[str, Any]:
+    v = pair.verdict
+    return {
+        "a": pair.track_a, "b": pair.track_b, "cosine": round(v.cosine, 6), "method": v.method,
+        "bit_error_rate": None if v.bit_error_rate is None else round(v.bit_error_rate, 4),
+        "offset_s": None if v.offset_s is None else round(v.offset_s, 3),
+    }
 
 
 async def status(request: web.Request) -> web.Response:
@@ -520,6 +563,7 @@ def routes(base: str) -> list[tuple[str, str, Any]]:
         ("GET", f"{api}/instant", instant),
         ("POST", f"{api}/instant", instant),
         ("GET", f"{api}/tracks", tracks),
+        ("GET", f"{api}/duplicates", duplicates),
         ("GET", f"{api}/status", status),
         ("GET", f"{api}/jobs", jobs_list),
         ("GET", f"{api}/jobs/{{job_id}}", job_get),

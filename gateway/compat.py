@@ -89,7 +89,8 @@ async def similar_tracks_compat(request: web.Request) -> web.Response:
     else:
         raise bad("item_id", "Request must include either 'item_id' or both 'title' and 'artist'.")
     n = p.int("n", SIMILAR_DEFAULT_N, 1, 500) or SIMILAR_DEFAULT_N
-    matches = await service.run(similar_tracks, [seed], n=n, max_per_artist=_cap(request, p))
+    matches = await service.run(similar_tracks, [seed], n=n, max_per_artist=_cap(request, p),
+                                hide_duplicates=request.app[keys.CONFIG].hide_duplicates)
     return web.json_response(await _items(
         request,
         [m.track_id for m in matches],
@@ -114,6 +115,7 @@ async def find_path_compat(request: web.Request) -> web.Response:
     result = await service.run(
         song_path, start, end, length=steps,
         max_per_artist=request.app[keys.CONFIG].max_per_artist,
+        hide_duplicates=request.app[keys.CONFIG].hide_duplicates,
     )
     path = await _items(
         request,
@@ -172,6 +174,7 @@ async def alchemy_compat(request: web.Request, p: Params | None = None) -> web.R
         result = await service.run(
             alchemy, add_ing, sub_ing, n=n, min_subtract_distance=distance,
             temperature=temperature, max_per_artist=request.app[keys.CONFIG].max_per_artist,
+            hide_duplicates=request.app[keys.CONFIG].hide_duplicates,
         )
     except ValueError as exc:
         raise bad("items", str(exc)) from None

@@ -66,6 +66,7 @@ from gateway.jellyfin_auth import (
 )
 from gateway.params import not_found
 from index.catalogue import Catalogue
+from index.duplicates import duplicate_among
 from index.faiss_index import SimilarityIndex
 from index.similar import similar_tracks
 from musegate.config import Config
@@ -332,7 +333,7 @@ def _lookup(snap: LibrarySnapshot, upstream_id: str) -> int | None:
 
 
 def blend(cat: Catalogue, index: SimilarityIndex, seeds: Sequence[int], n: int,
-          max_per_artist: int) -> list[int]:
+          max_per_artist: int, hide_duplicates: bool = True) -> list[int]:
     """Round-robin over the neighbour lists of (up to MAX_BLEND_SEEDS evenly spread) seeds.
 
     Averaging a varied playlist or a whole genre into one vector lands between its
@@ -344,7 +345,8 @@ def blend(cat: Catalogue, index: SimilarityIndex, seeds: Sequence[int], n: int,
         return []
     per = min(len(cat), max(8, -(-2 * n // len(seeds))))
     lists = [[m.track_id for m in similar_tracks(cat, index, [s], n=per,
-                                                 max_per_artist=max_per_artist)]
+                                                 max_per_artist=max_per_artist,
+                                                 hide_duplicates=hide_duplicates)]
              for s in seeds]
     out: list[int] = []
     seen: set[int] = set()
@@ -352,6 +354,10 @@ def blend(cat: Catalogue, index: SimilarityIndex, seeds: Sequence[int], n: int,
         for ranked in lists:
             if rank < len(ranked) and ranked[rank] not in seen:
                 seen.add(ranked[rank])
+                row = cat.row(ranked[rank])
+                # two seeds' lists may each hold one copy of a recording
+                if hide_duplicates and duplicate_among(cat, row, cat.rows(out)):
+                    continue
                 out.append(ranked[rank])
     return out[:n]
 
@@ -385,14 +391,16 @@ async def _ranked(request: web.Request, seeds: list[int], song_seed: bool, n: in
     """Jellyfin ids, best first: the song seed itself first, or the blended neighbours."""
     service = request.app[keys.SERVICE]
     cap = request.app[keys.CONFIG].max_per_artist
+    hide = request.app[keys.CONFIG].hide_duplicates
     async with service.reading() as snap:
         cat, index = snap.catalogue, snap.index
         if song_seed:
             matches = await asyncio.to_thread(similar_tracks, cat, index, seeds,
-                                              n=min(n, len(cat)), max_per_artist=cap)
+                                              n=min(n, len(cat)), max_per_artist=cap,
+                                              hide_duplicates=hide)
             ids = [seeds[0], *(m.track_id for m in matches)]
         else:
-            ids = await asyncio.to_thread(blend, cat, index, seeds, n, cap)
+            ids = await asyncio.to_thread(blend, cat, index, seeds, n, cap, hide)
         return [snap.upstream_ids[t] for t in ids if t in snap.upstream_ids]
 
 

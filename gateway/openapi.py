@@ -71,6 +71,8 @@ SIMILAR_PARAMS = [
     _q("artist", STR, "Seed: every analysed track of this artist"),
     _q("n", {**INT, "minimum": 1, "maximum": 500, "default": 20}, "How many songs"),
     _q("max_per_artist", {**INT, "minimum": 0}, "Songs per artist (0 = no cap; default from config)"),
+    _q("hide_duplicates", {**BOOL, "default": True},
+       "Leave out copies of one recording (default from config: hide_duplicates)"),
     _q("mood", STR, "Mood filter `tag:score,...` (tag names, energy, tempo, loudness)"),
     _q("mood_tolerance", {**NUM, "minimum": 0, "maximum": 1, "default": 0.25},
        "How far from each mood target a song may be"),
@@ -83,6 +85,7 @@ SIMILAR_BODY = {
         "ids": IDS, "album": STR, "album_artist": STR, "artist": STR,
         "n": {**INT, "minimum": 1, "maximum": 500, "default": 20},
         "max_per_artist": {**INT, "minimum": 0},
+        "hide_duplicates": {**BOOL, "default": True},
         "mood": {"type": "object", "additionalProperties": NUM,
                  "description": "tag name (or energy/tempo/loudness) → target value"},
         "mood_tolerance": {**NUM, "minimum": 0, "maximum": 1},
@@ -97,6 +100,8 @@ PATH_PARAMS = [
     _q("length", {**INT, "minimum": 2, "maximum": 500, "default": 25}, "Songs in the path"),
     _q("via", IDS, "Waypoint track ids, in order", explode=True),
     _q("max_per_artist", {**INT, "minimum": 0}, "Songs per artist"),
+    _q("hide_duplicates", {**BOOL, "default": True},
+       "Leave out copies of one recording (default from config: hide_duplicates)"),
 ]
 
 INGREDIENT = {
@@ -124,6 +129,7 @@ ALCHEMY_BODY = {
                 "min_subtract_distance": {**NUM, "minimum": 0, "maximum": 2, "default": 0.2},
                 "seed": {**INT, "minimum": 0, "default": 0},
                 "max_per_artist": {**INT, "minimum": 0},
+                "hide_duplicates": {**BOOL, "default": True},
             },
         },
         {
@@ -161,6 +167,8 @@ FINGERPRINT_PARAMS = [
     _q("include_played", {**BOOL, "default": False}, "Also offer songs already played"),
     _q("half_life_days", {**NUM, "default": 30}, "Recency half-life of a play"),
     _q("max_per_artist", {**INT, "minimum": 0}, "Songs per artist"),
+    _q("hide_duplicates", {**BOOL, "default": True},
+       "Leave out copies of one recording (default from config: hide_duplicates)"),
 ]
 
 INSTANT_PARAMS = [
@@ -168,6 +176,8 @@ INSTANT_PARAMS = [
     _q("n", {**INT, "minimum": 1, "maximum": 1000, "default": 30}, "How many songs"),
     _q("llm", BOOL, "Use the configured LLM (default: when one is configured)"),
     _q("max_per_artist", {**INT, "minimum": 0}, "Songs per artist"),
+    _q("hide_duplicates", {**BOOL, "default": True},
+       "Leave out copies of one recording (default from config: hide_duplicates)"),
 ]
 
 INSTANT_BODY = {
@@ -179,6 +189,7 @@ INSTANT_BODY = {
         "n": {**INT, "minimum": 1, "maximum": 1000, "default": 30},
         "llm": BOOL,
         "max_per_artist": {**INT, "minimum": 0},
+        "hide_duplicates": {**BOOL, "default": True},
     },
     "example": {"text": "high-tempo low-energy workout music without vocals", "n": 20},
 }
@@ -214,6 +225,17 @@ SCHEMAS: dict[str, Any] = {
         "item_id": STR, "title": STR, "author": STR, "album": STR, "album_artist": STR,
         "distance": {**NUM, "description": "cosine distance, smaller is closer"}}},
     "Tags": {"type": "string", "enum": list(MSD_LABELS)},
+    "DuplicateGroup": {"type": "object", "properties": {
+        "representative": {**INT, "description": "the copy to keep: longest, then highest "
+                                                 "bitrate, then lowest id"},
+        "tracks": {"type": "array", "items": {"allOf": [_ref("Track"), {
+            "type": "object", "properties": {"representative": BOOL}}]}},
+        "pairs": {"type": "array", "items": {"type": "object", "properties": {
+            "a": INT, "b": INT, "cosine": NUM,
+            "method": {"type": "string", "enum": ["fingerprint", "fallback"]},
+            "bit_error_rate": {"type": ["number", "null"]},
+            "offset_s": {"type": ["number", "null"], "description":
+                         "b's audio starts this many seconds later than a's"}}}}}},
 }
 
 
@@ -337,6 +359,20 @@ def _operations(api: str) -> dict[str, dict[str, Any]]:
                         "tracks": {"type": "array", "items": {"allOf": [_ref("Track"), {
                             "type": "object", "properties": {"analysed": BOOL}}]}}}}),
                         **_errors("400")}},
+        },
+        f"{api}/duplicates": {
+            "get": {"summary": "Groups of near-duplicate songs (same recording: another encode, "
+                               "cut, gain or leading silence)",
+                    "tags": ["library"], "operationId": "duplicates",
+                    "parameters": [_q("id", INT, "Only the group of this track id")],
+                    "responses": {**_ok("Duplicate groups, biggest first", {
+                        "type": "object", "properties": {
+                            "groups": {"type": "array", "items": _ref("DuplicateGroup")},
+                            "analysed": INT,
+                            "without_fingerprint": {**INT, "description":
+                                "analyses from before fingerprints: judged by a stricter "
+                                "cosine + duration + key rule until re-analysed"}}}),
+                        **_errors("400", "404")}},
         },
         f"{api}/status": {
             "get": {"summary": "Library, analysis and index state", "tags": ["library"],

@@ -474,6 +474,7 @@ async def _similar_children(
             matches = await asyncio.to_thread(
                 similar_tracks, snap.catalogue, snap.index, seeds,
                 n=n, max_per_artist=config.max_per_artist,
+                hide_duplicates=config.hide_duplicates,
             )
             candidates = [(m.track_id, snap.upstream_ids.get(m.track_id), float(m.similarity))
                           for m in matches]
@@ -516,6 +517,7 @@ async def _sonic_path(request: web.Request, gw: SubsonicGateway, req: _Request) 
         path = await asyncio.to_thread(
             song_path, snap.catalogue, snap.index, start, end,
             length=count, max_per_artist=config.max_per_artist,
+            hide_duplicates=config.hide_duplicates,
         )
         ids = path.track_ids
     hydrated = dict(await gw.visible(service.store, _with_upstream(snap, ids),

@@ -111,6 +111,7 @@ def alchemy(
     temperature: float = 0.0,
     seed: int = 0,
     max_per_artist: int = 3,
+    hide_duplicates: bool = True,
 ) -> AlchemyResult:
     """Songs like the ADD ingredients and unlike the SUBTRACT ones, plus a plot of both.
 
@@ -150,7 +151,8 @@ def alchemy(
         order = np.lexsort((cat.ids[rows], -keys))
     else:
         order = rank_order(cat.ids[rows], sims[rows])
-    builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers)
+    builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers,
+                              hide_duplicates=hide_duplicates)
     for r in rows[order]:
         if builder.offer(int(r)) and len(builder.rows) >= n:
             break

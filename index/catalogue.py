@@ -43,6 +43,7 @@ class CatalogueRow:
     artist: str | None = None
     album: str | None = None
     duration: float | None = None
+    fingerprint: bytes | None = None  # analysis.audio_fingerprint bytes (None: older analysis)
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Catalogue:
     titles: list[str]
     artists: list[str]
     albums: list[str]
+    #: encoded duplicate fingerprints per row (None: analysed before fingerprints); see index.duplicates
+    fingerprints: list[bytes | None] = field(default_factory=list)
     _row: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -114,4 +117,5 @@ class Catalogue:
             titles=[r.title or "" for r in rows],
             artists=[r.artist or "" for r in rows],
             albums=[r.album or "" for r in rows],
+            fingerprints=[r.fingerprint for r in rows],
         )

@@ -86,6 +86,7 @@ def sonic_fingerprint(
     max_per_artist: int = 3,
     include_played: bool = False,
     half_life_days: float = 30.0,
+    hide_duplicates: bool = True,
 ) -> list[Match]:
     """Songs that sound like the listener's fingerprint; played songs (and copies) left out by default."""
     now = time.time() if now is None else now
@@ -98,4 +99,5 @@ def sonic_fingerprint(
         n,
         max_per_artist=max_per_artist,
         blockers=() if include_played else played,
+        hide_duplicates=hide_duplicates,
     )

@@ -28,6 +28,7 @@ import numpy as np
 
 from analysis.labels import MSD_LABELS
 from index.catalogue import KEYS, Catalogue, normalise_text
+from index.duplicates import duplicate_among
 from index.results import Match
 
 __all__ = [
@@ -742,7 +743,7 @@ def _spread_order(ids: np.ndarray) -> np.ndarray:
 
 
 def instant_playlist(cat: Catalogue, constraints: Constraints, n: int = 30,
-                     max_per_artist: int = 3) -> list[Match]:
+                     max_per_artist: int = 3, hide_duplicates: bool = True) -> list[Match]:
     """Songs that satisfy the hard constraints, best tag match first.
 
     ``similarity`` of each match is its relevance score (higher is better), not a cosine."""
@@ -787,15 +788,20 @@ def instant_playlist(cat: Catalogue, constraints: Constraints, n: int = 30,
     out: list[Match] = []
     per_artist: dict[str, int] = {}
     seen: set[tuple[str, str]] = set()
+    taken: list[int] = []
     for row in order:
         artist = normalise_text(cat.artists[row])
         if artist and max_per_artist > 0 and per_artist.get(artist, 0) >= max_per_artist:
             continue
         title = normalise_text(cat.titles[row])
-        if title:
-            if (title, artist) in seen:
+        if hide_duplicates:
+            if title and (title, artist) in seen:
                 continue  # the same recording twice (another encoding or cut)
+            if duplicate_among(cat, int(row), np.array(taken, np.int64)):
+                continue
+        if title:
             seen.add((title, artist))
+        taken.append(int(row))
         if artist:
             per_artist[artist] = per_artist.get(artist, 0) + 1
         out.append(Match(int(cat.ids[row]), round(float(score[row]), 6)))

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.catalogue import Catalogue
+from index.duplicates import DuplicateLookup
 from index.faiss_index import SimilarityIndex
 from index.results import (
-    DUPLICATE_COSINE,
     DUPLICATE_SECONDS,
     PlaylistBuilder,
     _text_keys,
@@ -148,9 +148,11 @@ def _fill(
     layout: list[int],
     max_per_artist: int,
     pool_size: int,
+    hide_duplicates: bool = True,
 ) -> tuple[list[int], np.ndarray]:
     """Nearest allowed unused song per target; returns the path rows and the candidate pool."""
-    builder = PlaylistBuilder(cat, max_per_artist, counted=[int(r) for r in anchor_rows])
+    builder = PlaylistBuilder(cat, max_per_artist, counted=[int(r) for r in anchor_rows],
+                              hide_duplicates=hide_duplicates)
     k = min(len(index), pool_size + len(layout))
     pool_rows: list[np.ndarray] = [np.asarray(anchor_rows, np.int64)]
     chosen: list[int] = []
@@ -184,7 +186,8 @@ class _Improver:
     """Local search over a fixed candidate pool with all distances precomputed."""
 
     def __init__(
-        self, cat: Catalogue, pool: np.ndarray, fixed_rows: set[int], max_per_artist: int
+        self, cat: Catalogue, pool: np.ndarray, fixed_rows: set[int], max_per_artist: int,
+        hide_duplicates: bool = True,
     ) -> None:
         self.cat = cat
         self.pool = pool
@@ -192,10 +195,14 @@ class _Improver:
         vp = cat.vectors[pool].astype(np.float64)
         gram = np.clip(vp @ vp.T, -1.0, 1.0)
         self.dist = 1.0 - gram
-        self.dup_vec = gram >= DUPLICATE_COSINE
         texts = _text_keys(cat)
         artists = artist_keys(cat)
-        self.text = [texts[int(r)] for r in pool]
+        if hide_duplicates:
+            self.dup_vec: DuplicateLookup | np.ndarray = DuplicateLookup(cat, pool, gram)
+            self.text = [texts[int(r)] for r in pool]
+        else:  # only a song itself blocks itself; empty title keys never match
+            self.dup_vec = np.eye(len(pool), dtype=bool)
+            self.text = [""] * len(pool)
         self.artist = [artists[int(r)] for r in pool]
         self.duration = cat.duration[pool].astype(np.float64)
         self.fixed = {self.where[r] for r in fixed_rows}
@@ -376,10 +383,12 @@ def _baseline_rows(
     waypoints: Sequence[int],
     max_per_artist: int,
     pool_size: int,
+    hide_duplicates: bool = True,
 ) -> tuple[list[int], np.ndarray]:
     anchor_rows = _anchors(cat, start_id, end_id, length, waypoints)
     targets, layout = _targets(cat, anchor_rows, length, spherical=False)
-    return _fill(cat, index, anchor_rows, targets, layout, max_per_artist, pool_size)
+    return _fill(cat, index, anchor_rows, targets, layout, max_per_artist, pool_size,
+                 hide_duplicates)
 
 
 def song_path(
@@ -392,6 +401,7 @@ def song_path(
     max_per_artist: int = 3,
     pool_size: int = 30,
     max_rounds: int | None = None,
+    hide_duplicates: bool = True,
 ) -> SongPath:
     """A ``length``-song path from start to end through ``waypoints`` in order, largest jump minimised.
 
@@ -400,12 +410,15 @@ def song_path(
     """
     anchor_rows = _anchors(cat, start_id, end_id, length, waypoints)
     targets, layout = _targets(cat, anchor_rows, length, spherical=True)
-    rows, pool = _fill(cat, index, anchor_rows, targets, layout, max_per_artist, pool_size)
+    rows, pool = _fill(cat, index, anchor_rows, targets, layout, max_per_artist, pool_size,
+                       hide_duplicates)
     base_rows, base_pool = _baseline_rows(
-        cat, index, start_id, end_id, length, waypoints, max_per_artist, pool_size
+        cat, index, start_id, end_id, length, waypoints, max_per_artist, pool_size,
+        hide_duplicates,
     )
     improver = _Improver(
-        cat, np.union1d(pool, base_pool), {int(r) for r in anchor_rows}, max_per_artist
+        cat, np.union1d(pool, base_pool), {int(r) for r in anchor_rows}, max_per_artist,
+        hide_duplicates,
     )
     rounds = max_rounds if max_rounds is not None else 20 * length
     candidates = [

@@ -3,8 +3,10 @@
 Similar songs, paths, alchemy and the fingerprint all end the same way — a
 ranked stream of candidates is thinned into a playlist — so the rules live
 here once. A "duplicate" is the same recording in another encoding or cut
-(a FLAC and an MP3 of one song, a remaster): users never want those offered as
-"similar", and they would crowd out real neighbours.
+(a FLAC and an MP3 of one song, a remaster): users rarely want those offered
+as "similar", and they would crowd out real neighbours, so they are hidden by
+default (``hide_duplicates``); :mod:`index.duplicates` decides what is one
+recording, and a same title and artist within 3 s counts too.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index import duplicates
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex
 
 # Measured on the dev corpus: the same recording as OGG and as 192k MP3 scores
 # >= 0.9997 (10 of 10 pairs), while 90 % of songs' nearest *other* song is below
-# 0.981 — but two versions of one synthetic piece in another key reach 0.999,
-# so the bar sits just under what re-encodes reach.
-DUPLICATE_COSINE = 0.9993
+# 0.981 — but two versions of one synthetic piece in another key reach 0.999.
+# Only the fallback for analyses without a fingerprint (index.duplicates) and
+# song paths' precomputed duplicate matrix still use it.
+DUPLICATE_COSINE = duplicates.FALLBACK_COSINE
 DUPLICATE_SECONDS = 3.0
 
 
@@ -53,10 +57,8 @@ def artist_keys(cat: Catalogue) -> list[str]:
 
 
 def duplicate_of(cat: Catalogue, row_a: int, row_b: int) -> bool:
-    """Same recording: near-identical embedding, or same title+artist within 3 s of duration."""
-    if row_a == row_b:
-        return True
-    if float(cat.vectors[row_a] @ cat.vectors[row_b]) >= DUPLICATE_COSINE:
+    """Same recording (index.duplicates), or same title+artist within 3 s of duration."""
+    if duplicates.is_duplicate(cat, row_a, row_b):
         return True
     keys = _text_keys(cat)
     return (
@@ -81,9 +83,11 @@ class PlaylistBuilder:
         max_per_artist: int = 3,
         blockers: Iterable[int] = (),
         counted: Iterable[int] = (),
+        hide_duplicates: bool = True,
     ) -> None:
         self.cat = cat
         self.max_per_artist = max_per_artist
+        self.hide_duplicates = hide_duplicates
         self._artists = artist_keys(cat)
         self._texts = _text_keys(cat)
         self._used: set[int] = set()
@@ -91,6 +95,7 @@ class PlaylistBuilder:
         self._by_text: dict[str, list[float]] = {}
         # vectors of every guarded row in a growing buffer: one GEMV per duplicate check
         self._guard_vecs = np.zeros((16, cat.vectors.shape[1]), np.float32)
+        self._guard_rows = np.zeros(16, np.int64)
         self._n_guard = 0
         self.rows: list[int] = []
         for r in blockers:
@@ -103,7 +108,9 @@ class PlaylistBuilder:
         self._used.add(row)
         if self._n_guard == len(self._guard_vecs):
             self._guard_vecs = np.concatenate([self._guard_vecs, np.zeros_like(self._guard_vecs)])
+            self._guard_rows = np.concatenate([self._guard_rows, np.zeros_like(self._guard_rows)])
         self._guard_vecs[self._n_guard] = self.cat.vectors[row]
+        self._guard_rows[self._n_guard] = row
         self._n_guard += 1
         if self._texts[row]:
             self._by_text.setdefault(self._texts[row], []).append(float(self.cat.duration[row]))
@@ -119,6 +126,8 @@ class PlaylistBuilder:
         artist = self._artists[row]
         if artist and self.max_per_artist > 0 and self._per_artist.get(artist, 0) >= self.max_per_artist:
             return False
+        if not self.hide_duplicates:
+            return True
         key = self._texts[row]
         if key and key in self._by_text:
             duration = float(self.cat.duration[row])
@@ -126,7 +135,7 @@ class PlaylistBuilder:
                 return False
         if self._n_guard:
             sims = self._guard_vecs[: self._n_guard] @ self.cat.vectors[row]
-            if float(sims.max()) >= DUPLICATE_COSINE:
+            if duplicates.duplicate_among(self.cat, row, self._guard_rows[: self._n_guard], sims):
                 return False
         return True
 
@@ -155,6 +164,7 @@ def select_neighbours(
     exclude_rows: Collection[int] = (),
     allowed: np.ndarray | None = None,
     accept: Callable[[int], bool] | None = None,
+    hide_duplicates: bool = True,
 ) -> list[Match]:
     """The ``n`` best rows for ``query`` under the playlist rules.
 
@@ -168,7 +178,8 @@ def select_neighbours(
         q = q / norm
     skip = {int(r) for r in exclude_rows}
     matches: list[Match] = []
-    builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers)
+    builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers,
+                              hide_duplicates=hide_duplicates)
     if n <= 0 or not len(cat):
         return matches
 
@@ -200,7 +211,8 @@ def select_neighbours(
         rows = cat.rows(ids[order]) if len(ids) else np.zeros(0, np.int64)
         # Re-rank the whole pool each round so ties at the old pool edge resolve by id.
         matches.clear()
-        builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers)
+        builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers,
+                                  hide_duplicates=hide_duplicates)
         consume(rows, sims[order])
         if len(matches) >= n or k >= len(index):
             break

@@ -84,6 +84,7 @@ def similar_tracks(
     mood: dict[str, float] | None = None,
     mood_tolerance: float = 0.25,
     exclude: Collection[int] = (),
+    hide_duplicates: bool = True,
 ) -> list[Match]:
     """The ``n`` songs closest to the seeds, best first, under the playlist rules."""
     seed_rows, query = seed_query(cat, seed_ids)
@@ -98,4 +99,5 @@ def similar_tracks(
         blockers=[int(r) for r in seed_rows],
         exclude_rows=exclude_rows,
         allowed=allowed,
+        hide_duplicates=hide_duplicates,
     )

@@ -20,6 +20,8 @@ def _result_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", metavar="NAME",
                    help="also save the result as playlist NAME (an M3U8 file for a music folder)")
     p.add_argument("--max-per-artist", type=int, help="songs per artist (default: max_per_artist)")
+    p.add_argument("--show-duplicates", action="store_true",
+                   help="also offer copies of one recording (default: hide_duplicates hides them)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -56,6 +58,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mood", action="append", metavar="TAG=VALUE",
                    help="keep songs near this tag score (or energy/tempo), e.g. sad=0.7; repeatable")
     _result_flags(p)
+
+    p = sub.add_parser("duplicates", help="groups of near-duplicate songs (the same recording "
+                       "as another encode, cut, gain or with leading silence)")
+    p.add_argument("track", nargs="?", help="only the group of this track (path, id or words)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("path", help="a smooth path of songs from track A to track B")
     p.add_argument("start", help="first track")
@@ -341,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # The engine is imported only for the commands that use it (`health` must start fast).
     from analysis.store import StorageFullError
+    from musegate.cli_duplicates import cmd_duplicates
     from musegate.cli_features import (
         CommandError,
         cmd_alchemy,
@@ -354,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from musegate.library import TrackNotFound
 
     commands = {
+        "duplicates": cmd_duplicates,
         "analyze": cmd_analyze,
         "status": cmd_status,
         "show": cmd_show,

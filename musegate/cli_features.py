@@ -65,6 +65,11 @@ def _mpa(config: Config, args: argparse.Namespace) -> int:
     return config.max_per_artist if value is None else max(value, 0)
 
 
+def _hide(config: Config, args: argparse.Namespace) -> bool:
+    """--show-duplicates overrides the configured hide_duplicates for one command."""
+    return config.hide_duplicates and not getattr(args, "show_duplicates", False)
+
+
 async def _emit(
     store: LibraryStore,
     config: Config,
@@ -165,7 +170,8 @@ async def cmd_similar(config: Config, args: argparse.Namespace) -> int:
         seeds = unique_ids(seeds)
         try:
             matches = await service.run(similar_tracks, seeds, n=args.n,
-                                        max_per_artist=_mpa(config, args), mood=mood)
+                                        max_per_artist=_mpa(config, args), mood=mood,
+                                        hide_duplicates=_hide(config, args))
         except ValueError as exc:
             raise CommandError(str(exc), code=2) from None
         seed_records = await store.tracks_by_ids(seeds)
@@ -194,7 +200,8 @@ async def cmd_path(config: Config, args: argparse.Namespace) -> int:
         via = [await _analysed_id(store, snap, v) for v in args.via]
         try:
             result = await service.run(song_path, start, end, length=args.n, waypoints=via,
-                                       max_per_artist=_mpa(config, args))
+                                       max_per_artist=_mpa(config, args),
+                                       hide_duplicates=_hide(config, args))
         except ValueError as exc:
             raise CommandError(str(exc), code=2) from None
         heading = (f"Path of {len(result.steps)} songs "
@@ -237,6 +244,7 @@ async def cmd_alchemy(config: Config, args: argparse.Namespace) -> int:
             result = await service.run(
                 alchemy, add, subtract, n=args.n, min_subtract_distance=args.min_distance,
                 temperature=args.temperature, seed=args.seed, max_per_artist=_mpa(config, args),
+                hide_duplicates=_hide(config, args),
             )
         except ValueError as exc:
             raise CommandError(str(exc), code=2) from None
@@ -318,7 +326,8 @@ async def cmd_instant(config: Config, args: argparse.Namespace) -> int:
         mpa = _mpa(config, args)
 
         def play(cat: Any, index: Any) -> list[Match]:
-            return instant_playlist(cat, c, n=args.n, max_per_artist=mpa)
+            return instant_playlist(cat, c, n=args.n, max_per_artist=mpa,
+                                    hide_duplicates=_hide(config, args))
 
         matches = await service.run(play)
         ids, scores = _matches(matches)
@@ -354,7 +363,8 @@ async def cmd_fingerprint(config: Config, args: argparse.Namespace) -> int:
                  for h in history if h.upstream_id in snap.by_upstream]
         try:
             matches = await service.run(sonic_fingerprint, plays, n=args.n, now=time.time(),
-                                        max_per_artist=_mpa(config, args))
+                                        max_per_artist=_mpa(config, args),
+                                        hide_duplicates=_hide(config, args))
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         ids, sims = _matches(matches)

@@ -133,6 +133,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("max_per_artist", int, lambda: 3, "songs per artist in a playlist (0 = no cap)", minimum=0),
     Field(
+        "hide_duplicates",
+        bool,
+        lambda: True,
+        "leave copies of one recording (another encode, cut, gain) out of similar songs and mixes",
+    ),
+    Field(
         "hnsw_threshold",
         int,
         lambda: 100_000,
@@ -243,6 +249,7 @@ class Config:
     api_key: str
     metrics_port: int
     max_per_artist: int
+    hide_duplicates: bool
     hnsw_threshold: int
     playlist_dir: str
     llm_provider: str
@@ -290,6 +297,15 @@ def _coerce(field: Field, value: Any, source: str) -> Any:
         shown = "***" if field.secret else repr(original)
         return ConfigError(f"{field.name} = {shown} (from {source}): {why}")
 
+    if field.kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise bad("expected true or false")
     if field.kind is int:
         if isinstance(value, bool):
             raise bad("expected an integer")

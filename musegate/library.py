@@ -168,6 +168,7 @@ def catalogue_rows(analyses: Sequence[StoredAnalysis]) -> list[CatalogueRow]:
             artist=a.track.artist,
             album=a.track.album,
             duration=a.track.duration,
+            fingerprint=a.fingerprint,
         )
         for a in analyses
     ]

@@ -431,7 +431,15 @@ class FakeJellyfin:
             if needs_auth and caller is None:
                 return web.Response(status=401)
             params = {k: v for k, v in match.groupdict().items() if v is not None}
-            return await handler(request, params, caller)
+            try:
+                return await handler(request, params, caller)
+            except ValueError:
+                # Jellyfin's ASP.NET model binding refuses a query value that does not
+                # parse as the parameter's type (limit=null, StartIndex=x) with a 400
+                # validation ProblemDetails, never a 500.
+                return web.json_response(
+                    {"title": "One or more validation errors occurred.", "status": 400},
+                    status=400, content_type="application/problem+json")
         return web.Response(status=404)
 
     def _caller(self, request: web.Request) -> Caller | None:
