@@ -1,9 +1,9 @@
 """The FAISS index every similarity feature searches, with persistence that never crashes.
 
 Exact inner-product search (``IndexFlatIP`` on L2-normalised vectors, so the
-score is cosine similarity) is fast enough and has perfect recall up to about
-100k tracks; above ``hnsw_threshold`` an HNSW graph keeps queries in the
-millisecond range at a small recall cost. Both sit behind one interface.
+score is cosine similarity) stays under about a millisecond per query up to
+about 20k tracks; above ``hnsw_threshold`` an HNSW graph answers in a quarter of
+a millisecond at recall@10 that measured 1.000 up to 1M (bench/index_threshold.py). Both sit behind one interface.
 
 FAISS labels are internal *positions*, not track ids: ``_ids[pos]`` maps back.
 The flat index removes vectors for real (positions shift, ``_ids`` shifts with
@@ -22,6 +22,9 @@ import hashlib
 import json
 import os
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -29,11 +32,28 @@ import numpy as np
 
 MAGIC = b"MUSEGATE-INDEX\x00\x01"
 FORMAT_VERSION = 1
-DEFAULT_HNSW_THRESHOLD = 100_000
+DEFAULT_HNSW_THRESHOLD = 20_000
 _DIGEST = 32
 # Rebuild the HNSW graph once this share of its nodes are tombstones: filtered
 # graph search loses recall and speed as dead nodes accumulate.
 _MAX_DEAD_SHARE = 0.2
+# Up to this many queries per call run on one FAISS thread: OpenMP's fork/join and
+# spin-waiting cost more than a single query's scan, and on a loaded two-core box
+# they turned a 0.7 ms query into 16 ms (bench/scale.py). Batches keep every core.
+_SERIAL_QUERIES = 4
+_threads_lock = threading.Lock()
+
+
+@contextmanager
+def _one_faiss_thread() -> Iterator[None]:
+    """FAISS's thread count is process-wide, so the switch and its undo are serialised."""
+    with _threads_lock:
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
 
 
 def _as_matrix(vectors: np.ndarray) -> np.ndarray:
@@ -161,6 +181,17 @@ class SimilarityIndex:
         if k <= 0 or not len(self):
             return sims, out
         want = min(k, len(self))
+        if len(q) <= _SERIAL_QUERIES:
+            with _one_faiss_thread():
+                d, pos = self._search(q, want)
+        else:
+            d, pos = self._search(q, want)
+        found = pos >= 0
+        sims[:, :want] = np.where(found, d, -np.inf)
+        out[:, :want] = np.where(found, self._ids[np.where(found, pos, 0)], -1)
+        return sims, out
+
+    def _search(self, q: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
         dead = np.flatnonzero(~self._alive)
         if len(dead):
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
@@ -171,10 +202,7 @@ class SimilarityIndex:
             d, pos = self._index.search(q, want, params=params)
         else:
             d, pos = self._index.search(q, want)
-        found = pos >= 0
-        sims[:, :want] = np.where(found, d, -np.inf)
-        out[:, :want] = np.where(found, self._ids[np.where(found, pos, 0)], -1)
-        return sims, out
+        return d, pos
 
     # maintenance ------------------------------------------------------------------
 

@@ -141,7 +141,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "hnsw_threshold",
         int,
-        lambda: 100_000,
+        lambda: 20_000,  # index.faiss_index.DEFAULT_HNSW_THRESHOLD (bench/index_threshold.py)
         "above this many tracks the index is HNSW (approximate) instead of exact",
         minimum=1,
     ),

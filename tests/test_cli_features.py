@@ -123,7 +123,7 @@ def test_config_shows_new_keys_with_secret_masked(lib: FilledLibrary, capsys,
     data = json.loads(out)
     assert code == 0 and data["llm_api_key"] == "***" and "sk-very-secret" not in out
     assert data["llm_provider"] == "openai" and data["base_path"] == "/musegate"
-    assert data["max_per_artist"] == 3 and data["hnsw_threshold"] == 100_000
+    assert data["max_per_artist"] == 3 and data["hnsw_threshold"] == 20_000
     monkeypatch.setenv("MUSEGATE_LLM_PROVIDER", "gpt")
     code, _, err = run(capsys, "config")
     assert code == 2 and "llm_provider" in err
