@@ -19,6 +19,24 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 
+class ServerError(Exception):
+    """A media server answered with an error (or could not be used).
+
+    One shape for the HTTP-status servers (Jellyfin, Lyrion) so callers and the
+    gateway read ``message``/``server``/``status`` the same way whichever it is;
+    ``SERVER`` names the kind in the text a user sees.
+    """
+
+    SERVER = "media server"
+
+    def __init__(self, message: str, server: str = "", status: int = 0) -> None:
+        self.message = message
+        self.server = server
+        self.status = status
+        where = f"{self.SERVER} {server}: " if server else ""
+        super().__init__(f"{where}{message}")
+
+
 class OwnedSession:
     """An aiohttp session created on first use (inside the running loop) and closed with us.
 

@@ -40,7 +40,14 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from adapters.base import HistoryEntry, NoListeningHistory
-from adapters.common import OwnedSession, epoch, parse_path_map, to_int, verified_local_copy
+from adapters.common import (
+    OwnedSession,
+    ServerError,
+    epoch,
+    parse_path_map,
+    to_int,
+    verified_local_copy,
+)
 from analysis.decode import redact_url
 from analysis.store import TrackRecord
 
@@ -58,15 +65,10 @@ SCAN_FIELDS = "Path,MediaSources,Genres,DateCreated,Etag,ParentId"
 PRIVATE_FIELDS = frozenset({"UserData", "Path", "MediaSources"})
 
 
-class JellyfinError(Exception):
+class JellyfinError(ServerError):
     """Jellyfin answered with an error (or could not be used); the message names the server."""
 
-    def __init__(self, message: str, server: str = "", status: int = 0) -> None:
-        self.message = message
-        self.server = server
-        self.status = status
-        where = f"Jellyfin server {server}: " if server else ""
-        super().__init__(f"{where}{message}")
+    SERVER = "Jellyfin server"
 
 
 class JellyfinAuthError(JellyfinError):

@@ -37,7 +37,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import aiohttp
 
 from adapters.base import HistoryEntry, NoListeningHistory
-from adapters.common import OwnedSession, parse_path_map, to_int, verified_local_copy
+from adapters.common import OwnedSession, ServerError, parse_path_map, to_int, verified_local_copy
 from analysis.decode import redact_url
 from analysis.store import TrackRecord
 
@@ -53,15 +53,10 @@ SCAN_TAGS = "AalCdefgGnostuxy"
 HISTORY_TAGS = "Ou"
 
 
-class LyrionError(Exception):
+class LyrionError(ServerError):
     """LMS answered with an error (or could not be used); the message names the server."""
 
-    def __init__(self, message: str, server: str = "", status: int = 0) -> None:
-        self.message = message
-        self.server = server
-        self.status = status
-        where = f"Lyrion server {server}: " if server else ""
-        super().__init__(f"{where}{message}")
+    SERVER = "Lyrion server"
 
 
 class LyrionAuthError(LyrionError):
