@@ -144,3 +144,26 @@ def verified_local_copy(
         log.debug("mapped file for %s has size %s, server says %s", what, actual, size)
         return None
     return local
+
+
+class MappedOrDownloaded:
+    """Audio for servers that report each file's path and size and offer a download URL.
+
+    Jellyfin and Lyrion both do: the mounted copy is used when the path map has
+    one of the reported size, otherwise the client's download URL (a secret: it
+    can carry credentials). Needs ``self.path_map`` and ``self.client.download_url``.
+    """
+
+    path_map: list[tuple[str, Path]]
+    client: Any
+
+    def local_path(self, track: Any) -> Path | None:
+        """The mounted copy of ``track`` when the path map has one of the reported size."""
+        return verified_local_copy(track.path, track.size, self.path_map, track.upstream_id)
+
+    def audio_location(self, track: Any) -> str:
+        """A local path (mapped, size verified) or the server's download URL."""
+        local = self.local_path(track)
+        if local is not None:
+            return str(local)
+        return self.client.download_url(track.upstream_id)

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -41,12 +40,12 @@ import aiohttp
 
 from adapters.base import HistoryEntry, NoListeningHistory
 from adapters.common import (
+    MappedOrDownloaded,
     OwnedSession,
     ServerError,
     epoch,
     parse_path_map,
     to_int,
-    verified_local_copy,
 )
 from analysis.decode import redact_url
 from analysis.store import TrackRecord
@@ -284,7 +283,7 @@ def item_record(source: str, item: Mapping[str, Any]) -> TrackRecord:
     )
 
 
-class JellyfinAdapter:
+class JellyfinAdapter(MappedOrDownloaded):
     """LibraryAdapter, PlaylistWriter and HistorySource for one Jellyfin server."""
 
     def __init__(
@@ -396,16 +395,7 @@ class JellyfinAdapter:
 
     # ---- audio -----------------------------------------------------------------------
 
-    def local_path(self, track: TrackRecord) -> Path | None:
-        """The mounted copy of ``track`` when the path map has one of the reported size."""
-        return verified_local_copy(track.path, track.size, self.path_map, track.upstream_id)
-
-    def audio_location(self, track: TrackRecord) -> str:
-        """A local path (mapped, size verified) or the ``Download`` URL; the URL is a secret."""
-        local = self.local_path(track)
-        if local is not None:
-            return str(local)
-        return self.client.download_url(track.upstream_id)
+    # local_path / audio_location: adapters.common.MappedOrDownloaded
 
     # ---- playlists -------------------------------------------------------------------
 

@@ -30,14 +30,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aiohttp
 
 from adapters.base import HistoryEntry, NoListeningHistory
-from adapters.common import OwnedSession, ServerError, parse_path_map, to_int, verified_local_copy
+from adapters.common import (
+    MappedOrDownloaded,
+    OwnedSession,
+    ServerError,
+    parse_path_map,
+    to_int,
+)
 from analysis.decode import redact_url
 from analysis.store import TrackRecord
 
@@ -205,7 +210,7 @@ def title_record(source: str, entry: Mapping[str, Any]) -> TrackRecord | None:
     )
 
 
-class LyrionAdapter:
+class LyrionAdapter(MappedOrDownloaded):
     """LibraryAdapter, PlaylistWriter and HistorySource for one Lyrion Music Server."""
 
     def __init__(
@@ -301,16 +306,7 @@ class LyrionAdapter:
 
     # ---- audio -----------------------------------------------------------------------
 
-    def local_path(self, track: TrackRecord) -> Path | None:
-        """The mounted copy of ``track`` when the path map has one of the reported size."""
-        return verified_local_copy(track.path, track.size, self.path_map, track.upstream_id)
-
-    def audio_location(self, track: TrackRecord) -> str:
-        """A local path (mapped, size verified) or ``/music/{id}/download``; the URL is a secret."""
-        local = self.local_path(track)
-        if local is not None:
-            return str(local)
-        return self.client.download_url(track.upstream_id)
+    # local_path / audio_location: adapters.common.MappedOrDownloaded
 
     # ---- playlists -------------------------------------------------------------------
 
