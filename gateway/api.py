@@ -9,7 +9,7 @@ rules (artist cap, duplicates) live in ``index/`` and are shared with the CLI.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +38,8 @@ from musegate.library import analyzer_settings, read_request
 from musegate.services import LibrarySnapshot, unique_ids
 
 MAX_N = 500
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -229,12 +231,12 @@ def parse_ingredients(snap: LibrarySnapshot, p: Params, field: str) -> list[Ingr
 
 
 async def alchemy_handler(request: web.Request) -> web.Response:
-    p = await Params.of(request)
-    if p.has("items") and not p.has("add"):
-        # AudioMuse-AI's request shape ({"items": [{"id", "op", "type"}]}) on the same URL
-        from gateway.compat import alchemy_compat
+    return await alchemy_with(request, await Params.of(request))
 
-        return await alchemy_compat(request, p)
+
+async def alchemy_with(request: web.Request, p: Params) -> web.Response:
+    """musegate's alchemy on parameters already read (a body reads once), for compat's
+    dispatcher, which shares this URL with AudioMuse-AI's request shape."""
     service = _service(request)
     snap = service.snapshot
     add = parse_ingredients(snap, p, "add")
@@ -546,15 +548,19 @@ async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(request.app[keys.CONFIG].base_path, server))
 
 
-def routes(base: str) -> list[tuple[str, str, Any]]:
-    """(method, path, handler) for every API route; the OpenAPI test walks this same table."""
+def routes(base: str, alchemy: Handler = alchemy_handler) -> list[tuple[str, str, Any]]:
+    """(method, path, handler) for every API route; the OpenAPI test walks this same table.
+
+    ``alchemy`` lets the composition root put compat's dispatcher (which also accepts
+    AudioMuse-AI's request shape) on the alchemy URL without this module knowing compat.
+    """
     api = f"{base}/api"
     return [
         ("GET", f"{api}/similar", similar),
         ("POST", f"{api}/similar", similar),
         ("GET", f"{api}/path", path),
         ("POST", f"{api}/path", path),
-        ("POST", f"{api}/alchemy", alchemy_handler),
+        ("POST", f"{api}/alchemy", alchemy),
         ("POST", f"{api}/clusters", clusters_start),
         ("GET", f"{api}/clusters", clusters_latest),
         ("GET", f"{api}/clusters/{{job_id}}", clusters_get),

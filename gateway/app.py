@@ -169,7 +169,7 @@ def create_app(
     own_routes = [
         *health.routes(base),
         ("GET", f"{base}/metrics", metrics.metrics_handler(lambda r: r.app)),
-        *api.routes(base),
+        *api.routes(base, alchemy=compat.alchemy_any_shape),
         *api_library.routes(base),
         *compat.routes(base, plugin=not jellyfin),
     ]

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from analysis.store import TrackRecord
 from gateway import keys
-from gateway.api import parse_ingredients
+from gateway.api import alchemy_with, parse_ingredients
 from gateway.params import ApiError, Params, bad, not_found
 from index.alchemy import alchemy
 from index.path import song_path
@@ -145,7 +145,7 @@ async def search_tracks_compat(request: web.Request) -> web.Response:
 
 
 async def alchemy_compat(request: web.Request, p: Params | None = None) -> web.Response:
-    """Called by api.alchemy_handler with the body it already read (a body reads once)."""
+    """AudioMuse-AI's ``{"items": [{"id", "op", "type"}]}`` alchemy request."""
     p = p if p is not None else await Params.of(request)
     service = request.app[keys.SERVICE]
     snap = service.snapshot
@@ -224,8 +224,17 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def alchemy_any_shape(request: web.Request) -> web.Response:
+    """``POST /api/alchemy`` in either shape: AudioMuse-AI's ``items`` or musegate's ``add``."""
+    p = await Params.of(request)
+    if p.has("items") and not p.has("add"):
+        return await alchemy_compat(request, p)
+    return await alchemy_with(request, p)
+
+
 def routes(base: str, plugin: bool = True) -> list[tuple[str, str, Any]]:
-    """AudioMuse-AI's ``POST /api/alchemy`` shares musegate's route: api.py tells them apart.
+    """AudioMuse-AI's read routes; its ``POST /api/alchemy`` is :func:`alchemy_any_shape`,
+    which the composition root puts on musegate's own alchemy route.
 
     ``plugin=False`` leaves out the Jellyfin plugin's ``/AudioMuseAI/*`` routes: in front
     of Jellyfin, gateway.jellyfin answers them (in any letter case, as ASP.NET Core
