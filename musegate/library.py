@@ -181,7 +181,7 @@ async def read_request(config: Config, text: str, use_llm: bool = True) -> Inter
 
     if not (use_llm and config.llm_provider):
         return interpret(text)
-    from adapters.llm import interpret_with_llm
+    from musegate.llm_reading import interpret_with_llm
 
     return await interpret_with_llm(
         text, config.llm_provider, config.llm_url, config.llm_model,  # type: ignore[arg-type]

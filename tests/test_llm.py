@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from adapters.llm import LLMError, interpret_with_llm, llm_constraints
+from adapters.llm import LLMError
 from index.instant import CONSTRAINTS_SCHEMA, constraints_from_json, interpret
+from musegate.llm_reading import interpret_with_llm, llm_constraints
 from tests.fakes.llm_server import FakeLLM, Reply
 
 KEY = "sk-test-5ecr3t-DO-NOT-LOG-9f8e7d"
