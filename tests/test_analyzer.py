@@ -82,7 +82,7 @@ def test_killed_run_loses_nothing_and_resumes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {**os.environ, "MUSEGATE_WORKERS": "2", "MUSEGATE_WRITE_BATCH": "1",
            "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "musegate", "--data-dir", str(data), "analyze", str(music),
+    cmd = [sys.executable, "-m", "cli", "--data-dir", str(data), "analyze", str(music),
            "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -100,7 +100,7 @@ def test_killed_run_loses_nothing_and_resumes(tmp_path: Path) -> None:
     assert f"analysed {24 - done_before} tracks" in out.stdout
     assert _count_analyses(db) == 24
     status = subprocess.run(
-        [sys.executable, "-m", "musegate", "--data-dir", str(data), "status", "--json"],
+        [sys.executable, "-m", "cli", "--data-dir", str(data), "status", "--json"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     data_json = json.loads(status.stdout)
@@ -109,7 +109,7 @@ def test_killed_run_loses_nothing_and_resumes(tmp_path: Path) -> None:
 
 def test_cli_show_and_similar(tmp_path: Path, small_library: Path) -> None:
     env = {**os.environ, "MUSEGATE_WORKERS": "2", "PYTHONPATH": str(ROOT)}
-    base = [sys.executable, "-m", "musegate", "--data-dir", str(tmp_path / "d")]
+    base = [sys.executable, "-m", "cli", "--data-dir", str(tmp_path / "d")]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*base, *args], env=env, capture_output=True, text=True,
@@ -155,7 +155,7 @@ def test_full_disk_stops_analyze_with_a_clear_error_and_resumes(
     capsys: pytest.CaptureFixture[str],
     disk_fills_after_first_write: None,
 ) -> None:
-    from musegate.cli import main
+    from cli.main import main
 
     data = tmp_path / "data"
     monkeypatch.setenv("MUSEGATE_WRITE_BATCH", "2")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from musegate.cli import main
+from cli.main import main
 from tests.store_factory import FilledLibrary, fill_store, make_config
 
 

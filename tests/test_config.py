@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from musegate.cli import main
+from cli.main import main
 from musegate.config import FIELDS, ConfigError, describe, load_config
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.demo import run_demo
 from musegate.config import load_config
-from musegate.demo import run_demo
 
 
 async def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

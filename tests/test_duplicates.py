@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestServer
 
 from analysis import audio_fingerprint as afp
 from analysis.store import LibraryStore
+from cli import main as cli
 from gateway.app import create_app
 from index import duplicates as dup
 from index.catalogue import Catalogue, CatalogueRow
 from index.faiss_index import SimilarityIndex
 from index.similar import similar_tracks
-from musegate import cli
 from musegate.library import analyzer_settings
 from tests.duplicate_audio import fingerprint_of, first_part, lossy, louder_with_silence, song
 from tests.store_factory import FilledLibrary, fill_store, make_config, synthetic_analysis

@@ -60,7 +60,7 @@ async def test_serve_scans_analyses_and_answers_the_plugin(tmp_path: Path) -> No
            "MUSEGATE_PORT": str(port), "MUSEGATE_SOURCE": "lyrion", "MUSEGATE_UPSTREAM_URL": lms,
            "MUSEGATE_UPSTREAM_USER": "admin", "MUSEGATE_UPSTREAM_PASSWORD": PASSWORD}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "musegate", "--data-dir", str(tmp_path / "data"), "serve",
+        sys.executable, "-m", "cli", "--data-dir", str(tmp_path / "data"), "serve",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     output: list[str] = []

@@ -72,7 +72,7 @@ async def _replica(tmp: Path, config, port: int) -> AsyncIterator[subprocess.Pop
            "MUSEGATE_PORT": str(port), "MUSEGATE_REFRESH_SECONDS": "1",
            "MUSEGATE_API_KEY": KEY, "MUSEGATE_TRUSTED_PROXIES": "127.0.0.1"}
     with open(tmp / f"replica-{port}.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "musegate", "serve"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
     try:
         yield proc

@@ -107,7 +107,7 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path, small_library: Path) -> 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MUSEGATE_WORKERS": "1",
            "MUSEGATE_PORT": str(_free_port()), "MUSEGATE_LIBRARY_PATH": str(small_library)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "musegate", "--data-dir", str(tmp_path / "d"), "serve"],
+        [sys.executable, "-m", "cli", "--data-dir", str(tmp_path / "d"), "serve"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

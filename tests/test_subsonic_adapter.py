@@ -443,7 +443,7 @@ async def test_cli_analyze_uses_the_configured_server(server: Supysonic, tmp_pat
     env = {**os.environ, "PYTHONPATH": str(repo), "MUSEGATE_SOURCE": "subsonic",
            "MUSEGATE_UPSTREAM_URL": server.url, "MUSEGATE_UPSTREAM_USER": "alice",
            "MUSEGATE_UPSTREAM_PASSWORD": USERS["alice"], "MUSEGATE_WORKERS": "2"}
-    base = [sys.executable, "-m", "musegate", "--data-dir", str(tmp_path / "cli-data")]
+    base = [sys.executable, "-m", "cli", "--data-dir", str(tmp_path / "cli-data")]
 
     async def run(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(

@@ -79,7 +79,7 @@ class Musegate:
         self.url = f"http://127.0.0.1:{port}{prefix}"
         self.lines: queue.Queue[str] = queue.Queue()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "musegate", "serve"], env=env, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "cli", "serve"], env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()

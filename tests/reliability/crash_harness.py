@@ -77,7 +77,7 @@ def committed(db: Path) -> int:
 
 
 def analyze_command(data_dir: Path, music: Path) -> list[str]:
-    return [sys.executable, "-m", "musegate", "--data-dir", str(data_dir), "analyze", str(music),
+    return [sys.executable, "-m", "cli", "--data-dir", str(data_dir), "analyze", str(music),
             "--workers", "1", "--mode", "fast", "--no-progress"]
 
 
@@ -93,7 +93,7 @@ def _group_gone(pgid: int, deadline: float) -> bool:
 
 def serve_command(data_dir: Path, music: Path, port: int) -> list[str]:
     """``musegate serve`` on a folder: its scheduler scans and analyses at start."""
-    return [sys.executable, "-m", "musegate", "--data-dir", str(data_dir), "serve",
+    return [sys.executable, "-m", "cli", "--data-dir", str(data_dir), "serve",
             "--host", "127.0.0.1", "--port", str(port)]
 
 

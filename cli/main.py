@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "health":
         return cmd_health(config, args)
     if args.command == "demo":
-        from musegate.demo import run_demo
+        from cli.demo import run_demo
 
         try:
             return asyncio.run(run_demo(config, args.dir, args.wait))
@@ -348,8 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # The engine is imported only for the commands that use it (`health` must start fast).
     from analysis.store import StorageFullError
-    from musegate.cli_duplicates import cmd_duplicates
-    from musegate.cli_features import (
+    from cli.duplicates import cmd_duplicates
+    from cli.features import (
         CommandError,
         cmd_alchemy,
         cmd_cluster,

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from analysis.store import LibraryStore
-from musegate.cli_features import _analysed_id, _with_service
+from cli.features import _analysed_id, _with_service
 from musegate.config import Config
 from musegate.duplicates import duplicates_report
 from musegate.library import describe_track, track_json
