@@ -33,6 +33,7 @@ from gateway.subsonic_format import (
     MISSING_PARAMETER,
     EnvelopeCache,
 )
+from gateway.upstream_errors import TRANSPORT_ERRORS, UpstreamDown, from_exception, from_status
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ class UpstreamError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-class UpstreamDown(Exception):
-    """The upstream could not be reached or did not answer like a Subsonic server."""
 
 
 @dataclass(frozen=True)
@@ -178,17 +175,24 @@ class UpstreamCaller:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             log.warning("upstream %s unreachable: %s", endpoint, type(exc).__name__)
-            raise UpstreamDown(f"{endpoint}: {type(exc).__name__}") from None
+            raise from_exception(endpoint, exc) from None
         try:
             body = json.loads(raw)["subsonic-response"]
         except (ValueError, KeyError, TypeError):
-            if status >= 500:
-                raise UpstreamDown(f"{endpoint}: HTTP {status}") from None
-            raise UpstreamError(GENERIC, f"unexpected answer (HTTP {status})") from None
+            body = None
         if not isinstance(body, dict):
-            raise UpstreamError(GENERIC, "unexpected answer")
+            # Not a Subsonic answer. A 5xx or a 2xx (garbage, an HTML page where JSON was
+            # asked for) is an outage: treating it as the upstream's refusal of one song
+            # would turn a broken server into a silently empty answer. A 4xx without a
+            # Subsonic body is a refusal by something in front of the server.
+            log.warning("upstream %s answered HTTP %s without a Subsonic body", endpoint, status)
+            if status >= 500:
+                raise from_status(endpoint, status)
+            if status < 400:
+                raise UpstreamDown(f"{endpoint}: not a Subsonic answer (HTTP {status})")
+            raise UpstreamError(GENERIC, f"unexpected answer (HTTP {status})")
         self.envelope.update(body)
         if body.get("status") != "ok":
             error = body.get("error") or {}
