@@ -16,6 +16,8 @@ the way a real server or network breaks them:
 ``Fault.GARBAGE``         bytes that are not HTTP at all, then close
 ``Fault.HTTP_500/502/503`` an HTML error page with that status (what a crashing app or a
                           reverse proxy in front of a dead server sends)
+``Fault.WRONG_BODY``      200 with an HTML page (a captive portal, a misrouted proxy, a
+                          parked domain): well-formed HTTP, not the protocol
 ``Fault.RESET``           headers and part of the body, then a TCP reset (RST)
 ========================  ===========================================================
 
@@ -57,6 +59,7 @@ class Fault(enum.Enum):
     HTTP_500 = "HTTP 500"
     HTTP_502 = "HTTP 502"
     HTTP_503 = "HTTP 503"
+    WRONG_BODY = "HTTP 200, HTML body"
     RESET = "reset mid-stream"
 
 
@@ -64,6 +67,7 @@ _STATUS_PAGES = {
     Fault.HTTP_500: (500, "Internal Server Error"),
     Fault.HTTP_502: (502, "Bad Gateway"),
     Fault.HTTP_503: (503, "Service Unavailable"),
+    Fault.WRONG_BODY: (200, "OK"),
 }
 
 
