@@ -10,6 +10,12 @@ client's burst of calls costs one check; the cache key is a SHA-256 over the
 credential parameters, so no password, token or API key is ever kept in
 memory beyond the request that carried it.
 
+The cache is the bound on a changed password: an entry lives ``auth_cache_seconds``
+from its check and is never renewed without asking the upstream, and refusals
+are never stored. When the upstream is down an expired or absent entry is an
+outage (``UpstreamDown``: 502/504), never an admission; only a caller checked
+within the bound can still be answered, and only from what musegate holds.
+
 ``UpstreamCaller`` is the one place that calls the upstream *as the caller*
 (the service account's client lives in ``adapters.subsonic``); it also feeds
 the envelope cache so musegate's answers carry the upstream's identity.
