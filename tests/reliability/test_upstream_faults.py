@@ -36,8 +36,10 @@ from xml.etree import ElementTree
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway import metrics
 from gateway.app import create_app
 from tests import test_jellyfin_gateway as jf
 from tests import test_subsonic_gateway as ss
@@ -222,8 +224,12 @@ def _no_traceback_in(answers: list[Answer]) -> None:
 
 
 async def sweep(kinds: list[Kind], proxy: FaultProxy, health: Callable[[], Awaitable[Answer]],
-                faults: list[Fault], matrix: dict[str, dict[str, str]]) -> None:
-    """Each fault: all kinds at once, checked; then the upstream back and all kinds again."""
+                faults: list[Fault], matrix: dict[str, dict[str, str]]) -> int:
+    """Each fault: all kinds at once, checked; then the upstream back and all kinds again.
+
+    Returns how many answers were 502/503/504 (what musegate_upstream_errors_total counts).
+    """
+    failed = 0
     for fault in faults:
         if fault is Fault.REFUSE:
             proxy.set(Fault.REFUSE)
@@ -234,6 +240,7 @@ async def sweep(kinds: list[Kind], proxy: FaultProxy, health: Callable[[], Await
             _no_traceback_in(answers)
             for kind, answer in zip(kinds, answers, strict=True):
                 matrix.setdefault(kind.name, {})[fault.value] = kind.down(answer, fault)
+            failed += sum(1 for a in answers if a.status in (502, 503, 504))
             assert (await health()).status == 200
         # The upstream returns: the first request of every kind succeeds.
         if fault is Fault.REFUSE:
@@ -244,6 +251,7 @@ async def sweep(kinds: list[Kind], proxy: FaultProxy, health: Callable[[], Await
             for kind in kinds:
                 kind.ok(await kind.make())
                 matrix[kind.name].setdefault("first request after", "ok")
+    return failed
 
 
 # ---------------------------------------------------------------------------- Subsonic
@@ -256,6 +264,7 @@ class SubsonicEnv:
     url: str
     session: aiohttp.ClientSession
     songs: list[dict[str, Any]]
+    app: web.Application
     kinds: list[Kind] = field(default_factory=list)
     cookie: str = ""
 
@@ -272,7 +281,8 @@ async def subsonic(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Su
         await ss._write_synthetic(config, songs)
         app = create_app(config, adapter=None, refresh_seconds=None)
         async with TestServer(app, host="127.0.0.1") as ts:
-            env = SubsonicEnv(server, proxy, str(ts.make_url("")).rstrip("/"), session, songs)
+            env = SubsonicEnv(server, proxy, str(ts.make_url("")).rstrip("/"), session, songs,
+                              app)
             env.kinds = _subsonic_kinds(env)
             login = await fetch(session, "POST", env.url + "/musegate/login",
                                 json={"username": "bob", "password": ss.USERS["bob"]})
@@ -373,8 +383,11 @@ async def test_subsonic_every_fault_gets_the_protocols_error_then_recovers(
     def health() -> Awaitable[Answer]:
         return fetch(env.session, "GET", env.url + "/musegate/health")
 
-    await sweep(env.kinds, env.proxy, health, faults, MATRIX)
-    assert env.proxy.faulted > 0
+    counter = env.app[metrics.METRICS].upstream_errors
+    before = counter._value.get()
+    failed = await sweep(env.kinds, env.proxy, health, faults, MATRIX)
+    assert env.proxy.faulted > 0 and failed > 0
+    assert counter._value.get() - before == failed  # 504s and 503s are counted too
 
 
 @module_loop
