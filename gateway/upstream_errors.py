@@ -70,8 +70,3 @@ def client_timeout(config: Config) -> aiohttp.ClientTimeout:
                                  connect=config.upstream_connect_timeout,
                                  sock_connect=config.upstream_connect_timeout)
 
-
-def passthrough_timeout(config: Config) -> aiohttp.ClientTimeout:
-    """For relayed requests: connecting is bounded, reading the body is not (see ``gateway.proxy``)."""
-    return aiohttp.ClientTimeout(total=None, connect=config.upstream_connect_timeout,
-                                 sock_connect=config.upstream_connect_timeout, sock_read=None)
