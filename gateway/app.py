@@ -21,7 +21,18 @@ from typing import Any
 from aiohttp import web
 
 from analysis.store import LibraryStore
-from gateway import access, api, api_library, compat, forwarding, health, keys, metrics, ui
+from gateway import (
+    access,
+    api,
+    api_library,
+    compat,
+    forwarding,
+    health,
+    keys,
+    metrics,
+    ui,
+    upstream_errors,
+)
 from gateway.access_log import RedactingAccessLogger, install_server_log_filter
 from gateway.jobs import JobManager
 from gateway.params import ApiError, error_response
@@ -68,6 +79,14 @@ def error_middleware(config: Config) -> Callable[..., Awaitable[web.StreamRespon
             return error_response(409, "this server is a read-only replica: ask the writer")
         except ApiError as exc:
             return error_response(exc.status, exc.message, exc.field)
+        except upstream_errors.UpstreamDown as exc:
+            # A UI session's answer is filtered (and its login confirmed) by asking the
+            # upstream: when it cannot be asked, the page gets 502/504, never an unfiltered
+            # answer and never a traceback.
+            if not api:
+                raise
+            log.warning("%s %s: upstream failed: %s", request.method, request.path, exc.reason)
+            return error_response(exc.status, upstream_errors.message(exc))
         except web.HTTPException as exc:
             if exc.status >= 400 and api:
                 return error_response(exc.status, exc.reason)
@@ -195,7 +214,9 @@ def create_app(
         # Keep this last: the pass-through is the catch-all for whatever no route above answers.
         from gateway.proxy import add_proxy
 
-        add_proxy(app, config.upstream_url, exclude_prefix=base)
+        add_proxy(app, config.upstream_url, exclude_prefix=base,
+                  connect_timeout=config.upstream_connect_timeout,
+                  headers_timeout=config.upstream_timeout)
     if not config.mount_path:
         return app
     # Below a mount path the whole app is a sub-application: aiohttp prefixes every route,

@@ -45,6 +45,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
-from gateway import compat, keys, metrics, proxy
+from gateway import compat, keys, metrics, proxy, upstream_errors
 from gateway.jellyfin_auth import (
     CredentialCache,
     JellyfinAuthChecker,
@@ -87,8 +88,7 @@ HYDRATE_ROUNDS = 3
 MAX_BLEND_SEEDS = 24
 # Songs of a collection fetched to find its analysed members.
 SEED_FETCH_LIMIT = 5000
-UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
-DOWN_MESSAGE = "the Jellyfin server behind musegate is unreachable"
+SERVER_NAME = "The Jellyfin server behind musegate"
 
 _PREFIX = r"(?P<prefix>(?:/[^/]+)*?)"
 _MIX_BY_ID = re.compile(
@@ -162,11 +162,12 @@ class Call:
 class JellyfinGateway:
     """Per-app state: the session for calls made as the caller, and the token cache."""
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: Config, session: aiohttp.ClientSession,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.upstream_url = config.upstream_url.rstrip("/")
         self.session = session
-        self.cache = CredentialCache(config.auth_cache_seconds)
+        self.cache = CredentialCache(config.auth_cache_seconds, clock)
         self.auth = JellyfinAuthChecker(session, self.cache)
 
     def call(self, request: web.Request, prefix: str) -> Call:
@@ -180,22 +181,26 @@ class JellyfinGateway:
 
     async def get_json(self, call: Call, path: str, params: dict[str, str],
                        accept: str | None = None) -> Any:
-        """GET a JSON answer as the caller; None when Jellyfin says no (404, 400, 403…)."""
+        """GET a JSON answer as the caller; None when Jellyfin says no (404, 400, 403…).
+
+        UpstreamDown for a 5xx, a transport failure or a success that is not JSON: an
+        outage must not read as "the caller may see none of these songs".
+        """
         url = URL(call.base + path)
         try:
             async with self.session.get(url, params=params, headers=call.headers(accept),
                                         allow_redirects=False) as resp:
                 if resp.status >= 500:
-                    raise UpstreamDown(f"HTTP {resp.status}")
+                    raise upstream_errors.from_status(path, resp.status)
                 if resp.status >= 300:
                     return None
                 raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise UpstreamDown(type(exc).__name__) from None
+        except upstream_errors.TRANSPORT_ERRORS as exc:
+            raise upstream_errors.from_exception(path, exc) from None
         try:
             return json.loads(raw)
         except ValueError:
-            return None
+            raise UpstreamDown(f"{path}: not a Jellyfin answer") from None
 
     async def items(self, call: Call, ids: Sequence[str], params: dict[str, str],
                     accept: str | None = None) -> dict[str, dict[str, Any]]:
@@ -607,8 +612,10 @@ async def handler(request: web.Request) -> web.StreamResponse:
         return await run()
     except Refused as exc:
         return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
-    except UpstreamDown:
-        return proxy.upstream_error(request, DOWN_MESSAGE)
+    except UpstreamDown as exc:
+        log.warning("jellyfin upstream failed for %s: %s", request.path, exc.reason)
+        return proxy.upstream_error(request, upstream_errors.message(exc, SERVER_NAME),
+                                    status=exc.status)
     except _Fallback:
         metrics.mark(request, metrics.PASSTHROUGH)
         return await proxy.forward(request, gw.upstream_url)
@@ -619,9 +626,9 @@ def add_jellyfin(app: web.Application, config: Config) -> None:
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession(
-            timeout=UPSTREAM_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
+            timeout=upstream_errors.client_timeout(config), cookie_jar=aiohttp.DummyCookieJar()
         ) as session:
-            app[GATEWAY] = JellyfinGateway(config, session)
+            app[GATEWAY] = JellyfinGateway(config, session, app.get(keys.CLOCK) or time.monotonic)
             yield
 
     app.cleanup_ctx.append(lifetime)

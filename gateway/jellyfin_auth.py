@@ -29,6 +29,7 @@ token is asked about again, and a token that becomes valid works at once.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import aiohttp
 from multidict import CIMultiDict, MultiMapping
 
 from gateway.subsonic_auth import CredentialCache
+from gateway.upstream_errors import TRANSPORT_ERRORS, UpstreamDown, from_exception, from_status
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +167,6 @@ class JellyfinCredentials:
 _AUTH_LOWER = frozenset(h.lower() for h in AUTH_HEADERS)
 
 
-class UpstreamDown(Exception):
-    """Jellyfin could not be reached (connection refused, reset, timed out)."""
-
-
 class Refused(Exception):
     """Jellyfin refused the caller: its status, body and content type, to be relayed unchanged."""
 
@@ -209,11 +207,27 @@ class JellyfinAuthChecker:
                 body = await resp.read()
                 status = resp.status
                 relay = {k: resp.headers[k] for k in _RELAY if k in resp.headers}
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             log.warning("jellyfin auth check unreachable: %s", type(exc).__name__)
-            raise UpstreamDown(type(exc).__name__) from None
+            raise from_exception("auth check", exc) from None
+        if status >= 500:
+            # Jellyfin failing is not Jellyfin refusing the caller: relaying its 500 page
+            # would read as "your token is bad" to some clients, and a 200 would be worse.
+            log.warning("jellyfin auth check answered HTTP %s", status)
+            raise from_status("auth check", status)
         if 200 <= status < 300:
+            if not _is_json_object(body):
+                log.warning("jellyfin auth check answered HTTP %s without JSON", status)
+                raise UpstreamDown(f"auth check: not a Jellyfin answer (HTTP {status})")
             if key is not None:
                 self.cache.add(key)
             return
         raise Refused(status, body, relay)
+
+
+def _is_json_object(body: bytes) -> bool:
+    """``/System/Info`` answers a JSON object; anything else did not come from Jellyfin."""
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:
+        return False

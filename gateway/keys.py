@@ -21,3 +21,5 @@ ADAPTER = web.AppKey("adapter", Any)
 SCHEDULER = web.AppKey("scheduler", Any)
 # On the outer app when musegate is mounted below a sub-path: the app holding the state above.
 MAIN = web.AppKey("main", web.Application)
+# Optional: the monotonic clock the credential caches read (tests inject one to step time).
+CLOCK = web.AppKey("clock", Any)

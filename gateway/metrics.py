@@ -27,6 +27,9 @@ PASSTHROUGH, INTERCEPTED, API, OWN = "passthrough", "intercepted", "api", "own"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# What a caller gets when the music server failed it: unreachable/broken, unavailable, too slow.
+UPSTREAM_STATUSES = frozenset({502, 503, 504})
+
 class Metrics:
     """The app's collectors (one registry per app)."""
 
@@ -41,7 +44,7 @@ class Metrics:
             "Time to answer an intercepted similarity call (Subsonic or Jellyfin)",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r)
         self.upstream_errors = Counter(
-            "musegate_upstream_errors", "Requests the music server did not answer (502 given)",
+            "musegate_upstream_errors", "Requests the music server did not answer (502/503/504 given)",
             registry=r)
         self.tracks = Gauge("musegate_tracks", "Tracks in the library, by analysis state",
                             ["state"], registry=r)
@@ -98,7 +101,7 @@ def middleware(classify: Callable[[web.Request], str]
             metrics.requests.labels(kind, str(status)).inc()
             if kind == INTERCEPTED:
                 metrics.intercepted_seconds.observe(time.perf_counter() - start)
-            if status == 502:
+            if status in UPSTREAM_STATUSES:
                 metrics.upstream_errors.inc()
 
     return count

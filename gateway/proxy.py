@@ -19,7 +19,10 @@ are relayed message by message.
 When the upstream cannot be reached the caller gets a 502 — for a Subsonic
 ``/rest/`` path a Subsonic error body in the caller's format, so a client
 shows "server unreachable" rather than a parse error — and musegate keeps
-running; the next request tries again.
+running; the next request tries again. When it accepts the connection but
+sends no status line and headers within ``upstream_timeout`` the caller gets
+a 504 the same way (a wedged server must not hold every caller forever);
+once the headers came, the body has no timeout.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # The shared upstream session (one connection pool for the app's lifetime).
 SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
+# Seconds to wait for the upstream's status line and headers (``upstream_timeout``).
+HEADERS_TIMEOUT = web.AppKey("proxy_headers_timeout", float)
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the de-facto Proxy-Connection and Keep-Alive.
 HOP_BY_HOP = frozenset({
@@ -61,13 +66,15 @@ _WS_DROP = frozenset({
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 # Connecting may fail fast (a dead upstream should give a 502 quickly); reading may not
-# (a paused stream or an idle SSE connection is normal).
+# (a paused stream or an idle SSE connection is normal). Defaults of the
+# ``upstream_connect_timeout`` and ``upstream_timeout`` settings.
 CONNECT_TIMEOUT = 10.0
+DEFAULT_HEADERS_TIMEOUT = 30.0
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT,
                                          sock_connect=CONNECT_TIMEOUT, sock_read=None)
 
 
-def new_session() -> aiohttp.ClientSession:
+def new_session(timeout: aiohttp.ClientTimeout = UPSTREAM_TIMEOUT) -> aiohttp.ClientSession:
     """The upstream client: no decompression, no cookie jar, no connection cap, no read timeout.
 
     The cookie jar is a dummy because the session is shared by every caller: a cookie
@@ -78,7 +85,7 @@ def new_session() -> aiohttp.ClientSession:
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         connector=aiohttp.TCPConnector(limit=0, force_close=False),
-        timeout=UPSTREAM_TIMEOUT,
+        timeout=timeout,
         skip_auto_headers=_NO_AUTO_HEADERS,
         # Bigger reads mean fewer, larger writes on a big stream; iter_any still hands
         # over whatever has arrived at once, so small SSE events are not held back.
@@ -86,7 +93,9 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
-def add_proxy(app: web.Application, upstream_url: str, *, exclude_prefix: str) -> None:
+def add_proxy(app: web.Application, upstream_url: str, *, exclude_prefix: str,
+              connect_timeout: float = CONNECT_TIMEOUT,
+              headers_timeout: float = DEFAULT_HEADERS_TIMEOUT) -> None:
     """Forward every request no other route answers to ``upstream_url``.
 
     The catch-all is indexed under "/" by aiohttp's router, which tries longer path
@@ -97,9 +106,12 @@ def add_proxy(app: web.Application, upstream_url: str, *, exclude_prefix: str) -
     """
     base = _upstream_base(upstream_url)
     prefix = exclude_prefix.rstrip("/")
+    app[HEADERS_TIMEOUT] = headers_timeout
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+                                    sock_connect=connect_timeout, sock_read=None)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        session = new_session()
+        session = new_session(timeout)
         app[SESSION] = session
         try:
             yield
@@ -209,11 +221,16 @@ async def _forward(request: web.Request, session: aiohttp.ClientSession, upstrea
         data = request.content  # streamed; Content-Length kept, or chunked when the caller chunked
 
     try:
-        upstream = await session.request(
-            request.method, url, headers=headers, data=data,
-            allow_redirects=False, auto_decompress=False,
-        )
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        async with asyncio.timeout(request.app.get(HEADERS_TIMEOUT, DEFAULT_HEADERS_TIMEOUT)):
+            upstream = await session.request(
+                request.method, url, headers=headers, data=data,
+                allow_redirects=False, auto_decompress=False,
+            )
+    except TimeoutError:
+        log.warning("upstream did not answer in time for %s", _redacted(request))
+        return upstream_error(request, "the music server behind musegate did not answer in time",
+                              status=504)
+    except (aiohttp.ClientError, OSError) as exc:
         log.warning("upstream unreachable for %s: %s", _redacted(request), type(exc).__name__)
         return upstream_error(request, "the music server behind musegate is unreachable")
 
@@ -358,8 +375,13 @@ async def _pump(src: Any, dst: Any) -> None:
         await dst.close(code=_close_code(src.close_code))
 
 
-def upstream_error(request: web.Request, message: str) -> web.StreamResponse:
-    """502: a Subsonic error body in the caller's format for /rest/ paths, plain text otherwise."""
+_REASONS = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def upstream_error(request: web.Request, message: str, status: int = 502) -> web.StreamResponse:
+    """502/503/504: a Subsonic error body in the caller's format for /rest/ paths, text otherwise."""
     if "/rest/" in request.path:
-        return subsonic_format.error_response(request, subsonic_format.GENERIC, message, status=502)
-    return web.Response(status=502, text=f"502 Bad Gateway: {message}\n")
+        return subsonic_format.error_response(request, subsonic_format.GENERIC, message,
+                                              status=status)
+    return web.Response(status=status, text=f"{status} {_REASONS.get(status, 'Bad Gateway')}: "
+                                            f"{message}\n")

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
@@ -59,7 +60,7 @@ from multidict import MultiDict
 
 from adapters.subsonic import FOLDER_KEY, shared_song
 from analysis.store import LibraryStore
-from gateway import keys, metrics, proxy
+from gateway import keys, metrics, proxy, upstream_errors
 from gateway.subsonic_auth import (
     AuthChecker,
     CredentialCache,
@@ -97,8 +98,6 @@ EXTENSION = {"name": "sonicSimilarity", "versions": [1]}
 HYDRATE_CONCURRENCY = 16
 # How deep a getSimilarSongs folder id is walked (artist folder -> album folders -> songs).
 DIRECTORY_DEPTH = 2
-UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
-DOWN_MESSAGE = "The music server behind musegate is not reachable"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -106,15 +105,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class SubsonicGateway:
     """Per-app state: the upstream caller, the credential cache and the envelope cache."""
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession, envelope: EnvelopeCache):
+    def __init__(self, config: Config, session: aiohttp.ClientSession, envelope: EnvelopeCache,
+                 clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.upstream_url = config.upstream_url.rstrip("/")
         self.envelope = envelope
         self.upstream = UpstreamCaller(self.upstream_url, session, envelope)
-        self.cache = CredentialCache(config.auth_cache_seconds)
+        self.cache = CredentialCache(config.auth_cache_seconds, clock)
         self.auth = AuthChecker(self.upstream, self.cache)
         self.visibility = config.subsonic_visibility
-        self.folder_cache = FolderCache(config.auth_cache_seconds)
+        self.folder_cache = FolderCache(config.auth_cache_seconds, clock)
         self.songs = UserSongCache(config.subsonic_song_cache_seconds,
                                    config.subsonic_song_cache_entries)
         self.service: Any = None  # the LibraryService, once the app's lifetime has it
@@ -414,8 +414,11 @@ def _authenticated(
             return error_response(request, exc.code, exc.message, gw.envelope.get())
         except _Fail as exc:
             return error_response(request, exc.code, exc.message, gw.envelope.get())
-        except UpstreamDown:
-            return error_response(request, GENERIC, DOWN_MESSAGE, gw.envelope.get(), status=502)
+        except UpstreamDown as exc:
+            # Never an answer (nor a refusal) the upstream did not give: the caller's app
+            # shows "server unreachable" in its own format and retries.
+            return error_response(request, GENERIC, upstream_errors.message(exc),
+                                  gw.envelope.get(), status=exc.status)
         except _Fallback:
             return await proxy.forward(request, gw.upstream_url, body=req.body)
 
@@ -628,10 +631,11 @@ def add_subsonic(app: web.Application, config: Config) -> None:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         envelope = EnvelopeCache()
         async with aiohttp.ClientSession(
-            timeout=UPSTREAM_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
+            timeout=upstream_errors.client_timeout(config), cookie_jar=aiohttp.DummyCookieJar()
         ) as session:
             app[ENVELOPE] = envelope
-            gateway = SubsonicGateway(config, session, envelope)
+            gateway = SubsonicGateway(config, session, envelope,
+                                      app.get(keys.CLOCK) or time.monotonic)
             gateway.service = app.get(keys.SERVICE)
             app[GATEWAY] = gateway
             yield

@@ -10,6 +10,12 @@ client's burst of calls costs one check; the cache key is a SHA-256 over the
 credential parameters, so no password, token or API key is ever kept in
 memory beyond the request that carried it.
 
+The cache is the bound on a changed password: an entry lives ``auth_cache_seconds``
+from its check and is never renewed without asking the upstream, and refusals
+are never stored. When the upstream is down an expired or absent entry is an
+outage (``UpstreamDown``: 502/504), never an admission; only a caller checked
+within the bound can still be answered, and only from what musegate holds.
+
 ``UpstreamCaller`` is the one place that calls the upstream *as the caller*
 (the service account's client lives in ``adapters.subsonic``); it also feeds
 the envelope cache so musegate's answers carry the upstream's identity.
@@ -33,6 +39,7 @@ from gateway.subsonic_format import (
     MISSING_PARAMETER,
     EnvelopeCache,
 )
+from gateway.upstream_errors import TRANSPORT_ERRORS, UpstreamDown, from_exception, from_status
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +54,6 @@ class UpstreamError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-class UpstreamDown(Exception):
-    """The upstream could not be reached or did not answer like a Subsonic server."""
 
 
 @dataclass(frozen=True)
@@ -178,17 +181,24 @@ class UpstreamCaller:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             log.warning("upstream %s unreachable: %s", endpoint, type(exc).__name__)
-            raise UpstreamDown(f"{endpoint}: {type(exc).__name__}") from None
+            raise from_exception(endpoint, exc) from None
         try:
             body = json.loads(raw)["subsonic-response"]
         except (ValueError, KeyError, TypeError):
-            if status >= 500:
-                raise UpstreamDown(f"{endpoint}: HTTP {status}") from None
-            raise UpstreamError(GENERIC, f"unexpected answer (HTTP {status})") from None
+            body = None
         if not isinstance(body, dict):
-            raise UpstreamError(GENERIC, "unexpected answer")
+            # Not a Subsonic answer. A 5xx or a 2xx (garbage, an HTML page where JSON was
+            # asked for) is an outage: treating it as the upstream's refusal of one song
+            # would turn a broken server into a silently empty answer. A 4xx without a
+            # Subsonic body is a refusal by something in front of the server.
+            log.warning("upstream %s answered HTTP %s without a Subsonic body", endpoint, status)
+            if status >= 500:
+                raise from_status(endpoint, status)
+            if status < 400:
+                raise UpstreamDown(f"{endpoint}: not a Subsonic answer (HTTP {status})")
+            raise UpstreamError(GENERIC, f"unexpected answer (HTTP {status})")
         self.envelope.update(body)
         if body.get("status") != "ok":
             error = body.get("error") or {}

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import forwarding, keys, proxy
+from gateway import forwarding, keys, proxy, upstream_errors
 from gateway.ui_login import (
     LoginRefused,
     LoginUnavailable,
@@ -127,7 +127,7 @@ async def login(request: web.Request) -> web.Response:
     except LoginRefused as exc:
         return _json_error(401, str(exc), modes=login_modes(request))
     except LoginUnavailable as exc:
-        return _json_error(502, str(exc))
+        return _json_error(exc.status, str(exc))
     old = session_of(request)
     table = request.app[SESSIONS]
     if old is not None:
@@ -196,8 +196,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
         if not where:
             return _json_error(404, "no audio location for this track")
         return await _relay(request, str(where), {}, {})
-    if track.upstream_id not in await visible_ids(request, session,
-                                                  [(track_id, track.upstream_id)]):
+    try:
+        visible = await visible_ids(request, session, [(track_id, track.upstream_id)])
+    except upstream_errors.UpstreamDown as exc:
+        return _json_error(exc.status, upstream_errors.message(exc))
+    if track.upstream_id not in visible:
         return _json_error(404, "unknown track")
     url, query, headers = _upstream_request(request, session, track.upstream_id)
     return await _relay(request, url, query, headers)
@@ -226,8 +229,15 @@ async def _relay(request: web.Request, url: str, query: dict[str, str],
                 "Cache-Control": "private, no-store",
             })
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(64 * 1024):
-                await response.write(chunk)
+            try:
+                async for chunk in upstream.content.iter_chunked(64 * 1024):
+                    await response.write(chunk)
+            except (TimeoutError, aiohttp.ClientError):
+                # The upstream failed mid-song: the status is sent, so a cut connection is
+                # the only honest signal left (as in gateway.proxy).
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             await response.write_eof()
             return response
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
-from gateway import access, keys
+from gateway import access, keys, upstream_errors
 from gateway.ui_session import ADMIN, JELLYFIN, LOCAL, SUBSONIC
+from gateway.upstream_errors import UpstreamDown
 from musegate import __version__ as VERSION
 
 CLIENT = "musegate-web"
-LOGIN_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=10)
 
 
 class LoginRefused(Exception):
@@ -35,7 +34,15 @@ class LoginRefused(Exception):
 
 
 class LoginUnavailable(Exception):
-    """The upstream could not be asked; the message is safe to show."""
+    """The upstream could not be asked; the message is safe to show, ``status`` is 502/503/504."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _unavailable(down: UpstreamDown) -> LoginUnavailable:
+    return LoginUnavailable(upstream_errors.message(down, "the music server"), down.status)
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ async def _lyrion(request: web.Request, user: str, password: str) -> Login:
 
 async def _subsonic(request: web.Request, user: str, password: str) -> Login:
     from gateway.subsonic import GATEWAY
-    from gateway.subsonic_auth import Credentials, UpstreamDown, UpstreamError
+    from gateway.subsonic_auth import Credentials, UpstreamError
 
     params = (("u", user), ("p", "enc:" + password.encode("utf-8").hex()))
     creds = Credentials(params)
@@ -110,8 +117,8 @@ async def _subsonic(request: web.Request, user: str, password: str) -> Login:
         await request.app[GATEWAY].auth.check(creds, {"c": CLIENT})
     except UpstreamError as exc:
         raise LoginRefused(exc.message or "wrong user name or password") from None
-    except UpstreamDown:
-        raise LoginUnavailable("the music server is not reachable") from None
+    except UpstreamDown as exc:
+        raise _unavailable(exc) from None
     return Login(user, SUBSONIC, subsonic_params=params)
 
 
@@ -130,7 +137,7 @@ def jellyfin_device_id(user: str) -> str:
 
 async def _jellyfin(request: web.Request, user: str, password: str) -> Login:
     from gateway.jellyfin import GATEWAY
-    from gateway.jellyfin_auth import JellyfinCredentials, Refused, UpstreamDown
+    from gateway.jellyfin_auth import JellyfinCredentials, Refused
 
     gw = request.app[GATEWAY]
     device = jellyfin_device_id(user)
@@ -140,17 +147,21 @@ async def _jellyfin(request: web.Request, user: str, password: str) -> Login:
             json={"Username": user, "Pw": password},
             headers={"X-Emby-Authorization": jellyfin_auth_header(device),
                      "Accept": "application/json"},
-            timeout=LOGIN_TIMEOUT,
         ) as resp:
             if resp.status in (400, 401, 403):
                 raise LoginRefused("wrong user name or password")
             if resp.status != 200:
-                raise LoginUnavailable(f"Jellyfin answered HTTP {resp.status}")
+                raise _unavailable(upstream_errors.from_status("login", resp.status))
             answer = await resp.json(content_type=None)
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        raise LoginUnavailable("the music server is not reachable") from None
-    token = str((answer or {}).get("AccessToken") or "")
-    user_id = str(((answer or {}).get("User") or {}).get("Id") or "")
+    except upstream_errors.TRANSPORT_ERRORS as exc:
+        raise _unavailable(upstream_errors.from_exception("login", exc)) from None
+    except ValueError:
+        answer = None  # not JSON: not Jellyfin's AuthenticationResult
+    if not isinstance(answer, dict):
+        raise LoginUnavailable("Jellyfin's answer to the login is not an AuthenticationResult")
+    token = str(answer.get("AccessToken") or "")
+    dto = answer.get("User")
+    user_id = str((dto if isinstance(dto, dict) else {}).get("Id") or "")
     if not token:
         raise LoginUnavailable("Jellyfin answered without an access token")
     creds = JellyfinCredentials.of({"X-Emby-Token": token}, {})
@@ -158,8 +169,8 @@ async def _jellyfin(request: web.Request, user: str, password: str) -> Login:
         await gw.auth.check(gw.upstream_url, creds)
     except Refused:
         raise LoginRefused("Jellyfin refused the new access token") from None
-    except UpstreamDown:
-        raise LoginUnavailable("the music server is not reachable") from None
+    except UpstreamDown as exc:
+        raise _unavailable(exc) from None
     return Login(user, JELLYFIN, jellyfin_token=token, jellyfin_user_id=user_id or None)
 
 
@@ -174,8 +185,41 @@ async def jellyfin_logout(request: web.Request, token: str, user: str) -> None:
         async with gw.session.post(
             gw.upstream_url + "/Sessions/Logout",
             headers={"X-Emby-Authorization": jellyfin_auth_header(jellyfin_device_id(user), token)},
-            timeout=LOGIN_TIMEOUT,
         ):
             pass
-    except (TimeoutError, aiohttp.ClientError, OSError):
+    except upstream_errors.TRANSPORT_ERRORS:
         pass
+
+
+async def confirm_login(request: web.Request, kind: str,
+                        subsonic_params: tuple[tuple[str, str], ...] = (),
+                        jellyfin_token: str | None = None) -> bool:
+    """Whether the upstream still accepts a UI session's credentials (False: log it out).
+
+    Asked through the same checkers as an app's call, so the answer is cached for
+    ``auth_cache_seconds`` and a password changed (or a token revoked) at the server
+    ends the session within that bound. Raises UpstreamDown when the server cannot be
+    asked: an outage neither logs the user out nor lets an unconfirmed session through.
+    """
+    if kind == SUBSONIC:
+        from gateway.subsonic import GATEWAY as SUBSONIC_GATEWAY
+        from gateway.subsonic_auth import Credentials, UpstreamError
+
+        try:
+            await request.app[SUBSONIC_GATEWAY].auth.check(Credentials(subsonic_params),
+                                                           {"c": CLIENT})
+        except UpstreamError:
+            return False
+        return True
+    if kind == JELLYFIN:
+        from gateway.jellyfin import GATEWAY as JELLYFIN_GATEWAY
+        from gateway.jellyfin_auth import JellyfinCredentials, Refused
+
+        gw = request.app[JELLYFIN_GATEWAY]
+        try:
+            await gw.auth.check(gw.upstream_url,
+                                JellyfinCredentials.of({"X-Emby-Token": jellyfin_token or ""}, {}))
+        except Refused:
+            return False
+        return True
+    return True

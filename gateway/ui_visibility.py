@@ -16,6 +16,12 @@ user see it, asked the same way the protocol gateways ask:
 
 Verdicts are remembered in the session for ``auth_cache_seconds`` so that a
 page that shows the same songs again costs no upstream call.
+
+Before any API request of such a session is answered, the upstream is asked
+whether it still accepts the session's password or token (``ui_login.confirm_login``,
+cached for ``auth_cache_seconds`` like an app's credentials): a password changed
+or a token revoked at the server ends the session within that bound, and when
+the server cannot be asked the page gets 502/504 rather than an unconfirmed answer.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import keys
-from gateway.ui_session import JELLYFIN, SUBSONIC, UiSession, session_of
+from gateway.params import error_response
+from gateway.ui_login import confirm_login
+from gateway.ui_session import JELLYFIN, SESSIONS, SUBSONIC, UiSession, session_of
 
 # A handler that filtered its own answer for the session sets this on the response
 # (api/map: its songs are parallel arrays, not a list of track objects).
@@ -48,7 +56,7 @@ async def visible_ids(
     if session.sees_everything:
         return {u for _, u in tracks}
     ttl = float(request.app[keys.CONFIG].auth_cache_seconds)
-    now = time.monotonic()
+    now = (request.app.get(keys.CLOCK) or time.monotonic)()
     cache = _cache(session)
     known: set[str] = set()
     ask: list[tuple[int, str]] = []
@@ -90,7 +98,7 @@ async def _subsonic_visible(
 async def _jellyfin_visible(request: web.Request, session: UiSession, ids: list[str]) -> set[str]:
     """The gateway's own ``GET /Items?Ids=…`` (chunked, as the caller) with the session's token."""
     from gateway.jellyfin import GATEWAY, Call, normalise_id
-    from gateway.jellyfin_auth import JellyfinCredentials, UpstreamDown
+    from gateway.jellyfin_auth import JellyfinCredentials
 
     gw = request.app[GATEWAY]
     call = Call(request, gw.upstream_url,
@@ -99,10 +107,9 @@ async def _jellyfin_visible(request: web.Request, session: UiSession, ids: list[
     params = {"Fields": "", "EnableImages": "false", "EnableUserData": "false"}
     if session.jellyfin_user_id:
         params["UserId"] = session.jellyfin_user_id
-    try:
-        found = await gw.items(call, ids, params)
-    except UpstreamDown:
-        return set()
+    # UpstreamDown propagates: an outage is an error for the page, not "sees nothing" (which
+    # would also be remembered as the verdict for auth_cache_seconds).
+    found = await gw.items(call, ids, params)
     return {u for u in ids if normalise_id(u) in found}
 
 
@@ -144,6 +151,15 @@ def visibility_middleware(base: str) -> Callable[..., Awaitable[web.StreamRespon
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if request.path.startswith(api):
+            session = session_of(request)
+            if session is not None and not session.sees_everything and not await confirm_login(
+                    request, session.kind, session.subsonic_params, session.jellyfin_token):
+                # The server no longer accepts this user's password or token: the session
+                # ends here rather than living on until it idles out.
+                request.app[SESSIONS].drop(session.id)
+                return error_response(401, "the music server no longer accepts this login; "
+                                           "log in again")
         response = await handler(request)
         if not request.path.startswith(api):
             return response

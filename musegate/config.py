@@ -202,6 +202,19 @@ FIELDS: tuple[Field, ...] = (
     Field("scan_cron", str, lambda: "0 3 * * *", "when the library is rescanned (cron, local time)"),
     Field("auth_cache_seconds", int, lambda: 60, "how long a successful credential check is reused", minimum=0),
     Field(
+        "upstream_connect_timeout",
+        float,
+        lambda: 10.0,
+        "seconds musegate waits for a TCP connection to the upstream before answering 502",
+    ),
+    Field(
+        "upstream_timeout",
+        float,
+        lambda: 30.0,
+        "seconds musegate waits for one answer of the upstream (its own calls: the whole answer; "
+        "pass-through: the status line and headers) before answering 504",
+    ),
+    Field(
         "subsonic_visibility",
         str,
         lambda: "hydrate",
@@ -267,6 +280,8 @@ class Config:
     lms_clients: str
     scan_cron: str
     auth_cache_seconds: int
+    upstream_connect_timeout: float
+    upstream_timeout: float
     subsonic_visibility: str
     subsonic_song_cache_seconds: int
     subsonic_song_cache_entries: int
@@ -317,6 +332,15 @@ def _coerce(field: Field, value: Any, source: str) -> Any:
             raise bad(f"must be at least {field.minimum}")
         if field.maximum is not None and value > field.maximum:
             raise bad(f"must be at most {field.maximum}")
+    elif field.kind is float:
+        if isinstance(value, bool):
+            raise bad("expected a number of seconds")
+        try:
+            value = float(str(value).strip()) if not isinstance(value, int | float) else float(value)
+        except ValueError:
+            raise bad("expected a number of seconds") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise bad("must be a positive number of seconds")
     elif field.kind is str:
         if not isinstance(value, str):
             raise bad("expected a string")

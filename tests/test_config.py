@@ -17,6 +17,14 @@ def test_defaults_file_and_env_layering(tmp_path: Path) -> None:
     assert cfg.db_path == Path("/tmp/x/musegate.db")
 
 
+def test_timeouts_are_seconds_with_decimals(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "m.toml"
+    cfg_file.write_text("upstream_timeout = 7\n")
+    cfg = load_config(cfg_file, env={"MUSEGATE_UPSTREAM_CONNECT_TIMEOUT": "2.5"})
+    assert (cfg.upstream_timeout, cfg.upstream_connect_timeout) == (7.0, 2.5)
+    assert load_config(None, env={}).upstream_timeout == 30.0
+
+
 def test_section_table_is_accepted(tmp_path: Path) -> None:
     cfg_file = tmp_path / "m.toml"
     cfg_file.write_text('[musegate]\nworkers = 2\n')
@@ -30,6 +38,11 @@ def test_section_table_is_accepted(tmp_path: Path) -> None:
         ({"MUSEGATE_WORKERS": "0"}, "must be at least 1"),
         ({"MUSEGATE_ANALYSIS_MODE": "quick"}, "analysis_mode = 'quick'"),
         ({"MUSEGATE_COLOUR": "blue"}, "colour (from environment MUSEGATE_COLOUR): unknown"),
+        ({"MUSEGATE_UPSTREAM_TIMEOUT": "soon"}, "expected a number of seconds"),
+        ({"MUSEGATE_UPSTREAM_TIMEOUT": "0"}, "must be a positive number of seconds"),
+        ({"MUSEGATE_UPSTREAM_CONNECT_TIMEOUT": "-1"}, "must be a positive number of seconds"),
+        ({"MUSEGATE_UPSTREAM_TIMEOUT": "nan"}, "must be a positive number of seconds"),
+        ({"MUSEGATE_UPSTREAM_TIMEOUT": "inf"}, "must be a positive number of seconds"),
     ],
 )
 def test_bad_values_name_key_and_value(env: dict[str, str], fragment: str) -> None:
