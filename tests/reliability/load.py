@@ -82,7 +82,7 @@ class Settings:
     requests: int | None = None  # per client in the main phase (instead of ``seconds``)
     warmup_seconds: float | None = 60.0
     warmup_requests: int | None = None
-    think: float = 0.5  # mean pause between one client's requests (uniform 0..2*think)
+    think: float = 1.0  # mean pause between one client's requests (uniform 0..2*think)
     users: int = 10
     artists: int = 4
     albums: int = 3
@@ -527,11 +527,20 @@ async def run_phase(base: str, lib: Library, settings: Settings, stats: Stats,
     await asyncio.gather(*(one(n) for n in range(settings.clients)))
 
 
-async def sampler(pid: int, t0: float, every: float, out: list[Sample]) -> None:
+async def sampler(pid: int, t0: float, every: float, out: list[Sample],
+                  stats: Stats | None = None, progress_seconds: float = 60.0) -> None:
+    """Sample the server every ``every`` s; print a progress line every ``progress_seconds``
+    (an hour-long soak shows how it is going, and what it had if it is cut short)."""
+    last = time.monotonic()
     while True:
         await asyncio.sleep(every)
         with contextlib.suppress(OSError, RuntimeError):
             out.append(sample(pid, t0))
+        if stats is not None and out and time.monotonic() - last >= progress_seconds:
+            last = time.monotonic()
+            s = out[-1]
+            print(f"[{s.t:7.0f} s] requests {stats.requests}, errors {dict(stats.errors)}, "
+                  f"RSS {s.rss_kib / 1024:.1f} MiB, fds {s.fds}", flush=True)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -580,7 +589,7 @@ async def run_load(tmp: Path, settings: Settings) -> Report:
             fd_base = await settle_fds(pid, None)
             base_sample = sample(pid, t0)
             samples.append(base_sample)
-            watch = asyncio.create_task(sampler(pid, t0, settings.sample_seconds, samples))
+            watch = asyncio.create_task(sampler(pid, t0, settings.sample_seconds, samples, stats))
             main_start = time.monotonic()
             try:
                 await run_phase(base, lib, settings, stats, settings.seconds, settings.requests)
@@ -617,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--minutes", type=float, default=10.0, help="main phase (after warm-up)")
     p.add_argument("--warmup-minutes", type=float, default=1.0)
-    p.add_argument("--think", type=float, default=0.5,
+    p.add_argument("--think", type=float, default=1.0,
                    help="mean pause between one client's requests, seconds")
     p.add_argument("--users", type=int, default=10)
     p.add_argument("--analysis", choices=("real", "synthetic"), default="real")
