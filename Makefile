@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint corpus clean reliability
+.PHONY: demo test bench lint corpus clean reliability load soak
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null || { \
@@ -25,6 +25,14 @@ test: $(STAMP)
 # The slow half of tests/reliability (the fast half runs in `make test`).
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -q -m reliability tests/reliability
+
+# 50 clients against a real `musegate serve` before supysonic (tests/reliability/load.py):
+# the figures of docs/reliability.md "Load and soak". Reports in build/load.{json,md}.
+load: $(STAMP)
+	$(BIN)/python -m tests.reliability.load --clients 50 --minutes 10 --json build/load.json
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.reliability.load --clients 50 --minutes 60 --json build/soak.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,6 +34,7 @@ from gateway import (
     upstream_errors,
 )
 from gateway.access_log import RedactingAccessLogger, install_server_log_filter
+from gateway.connection_limits import ConnectionGuard, ConnectionLimits, GuardedAppRunner
 from gateway.jobs import JobManager
 from gateway.params import ApiError, error_response
 from gateway.ui_visibility import visibility_middleware
@@ -239,6 +240,12 @@ def metrics_app(main: web.Application) -> web.Application:
     return app
 
 
+def server_options(config: Config) -> dict[str, Any]:
+    """What ``musegate serve``'s aiohttp runners are given besides the connection guard."""
+    return {"shutdown_timeout": DRAIN_SECONDS, "access_log_class": RedactingAccessLogger,
+            "keepalive_timeout": float(config.keepalive_seconds)}
+
+
 async def serve(config: Config) -> None:
     """Run until Ctrl-C or SIGTERM: what ``musegate serve`` does.
 
@@ -248,13 +255,15 @@ async def serve(config: Config) -> None:
     """
     app = create_app(config, schedule=True, refresh_seconds=config.refresh_seconds)
     # On stop, requests in flight get this long to finish; endless streams are cut after it.
-    runner = web.AppRunner(app, shutdown_timeout=DRAIN_SECONDS,
-                           access_log_class=RedactingAccessLogger)
+    # Slow or too many clients are held off per connection (gateway.connection_limits).
+    runner = GuardedAppRunner(app, ConnectionGuard(ConnectionLimits.from_config(config)),
+                              **server_options(config))
     await runner.setup()
     sites = [web.TCPSite(runner, config.host, config.port)]
     if config.metrics_port:
-        metrics_runner = web.AppRunner(metrics_app(main_app(app)),
-                                       access_log_class=RedactingAccessLogger)
+        metrics_runner = GuardedAppRunner(metrics_app(main_app(app)),
+                                          ConnectionGuard(ConnectionLimits.from_config(config)),
+                                          **server_options(config))
         await metrics_runner.setup()
         sites.append(web.TCPSite(metrics_runner, config.host, config.metrics_port))
     for site in sites:

@@ -131,6 +131,37 @@ FIELDS: tuple[Field, ...] = (
         minimum=0,
         maximum=65535,
     ),
+    Field(
+        "max_connections",
+        int,
+        lambda: 512,
+        "open client connections `musegate serve` accepts at once; more get a 503 and are "
+        "closed (0 = no cap; keep it well below the process's open-file limit)",
+        minimum=0,
+    ),
+    Field(
+        "max_connections_per_client",
+        int,
+        lambda: 64,
+        "open connections one client address may hold (0 = no cap); trusted_proxies are exempt",
+        minimum=0,
+    ),
+    Field(
+        "header_timeout_seconds",
+        int,
+        lambda: 20,
+        "a new connection whose request line and headers have not all arrived this many seconds "
+        "after it opened is closed (slow clients); 0 = no deadline",
+        minimum=0,
+    ),
+    Field(
+        "keepalive_seconds",
+        int,
+        lambda: 75,
+        "an idle keep-alive connection is closed after this long, and a later request on it "
+        "must have its headers complete within it",
+        minimum=1,
+    ),
     Field("max_per_artist", int, lambda: 3, "songs per artist in a playlist (0 = no cap)", minimum=0),
     Field(
         "hide_duplicates",
@@ -261,6 +292,10 @@ class Config:
     trusted_proxies: str
     api_key: str
     metrics_port: int
+    max_connections: int
+    max_connections_per_client: int
+    header_timeout_seconds: int
+    keepalive_seconds: int
     max_per_artist: int
     hide_duplicates: bool
     hnsw_threshold: int

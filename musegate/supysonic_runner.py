@@ -174,7 +174,10 @@ class Supysonic:
         cache.mkdir(exist_ok=True)
         self.config_path.write_text(
             "[base]\n"
-            f"database_uri = sqlite:///{self.state_dir / 'supysonic.db'}\n"
+            # SQLite's default 5 s lock wait is shorter than what concurrent `stream` calls
+            # (each one writes a play count) wait under load: 50 streaming clients got
+            # "database is locked" 500s from supysonic itself (tests/reliability/load.py).
+            f"database_uri = sqlite:///{self.state_dir / 'supysonic.db'}?timeout=60\n"
             "[webapp]\n"
             f"cache_dir = {cache}\n"
             "log_level = WARNING\n"
