@@ -3,7 +3,8 @@
     nice -n 10 .venv/bin/python bench/heldout_analyses.py [--workers 2]
 
 Every track of the held-out set (bench/heldout_corpus.py) and of the dev corpus is
-analysed twice, each with the product's own code (analysis.pipeline.analyse_file):
+run through the network once, and that run gives both analyses (the product's own
+decoder, mel patches and model):
 
 * ``full``: every patch of the whole track (AudioMuse-AI's way: all patches, the
   mean is its embedding); the per-patch embeddings and tag scores are kept, so any
