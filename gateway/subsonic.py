@@ -27,6 +27,9 @@ Who may see what (``subsonic_visibility``):
   caller costs no call, and the calls relayed here that change a Child (star,
   setRating, scrobble…) drop it first, so only changes made elsewhere wait for
   the TTL.
+  Songs not cached are asked one ``getAlbum`` per album as the caller once
+  that upstream's album entries proved equal to its getSong answers
+  (``gateway.subsonic_songs.fetch_songs``, ``subsonic_song_fetch``).
 * ``folders`` (opt-in, fast): one ``getMusicFolders`` as the caller (cached
   under the credential hash for ``auth_cache_seconds``), then the candidates
   are kept when the music folder the scan recorded for them
