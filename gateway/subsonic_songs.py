@@ -367,6 +367,10 @@ async def fetch_songs(
             groups.setdefault(album_id, []).append(uid)
         else:
             alone.append(uid)
+    # One wanted song of an album is one getSong: getAlbum would make the server build
+    # every song of the album (supysonic's cost is per song built, not per call).
+    for album_id in [a for a, wanted in groups.items() if len(wanted) < 2]:
+        alone.extend(groups.pop(album_id))
     parts = await asyncio.gather(songs(alone), *(album(a, w) for a, w in groups.items()))
     out: dict[str, Child | None] = {}
     for part in parts:

@@ -302,9 +302,12 @@ async def test_cold_answers_come_from_albums_once_they_proved_to_equal_getsong(e
         assert (await env.json("setRating", id=song, rating=rating, **auth()))["status"] == "ok"
     assert (await env.json("setRating", id=east0[2], rating=1, **auth()))["status"] == "ok"
     await _starred(env, "bob", east0[4])
-    for song in (east0[4], east1[1]):  # neither starred nor rated by alice, whatever came before
-        await env.json("unstar", id=song, **auth())  # refused when it is not starred: fine
-        assert (await env.json("setRating", id=song, rating=0, **auth()))["status"] == "ok"
+    # neither starred nor rated by the other user, whatever earlier tests did
+    for user, songs in (("alice", (east0[4], east1[1])), ("bob", (east0[1], east1[3]))):
+        for song in songs:
+            await env.json("unstar", id=song, **auth(user))  # refused when not starred: fine
+            ok = await env.json("setRating", id=song, rating=0, **auth(user))
+            assert ok["status"] == "ok"
     assert (await env.json("setRating", id=east1[1], rating=4, **auth("bob")))["status"] == "ok"
 
     # learning: the answer is getSong's, every album entry is compared with it
@@ -517,19 +520,23 @@ async def _fetch(script: Script, ids: list[str], album_of: dict[str, str],
 async def test_fetch_asks_by_album_and_settles_the_rest_with_getsong() -> None:
     a1, a2, a3 = {"id": "1", "t": "a"}, {"id": "2", "starred": "x"}, {"id": "3"}
     script = Script(
-        songs={"1": a1, "2": a2, "3": a3, "4": 0, "5": 50, "6": {"id": "6"}},
+        songs={"1": a1, "2": a2, "3": a3, "4": 0, "5": 50, "6": {"id": "6"}, "8": 70},
         albums={"A": [a1, a2, a3], "B": {"id": "9"}, "C": 0},
     )
     trusted = AlbumTrust(checks=0, personal_checks=0)
-    got, kept = await _fetch(script, ["1", "2", "4", "5", "6", "7"],
-                             {"1": "A", "2": "A", "6": "C", "7": "B", "4": "B"}, trusted)
-    assert got == {"1": a1, "2": a2, "4": None, "5": None, "6": {"id": "6"}, "7": None}
-    # album A's third song came along; 5 (50) and 7 (70) refusals are kept, 4's error 0 is not
+    got, kept = await _fetch(script, ["1", "2", "4", "5", "6", "7", "8", "3"],
+                             {"1": "A", "2": "A", "6": "C", "8": "C", "7": "B", "4": "B",
+                              "3": "D"}, trusted)
+    assert got == {"1": a1, "2": a2, "3": a3, "4": None, "5": None, "6": {"id": "6"},
+                   "7": None, "8": None}
+    # album A's third song came along; 5 (50) and 7, 8 (70) refusals are kept, 4's error 0 not
     assert kept == {"1": a1, "2": a2, "3": a3, "9": {"id": "9"}, "5": None, "6": {"id": "6"},
-                    "7": None}
+                    "7": None, "8": None}
     assert sorted(script.calls) == sorted([
         ("getAlbum", "A"), ("getAlbum", "B"), ("getAlbum", "C"),  # C fails: getSong decides
-        ("getSong", "4"), ("getSong", "5"), ("getSong", "6"), ("getSong", "7")])
+        ("getSong", "3"),  # the only wanted song of album D: getSong, not the whole album
+        ("getSong", "4"), ("getSong", "5"), ("getSong", "6"), ("getSong", "7"),
+        ("getSong", "8")])
     # without album trust (subsonic_song_fetch = "song") every id is one getSong
     script.calls.clear()
     got, _ = await _fetch(script, ["1", "2"], {"1": "A", "2": "A"}, None)
