@@ -27,9 +27,9 @@ Who may see what (``subsonic_visibility``):
   caller costs no call, and the calls relayed here that change a Child (star,
   setRating, scrobble…) drop it first, so only changes made elsewhere wait for
   the TTL.
-  Songs not cached are asked one ``getAlbum`` per album as the caller once
-  that upstream's album entries proved equal to its getSong answers
-  (``gateway.subsonic_songs.fetch_songs``, ``subsonic_song_fetch``).
+  With ``subsonic_song_fetch = "album"``, songs not cached are asked one
+  ``getAlbum`` per album as the caller once that upstream's album entries
+  proved equal to its getSong answers (``gateway.subsonic_songs.fetch_songs``).
 * ``folders`` (opt-in, fast): one ``getMusicFolders`` as the caller (cached
   under the credential hash for ``auth_cache_seconds``), then the candidates
   are kept when the music folder the scan recorded for them
@@ -198,8 +198,8 @@ class SubsonicGateway:
         """(id, the caller's Child) for the first ``limit`` ids the upstream lets the caller see.
 
         Songs the upstream already answered for the caller's scope (``UserSongCache``)
-        are taken from the cache; the rest are asked as the caller, one ``getAlbum`` per
-        album where that is known to equal ``getSong`` (``fetch_songs``), else ``getSong``.
+        are taken from the cache; the rest are asked as the caller with ``getSong``, or one
+        ``getAlbum`` per album where that is chosen and known to equal it (``fetch_songs``).
         Ids are settled in rounds of exactly as many as are still missing, so the common
         case (nothing refused) asks about each returned song once and no more.
         UpstreamDown propagates: an unreachable server is an error, not an empty list.

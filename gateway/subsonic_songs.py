@@ -31,12 +31,13 @@ them within the last ``ttl`` seconds. Entries leave the cache:
 Only refusals that say "not found" (70) or "not authorised" (50) are remembered;
 any other error is asked again next time.
 
-Songs not cached are asked by album (``fetch_songs``): one ``getAlbum`` as the
-caller returns every song of the album as that caller's Child, so an answer of
-50 songs from 25 albums costs 25 calls instead of 50, and the album's other
-songs enter the cache too. That holds only where a server builds getAlbum's
-entries exactly like getSong's (supysonic and Navidrome use one function for
-both), so ``AlbumTrust`` learns it by comparing: until ``ALBUM_CHECKS`` entries
+Songs not cached are asked with ``getSong`` or, with ``subsonic_song_fetch =
+"album"``, by album (``fetch_songs``): one ``getAlbum`` as the caller returns
+every song of the album as that caller's Child, so an answer of 50 songs from 25
+albums costs 25 calls instead of 50, and the album's other songs enter the cache
+too. (On supysonic that halves the calls, not the time: its cost is per song it
+builds.) That holds only where a server builds getAlbum's entries exactly like
+getSong's (supysonic uses one function for both), so ``AlbumTrust`` learns it by comparing: until ``ALBUM_CHECKS`` entries
 matched getSong field for field (and ``PERSONAL_CHECKS`` of them carried per-user
 fields such as ``starred``), the answer is getSong's and the album only checked;
 one difference and this upstream is asked song by song from then on. A song

@@ -228,9 +228,9 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "subsonic_song_fetch",
         str,
-        lambda: "album",
-        "hydrate mode: how songs not cached are asked: 'album' (one getAlbum per album as the "
-        "caller, once getAlbum proved to match getSong) or 'song' (one getSong each)",
+        lambda: "song",
+        "hydrate mode: how songs not cached are asked: 'song' (one getSong each) or 'album' "
+        "(one getAlbum per album as the caller, once getAlbum proved to match getSong)",
         choices=SUBSONIC_SONG_FETCH,
     ),
 )
