@@ -71,11 +71,12 @@ def render(r: dict[str, Any]) -> str:
         "(tests/test_subsonic_song_cache.py, warm and cold): met warm, missed cold.",
         "",
         "Why cold stays slow on supysonic: its cost is per song it builds (a star, a rating "
-        "and an average-rating query per Child), not per call. Measured on the same setup, "
-        "one at a time: `ping` ≈ 12–15 ms, `getSong` ≈ 28–40 ms, `getAlbum` of a 2-song album "
-        "≈ 30–60 ms (`bench/supysonic_call_costs.py`), so 25 `getAlbum` cost what 50 "
-        "`getSong` do, and concurrency does not help a server that builds them on one "
-        "interpreter. Asking by album halves the calls, which can only pay off where a call "
+        "and an average-rating query per Child), not per call: `bench/supysonic_call_costs.py` "
+        "on the same setup measured one call at a time `ping` 12–22 ms, `getSong` 26–52 ms, "
+        "`getAlbum` of a 2-song album 31–118 ms, and 25 `getAlbum` took 0.6–1.6× the time of "
+        "the same 50 songs' `getSong` (4 rounds, 1 and 8 in flight), so asking by album "
+        "does not make supysonic build fewer songs, and concurrency does not help a server "
+        "that builds them on one interpreter. Asking by album halves the calls, which can only pay off where a call "
         "costs more than the songs in it (a server far away; not measured here): it is "
         "offered (`subsonic_song_fetch`), not the default. How "
         "long a cached song may lag behind changes made past musegate: docs/subsonic.md.",
