@@ -293,7 +293,7 @@ async def test_a_change_made_past_musegate_shows_after_the_ttl(env: Env) -> None
 @module_loop
 async def test_cold_answers_come_from_albums_once_they_proved_to_equal_getsong(env: Env) -> None:
     gw = env.app[GATEWAY]
-    gw.album_trust = AlbumTrust()  # a fresh process: nothing learnt about getAlbum yet
+    gw.album_trust = AlbumTrust()  # subsonic_song_fetch = "album", nothing learnt yet
     east0, east1 = env.of_artist("Artist 0"), env.of_artist("Artist 1")
     west2 = env.of_artist("Artist 2")
     # per-user fields on every album: alice stars and rates, bob stars other songs
