@@ -27,6 +27,9 @@ Who may see what (``subsonic_visibility``):
   caller costs no call, and the calls relayed here that change a Child (star,
   setRating, scrobble…) drop it first, so only changes made elsewhere wait for
   the TTL.
+  With ``subsonic_song_fetch = "album"``, songs not cached are asked one
+  ``getAlbum`` per album as the caller once that upstream's album entries
+  proved equal to its getSong answers (``gateway.subsonic_songs.fetch_songs``).
 * ``folders`` (opt-in, fast): one ``getMusicFolders`` as the caller (cached
   under the credential hash for ``auth_cache_seconds``), then the candidates
   are kept when the music folder the scan recorded for them
@@ -83,7 +86,7 @@ from gateway.subsonic_format import (
     response_format,
     valid_callback,
 )
-from gateway.subsonic_songs import MUTATIONS, REFUSED_CODES, UserSongCache, scope_of
+from gateway.subsonic_songs import MUTATIONS, AlbumTrust, UserSongCache, fetch_songs, scope_of
 from index.path import song_path
 from index.similar import similar_tracks
 from musegate.config import Config
@@ -93,9 +96,6 @@ log = logging.getLogger(__name__)
 
 MAX_COUNT = 500
 EXTENSION = {"name": "sonicSimilarity", "versions": [1]}
-# Concurrent getSong calls per answer: enough to hide loopback/LAN latency,
-# few enough not to flood a small server (LMS and supysonic serve a handful of threads).
-HYDRATE_CONCURRENCY = 16
 # How deep a getSimilarSongs folder id is walked (artist folder -> album folders -> songs).
 DIRECTORY_DEPTH = 2
 
@@ -117,6 +117,8 @@ class SubsonicGateway:
         self.folder_cache = FolderCache(config.auth_cache_seconds, clock)
         self.songs = UserSongCache(config.subsonic_song_cache_seconds,
                                    config.subsonic_song_cache_entries)
+        # What getAlbum's entries are worth on this upstream (None: ask song by song).
+        self.album_trust = AlbumTrust() if config.subsonic_song_fetch == "album" else None
         self.service: Any = None  # the LibraryService, once the app's lifetime has it
 
     # ------------------------------------------------------------------ seeds
@@ -196,34 +198,19 @@ class SubsonicGateway:
         """(id, the caller's Child) for the first ``limit`` ids the upstream lets the caller see.
 
         Songs the upstream already answered for the caller's scope (``UserSongCache``)
-        are taken from the cache; the rest are asked with ``getSong`` as the caller.
+        are taken from the cache; the rest are asked as the caller with ``getSong``, or one
+        ``getAlbum`` per album where that is chosen and known to equal it (``fetch_songs``).
         Ids are settled in rounds of exactly as many as are still missing, so the common
         case (nothing refused) asks about each returned song once and no more.
         UpstreamDown propagates: an unreachable server is an error, not an empty list.
         """
         limit = len(upstream_ids) if limit is None else limit
-        sem = asyncio.Semaphore(HYDRATE_CONCURRENCY)
         scope = scope_of(creds, client) if self.songs.enabled else None
         if scope is not None:
             self.songs.library(self._library_signature())
 
-        async def one(uid: str, token: int) -> dict[str, Any] | None:
-            if scope is not None:
-                known, child = self.songs.get(scope, uid)
-                if known:
-                    return child
-            async with sem:
-                try:
-                    body = await self.upstream.call("getSong", creds, client, id=uid)
-                except UpstreamError as exc:
-                    if scope is not None and exc.code in REFUSED_CODES:
-                        self.songs.put(scope, uid, None, token)
-                    return None
-            song = body.get("song")
-            song = song if isinstance(song, dict) else None
-            if scope is not None and song is not None:
-                self.songs.put(scope, uid, song, token)
-            return song
+        def ask(endpoint: str, **params: Any) -> Awaitable[dict[str, Any]]:
+            return self.upstream.call(endpoint, creds, client, **params)
 
         out: list[tuple[str, dict[str, Any]]] = []
         pos = 0
@@ -231,14 +218,39 @@ class SubsonicGateway:
             batch = list(upstream_ids[pos : pos + (limit - len(out))])
             pos += len(batch)
             with self.songs.filling() as token:
-                results = await asyncio.gather(*(one(u, token) for u in batch),
-                                               return_exceptions=True)
-            for uid, result in zip(batch, results, strict=True):
-                if isinstance(result, BaseException):
-                    raise result
-                if result is not None:
-                    out.append((uid, result))
+                found: dict[str, dict[str, Any] | None] = {}
+                if scope is not None:
+                    for uid in batch:
+                        known, child = self.songs.get(scope, uid)
+                        if known:
+                            found[uid] = child
+                missing = [u for u in batch if u not in found]
+                if missing:
+                    def keep(uid: str, child: dict[str, Any] | None, token: int = token) -> None:
+                        if scope is not None:
+                            self.songs.put(scope, uid, child, token)
+
+                    trust = self.album_trust
+                    album_of = (await self._album_ids(missing)
+                                if trust is not None and not trust.differs else {})
+                    found.update(await fetch_songs(ask, missing, album_of, self.album_trust,
+                                                   keep))
+            out.extend((uid, child) for uid in batch if (child := found.get(uid)) is not None)
         return out
+
+    async def _album_ids(self, upstream_ids: Sequence[str]) -> dict[str, str]:
+        """Upstream album id of each song, as the last scan stored it ({} before a scan)."""
+        service = self.service
+        if service is None:
+            return {}
+        try:
+            by_upstream = service.snapshot.by_upstream
+        except RuntimeError:
+            return {}
+        tids = [by_upstream[u] for u in upstream_ids if u in by_upstream]
+        records = await service.store.tracks_by_ids(tids)
+        return {rec.upstream_id: str(rec.raw["albumId"]) for rec in records.values()
+                if rec.raw and rec.raw.get("albumId") is not None}
 
     def _library_signature(self) -> Any:
         """The loaded library's signature (moves on a rescan's changes); None before it loads."""

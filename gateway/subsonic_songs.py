@@ -30,25 +30,55 @@ them within the last ``ttl`` seconds. Entries leave the cache:
 
 Only refusals that say "not found" (70) or "not authorised" (50) are remembered;
 any other error is asked again next time.
+
+Songs not cached are asked with ``getSong`` or, with ``subsonic_song_fetch =
+"album"``, by album (``fetch_songs``): one ``getAlbum`` as the caller returns
+every song of the album as that caller's Child, so an answer of 50 songs from 25
+albums costs 25 calls instead of 50, and the album's other songs enter the cache
+too. (On supysonic that halves the calls, not the time: its cost is per song it
+builds.) That holds only where a server builds getAlbum's entries exactly like
+getSong's (supysonic uses one function for both), so ``AlbumTrust`` learns it by comparing: until ``ALBUM_CHECKS`` entries
+matched getSong field for field (and ``PERSONAL_CHECKS`` of them carried per-user
+fields such as ``starred``), the answer is getSong's and the album only checked;
+one difference and this upstream is asked song by song from then on. A song
+missing from the caller's getAlbum (hidden, or the album id changed since the
+scan) is asked with getSong, so nothing is shown that getSong would refuse.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import hashlib
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
-from gateway.subsonic_auth import Credentials
+from gateway.subsonic_auth import Credentials, UpstreamError
+
+log = logging.getLogger(__name__)
 
 # Upstream answers that mean "this caller may not have this song" (Subsonic error codes).
 REFUSED_CODES = frozenset({50, 70})
 # Calls that change what the named songs' Child objects show, to the caller or to others.
 MUTATIONS = ("star", "unstar", "setRating", "scrobble", "createBookmark", "deleteBookmark")
+# How songs not cached are asked (``subsonic_song_fetch``).
+FETCH_MODES = ("album", "song")
+# Upstream calls a fill keeps in flight: enough to hide loopback/LAN latency, few enough
+# not to queue behind a small server's handful of threads (supysonic, LMS).
+FETCH_CONCURRENCY = 8
+# getSong comparisons that must match before getAlbum's entries are served in its place,
+# and how many of those must carry per-user fields before entries carrying them are.
+ALBUM_CHECKS = 20
+PERSONAL_CHECKS = 3
+# Fields that differ by caller (or by other callers' ratings): the likeliest to differ
+# between a server's getAlbum and getSong if it builds them differently.
+PERSONAL_FIELDS = ("starred", "userRating", "averageRating", "playCount", "played",
+                   "bookmarkPosition")
 
 Scope = tuple[str, str, str]
 Child = dict[str, Any]
@@ -207,3 +237,143 @@ class UserSongCache:
             scopes.discard(key[0])
             if not scopes:
                 del self._scopes_of[key[1]]
+
+
+# ---------------------------------------------------------------------------- fetching
+
+
+def personal(child: Child) -> bool:
+    """Whether a Child shows something of the caller's own (a star, a rating, plays…)."""
+    return any(child.get(f) for f in PERSONAL_FIELDS)
+
+
+class AlbumTrust:
+    """Whether this upstream's getAlbum song entries are its getSong answers, learnt by comparing.
+
+    Held per upstream (every caller's comparisons count): servers build both from one
+    function or they do not. A difference is permanent for the process: a server that
+    differs once cannot be trusted to match next time, and asking song by song is what
+    musegate did before.
+    """
+
+    def __init__(self, checks: int = ALBUM_CHECKS, personal_checks: int = PERSONAL_CHECKS) -> None:
+        self.checks = checks
+        self.personal_checks = personal_checks
+        self.matched = 0
+        self.matched_personal = 0
+        self.differs = False
+
+    @property
+    def checking(self) -> bool:
+        return not self.differs and (self.matched < self.checks
+                                     or self.matched_personal < self.personal_checks)
+
+    def usable(self, entry: Child) -> bool:
+        """May this getAlbum entry be served as the caller's getSong answer?"""
+        if self.differs or self.matched < self.checks:
+            return False
+        return self.matched_personal >= self.personal_checks or not personal(entry)
+
+    def record(self, song_id: str, entry: Child, song: Child | None) -> None:
+        """Compare an album entry with the getSong answer for the same song and caller."""
+        if self.differs:
+            return
+        if song is None or entry != song:
+            self.differs = True
+            fields = sorted(k for k in set(entry) | set(song or {})
+                            if entry.get(k) != (song or {}).get(k))
+            log.warning("getAlbum's entry for song %s differs from getSong (fields: %s): "
+                        "asking the server song by song from now on", song_id,
+                        ", ".join(fields) or "refused by getSong")
+            return
+        self.matched += 1
+        if personal(song):
+            self.matched_personal += 1
+
+
+class Ask(Protocol):
+    """An upstream call as the caller: ``await ask("getSong", id=...)`` -> response body."""
+
+    def __call__(self, endpoint: str, **params: Any) -> Awaitable[dict[str, Any]]: ...
+
+
+def album_songs(body: Mapping[str, Any]) -> dict[str, Child]:
+    """Song id -> Child of a getAlbum answer (a lone song may arrive as an object, not a list)."""
+    album = body.get("album")
+    songs = album.get("song") if isinstance(album, dict) else None
+    items = songs if isinstance(songs, list) else [songs]
+    return {str(s["id"]): s for s in items if isinstance(s, dict) and "id" in s}
+
+
+async def fetch_songs(
+    ask: Ask,
+    song_ids: Sequence[str],
+    album_of: Mapping[str, str],
+    trust: AlbumTrust | None,
+    keep: Callable[[str, Child | None], None],
+    concurrency: int = FETCH_CONCURRENCY,
+) -> dict[str, Child | None]:
+    """The caller's Child for each id (None: not shown), from the upstream, as few calls as may be.
+
+    Ids with a known album (``album_of``) are asked with one ``getAlbum`` per album when
+    ``trust`` allows; the rest, and every song the album answer does not settle, with
+    ``getSong``. ``keep(id, Child or None)`` is told every answer worth caching: getSong's
+    Child or refusal (50/70), and every usable entry of a fetched album, requested or not.
+    Other errors leave the song out of this answer only. UpstreamDown propagates.
+    """
+    sem = asyncio.Semaphore(max(1, concurrency))
+
+    async def song(uid: str) -> Child | None:
+        async with sem:
+            try:
+                body = await ask("getSong", id=uid)
+            except UpstreamError as exc:
+                if exc.code in REFUSED_CODES:
+                    keep(uid, None)
+                return None
+        child = body.get("song")
+        if not isinstance(child, dict):
+            return None
+        keep(uid, child)
+        return child
+
+    async def songs(uids: Sequence[str]) -> dict[str, Child | None]:
+        return dict(zip(uids, await asyncio.gather(*(song(u) for u in uids)), strict=True))
+
+    async def album(album_id: str, wanted: list[str]) -> dict[str, Child | None]:
+        assert trust is not None
+        async with sem:
+            try:
+                entries = album_songs(await ask("getAlbum", id=album_id))
+            except UpstreamError:
+                entries = {}  # hidden, or the album id moved since the scan: getSong decides
+        served = {u: entries[u] for u in wanted if u in entries and trust.usable(entries[u])}
+        asked = await songs([u for u in wanted if u not in served])
+        for uid, child in asked.items():
+            if uid in entries:
+                trust.record(uid, entries[uid], child)
+        if not all(trust.usable(c) for c in served.values()):  # withdrawn meanwhile
+            asked.update(await songs([u for u, c in served.items() if not trust.usable(c)]))
+            served = {u: c for u, c in served.items() if trust.usable(c)}
+        for uid, entry in entries.items():
+            if uid not in asked and trust.usable(entry):
+                keep(uid, entry)
+        return {**served, **asked}
+
+    groups: dict[str, list[str]] = {}
+    alone: list[str] = []
+    for uid in dict.fromkeys(song_ids):
+        album_id = album_of.get(uid) if trust is not None and not trust.differs else None
+        if album_id:
+            groups.setdefault(album_id, []).append(uid)
+        else:
+            alone.append(uid)
+    # One wanted song of an album is one getSong: getAlbum would make the server build
+    # every song of the album (supysonic's cost is per song built, not per call).
+    for album_id in [a for a, wanted in groups.items() if len(wanted) < 2]:
+        alone.extend(groups.pop(album_id))
+    parts = await asyncio.gather(songs(alone), *(album(a, w) for a, w in groups.items()))
+    out: dict[str, Child | None] = {}
+    for part in parts:
+        out.update(part)
+    return out

@@ -22,6 +22,7 @@ ANALYSIS_MODES = ("sampled", "fast", "full")
 SOURCES = ("folder", "subsonic", "jellyfin", "lyrion")
 LLM_PROVIDERS = ("", "ollama", "openai")
 SUBSONIC_VISIBILITY = ("hydrate", "folders")
+SUBSONIC_SONG_FETCH = ("album", "song")
 ROLES = ("writer", "replica")
 
 
@@ -268,6 +269,14 @@ FIELDS: tuple[Field, ...] = (
         "hydrate mode: most (caller, song) entries kept, least recently used dropped first",
         minimum=0,
     ),
+    Field(
+        "subsonic_song_fetch",
+        str,
+        lambda: "song",
+        "hydrate mode: how songs not cached are asked: 'song' (one getSong each) or 'album' "
+        "(one getAlbum per album as the caller, once getAlbum proved to match getSong)",
+        choices=SUBSONIC_SONG_FETCH,
+    ),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -320,6 +329,7 @@ class Config:
     subsonic_visibility: str
     subsonic_song_cache_seconds: int
     subsonic_song_cache_entries: int
+    subsonic_song_fetch: str
 
     @property
     def db_path(self) -> Path:

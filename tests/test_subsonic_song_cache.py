@@ -4,10 +4,14 @@ A real supysonic on loopback serves two music folders ("east": Artist 0 and 1,
 "west": Artist 2 and 3) to alice and bob. supysonic lets every user see every
 folder, so musegate is pointed at a small aiohttp relay (``WestHidden``, in this
 file) that forwards everything to supysonic unchanged, except that it answers
-bob's ``getSong`` for a west song the way a server with per-user folders does
-(error 70), and counts ``getSong`` calls per user. Every comparison is with
-``getSong`` as the same user, straight from the server (supysonic for alice,
-the relay for bob), after the user starred and rated songs through musegate.
+bob the way a server with per-user folders does: ``getSong`` of a west song is
+error 70, and ``getAlbum`` leaves out west songs (error 70 for an album with no
+other). It counts ``getSong`` and ``getAlbum`` calls per user, and can make
+getAlbum's entries differ from getSong's (``album_drops``), as a server that
+builds them differently would. Every comparison is with ``getSong`` as the same
+user, straight from the server (supysonic for alice, the relay for bob), after
+the user starred and rated songs through musegate — on warm answers (from the
+cache) and cold ones (the cache emptied, songs asked by album).
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from adapters.subsonic import SubsonicAdapter
 from analysis.store import LibraryStore, TrackRecord
 from gateway.app import create_app
 from gateway.subsonic import GATEWAY
-from gateway.subsonic_auth import Credentials
-from gateway.subsonic_songs import UserSongCache, scope_of
+from gateway.subsonic_auth import Credentials, UpstreamError
+from gateway.subsonic_songs import AlbumTrust, UserSongCache, fetch_songs, scope_of
 from musegate.config import Config, load_config
 from musegate.library import analyzer_settings
 from tests.store_factory import synthetic_analysis
@@ -51,13 +55,19 @@ def auth(user: str = "alice", **extra: Any) -> dict[str, Any]:
 
 
 class WestHidden:
-    """Relays /rest/* to supysonic; bob's ``getSong`` of a west song is refused (70)."""
+    """Relays /rest/* to supysonic; west songs are hidden from bob (getSong 70, getAlbum)."""
 
     def __init__(self, upstream: str, session: aiohttp.ClientSession) -> None:
         self.upstream = upstream
         self.session = session
         self.west: set[str] = set()
         self.get_song: Counter[str] = Counter()
+        self.get_album: Counter[str] = Counter()
+        self.album_drops: set[str] = set()  # fields removed from getAlbum's song entries
+
+    def asked(self, user: str) -> int:
+        """Song-answering calls (getSong and getAlbum) the user's requests cost so far."""
+        return self.get_song[user] + self.get_album[user]
 
     async def handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"].removesuffix(".view")
@@ -78,7 +88,24 @@ class WestHidden:
         ) as resp:
             data, status = await resp.read(), resp.status
             ctype = resp.headers.get("Content-Type", "application/octet-stream")
+        if name == "getAlbum":
+            self.get_album[user] += 1
+            return self._album(json.loads(data), user)
         return web.Response(body=data, status=status, headers={"Content-Type": ctype})
+
+    def _album(self, answer: dict[str, Any], user: str) -> web.Response:
+        """getAlbum as a per-folder server shapes it: bob's lacks west songs."""
+        album = answer["subsonic-response"].get("album")
+        if album is not None:
+            songs = [{k: v for k, v in song.items() if k not in self.album_drops}
+                     for song in album.get("song", [])
+                     if not (user == "bob" and song["id"] in self.west)]
+            if not songs and album.get("song"):
+                return web.json_response({"subsonic-response": {
+                    "status": "failed", "version": "1.12.0",
+                    "error": {"code": 70, "message": "Album not found"}}})
+            album["song"] = songs
+        return web.json_response(answer)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -264,6 +291,110 @@ async def test_a_change_made_past_musegate_shows_after_the_ttl(env: Env) -> None
 
 
 @module_loop
+async def test_cold_answers_come_from_albums_once_they_proved_to_equal_getsong(env: Env) -> None:
+    gw = env.app[GATEWAY]
+    gw.album_trust = AlbumTrust()  # subsonic_song_fetch = "album", nothing learnt yet
+    east0, east1 = env.of_artist("Artist 0"), env.of_artist("Artist 1")
+    west2 = env.of_artist("Artist 2")
+    # per-user fields on every album: alice stars and rates, bob stars other songs
+    for song, rating in ((east0[1], 5), (east1[3], 2), (west2[2], 3)):
+        await _starred(env, "alice", song)
+        assert (await env.json("setRating", id=song, rating=rating, **auth()))["status"] == "ok"
+    assert (await env.json("setRating", id=east0[2], rating=1, **auth()))["status"] == "ok"
+    await _starred(env, "bob", east0[4])
+    # neither starred nor rated by the other user, whatever earlier tests did
+    for user, songs in (("alice", (east0[4], east1[1])), ("bob", (east0[1], east1[3]))):
+        for song in songs:
+            await env.json("unstar", id=song, **auth(user))  # refused when not starred: fine
+            ok = await env.json("setRating", id=song, rating=0, **auth(user))
+            assert ok["status"] == "ok"
+    assert (await env.json("setRating", id=east1[1], rating=4, **auth("bob")))["status"] == "ok"
+
+    # learning: the answer is getSong's, every album entry is compared with it
+    gw.songs.clear()
+    songs, cost = await _cold(env, "alice", east1[0])
+    assert len(songs) == 23 and cost == {"getSong": 23, "getAlbum": 4}
+    assert not gw.album_trust.checking and not gw.album_trust.differs
+    await _as_server_says(env, "alice", songs)
+
+    # trusted: one getAlbum per album, no getSong, and still exactly getSong's answers
+    gw.songs.clear()
+    songs, cost = await _cold(env, "alice", east1[0])
+    assert len(songs) == 23 and cost == {"getSong": 0, "getAlbum": 4}
+    by_id = {s["id"]: s for s in songs}
+    assert by_id[east0[1]]["userRating"] == 5 and "starred" in by_id[west2[2]]
+    assert "starred" not in by_id[east0[4]] and by_id[east1[1]].get("userRating") is None
+    await _as_server_says(env, "alice", songs)
+
+    # bob: west albums are refused to him, so their songs are asked with getSong (refused too)
+    songs, cost = await _cold(env, "bob", east0[0])
+    assert {env.artist_of(s["id"]) for s in songs} == {"Artist 0", "Artist 1"}
+    assert len(songs) == 11 and cost == {"getSong": 12, "getAlbum": 4}
+    bobs = {s["id"]: s for s in songs}
+    assert "starred" in bobs[east0[4]] and bobs[east1[1]]["userRating"] == 4
+    assert "starred" not in bobs[east0[1]] and "userRating" not in bobs[east1[3]]
+    await _as_server_says(env, "bob", songs)
+    _, cost = await _cold(env, "bob", east0[0])
+    assert cost == {"getSong": 0, "getAlbum": 0}  # the refusals were remembered
+
+    # a song's album mates were cached with it: a wider answer on that album costs nothing
+    gw.songs.clear()
+    few, cost = await _cold(env, "alice", east0[0], count=2)
+    assert {env.artist_of(s["id"]) for s in few} == {"Artist 0"}
+    assert cost == {"getSong": 0, "getAlbum": 1}
+    more, cost = await _cold(env, "alice", east0[0], count=5)
+    assert len(more) == 5 and cost == {"getSong": 0, "getAlbum": 0}
+    await _as_server_says(env, "alice", more)
+
+    # a change through musegate: the next cold answer shows it, still from albums
+    assert (await env.json("unstar", id=east0[1], **auth()))["status"] == "ok"
+    assert (await env.json("setRating", id=east0[3], rating=3, **auth()))["status"] == "ok"
+    gw.songs.clear()
+    songs, cost = await _cold(env, "alice", east1[0])
+    assert cost == {"getSong": 0, "getAlbum": 4}
+    by_id = {s["id"]: s for s in songs}
+    assert "starred" not in by_id[east0[1]] and by_id[east0[3]]["userRating"] == 3
+    await _as_server_says(env, "alice", songs)
+
+
+@module_loop
+async def test_an_upstream_whose_album_entries_differ_is_asked_song_by_song(env: Env) -> None:
+    gw = env.app[GATEWAY]
+    rated = env.of_artist("Artist 1")[4]
+    assert (await env.json("setRating", id=rated, rating=2, **auth()))["status"] == "ok"
+    gw.album_trust = AlbumTrust()
+    env.relay.album_drops = {"userRating"}  # this server leaves ratings out of getAlbum
+    try:
+        gw.songs.clear()
+        songs, cost = await _cold(env, "alice", env.of_artist("Artist 1")[0])
+        assert gw.album_trust.differs and cost["getSong"] == 23
+        assert next(s for s in songs if s["id"] == rated)["userRating"] == 2
+        await _as_server_says(env, "alice", songs)
+        gw.songs.clear()
+        songs, cost = await _cold(env, "alice", env.of_artist("Artist 1")[0])
+        assert cost == {"getSong": 23, "getAlbum": 0}
+        await _as_server_says(env, "alice", songs)
+    finally:
+        env.relay.album_drops = set()
+
+
+async def _starred(env: Env, user: str, song: str) -> None:
+    """Star through musegate (supysonic refuses a second star, so an earlier one is fine too)."""
+    await env.json("star", id=song, **auth(user))
+    base = env.server.url if user == "alice" else env.relay_url
+    assert "starred" in (await env.json("getSong", base=base, id=song, **auth(user)))["song"]
+
+
+async def _cold(env: Env, user: str, seed: str,
+                count: int = 50) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The answer, and the getSong / getAlbum calls it cost the upstream."""
+    song, album = env.relay.get_song[user], env.relay.get_album[user]
+    songs = await env.similar(user, seed, count=count)
+    return songs, {"getSong": env.relay.get_song[user] - song,
+                   "getAlbum": env.relay.get_album[user] - album}
+
+
+@module_loop
 async def test_credentials_are_still_checked_and_the_library_moving_empties_it(env: Env) -> None:
     seed = env.of_artist("Artist 0")[1]
     await env.similar("alice", seed, count=5)
@@ -273,9 +404,9 @@ async def test_credentials_are_still_checked_and_the_library_moving_empties_it(e
     assert len(gw.songs) > 0
     gw.songs.library(("a rescan changed something",))
     assert len(gw.songs) == 0
-    calls = env.relay.get_song["alice"]
+    calls = env.relay.asked("alice")
     songs = await env.similar("alice", seed, count=5)  # the loaded signature differs again
-    assert env.relay.get_song["alice"] == calls + 5
+    assert env.relay.asked("alice") > calls
     await _as_server_says(env, "alice", songs)
 
 
@@ -286,10 +417,10 @@ async def test_cache_off_asks_every_song(env: Env) -> None:
     ttl = gw.songs.ttl
     gw.songs.ttl = 0
     try:
-        for _ in range(2):
-            calls = env.relay.get_song["alice"]
+        for _ in range(2):  # nothing is kept: each answer asks the server again
+            calls = env.relay.asked("alice")
             songs = await env.similar("alice", seed, count=7)
-            assert len(songs) == 7 and env.relay.get_song["alice"] == calls + 7
+            assert len(songs) == 7 and env.relay.asked("alice") > calls
     finally:
         gw.songs.ttl = ttl
 
@@ -359,3 +490,84 @@ def test_a_change_drops_the_song_for_everyone_and_beats_fills_in_flight() -> Non
         cache.library(("moved",))
         cache.put(a, "5", {"id": "5"}, before_clear)
     assert len(cache) == 0
+
+
+class Script:
+    """An upstream as a table: getSong / getAlbum answers by id, each call recorded."""
+
+    def __init__(self, songs: dict[str, Any], albums: dict[str, Any]) -> None:
+        self.songs = songs  # id -> Child, or an int error code
+        self.albums = albums  # id -> list of Children (or one Child), or an int error code
+        self.calls: list[tuple[str, str]] = []
+
+    async def __call__(self, endpoint: str, **params: Any) -> dict[str, Any]:
+        self.calls.append((endpoint, params["id"]))
+        table = self.songs if endpoint == "getSong" else self.albums
+        answer = table.get(params["id"], 70)
+        if isinstance(answer, int):
+            raise UpstreamError(answer, "refused")
+        return {"song": answer} if endpoint == "getSong" else {"album": {"song": answer}}
+
+
+async def _fetch(script: Script, ids: list[str], album_of: dict[str, str],
+                 trust: AlbumTrust | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    kept: dict[str, Any] = {}
+    got = await fetch_songs(script, ids, album_of, trust, kept.__setitem__)
+    return got, kept
+
+
+@pytest.mark.asyncio
+async def test_fetch_asks_by_album_and_settles_the_rest_with_getsong() -> None:
+    a1, a2, a3 = {"id": "1", "t": "a"}, {"id": "2", "starred": "x"}, {"id": "3"}
+    script = Script(
+        songs={"1": a1, "2": a2, "3": a3, "4": 0, "5": 50, "6": {"id": "6"}, "8": 70},
+        albums={"A": [a1, a2, a3], "B": {"id": "9"}, "C": 0},
+    )
+    trusted = AlbumTrust(checks=0, personal_checks=0)
+    got, kept = await _fetch(script, ["1", "2", "4", "5", "6", "7", "8", "3"],
+                             {"1": "A", "2": "A", "6": "C", "8": "C", "7": "B", "4": "B",
+                              "3": "D"}, trusted)
+    assert got == {"1": a1, "2": a2, "3": a3, "4": None, "5": None, "6": {"id": "6"},
+                   "7": None, "8": None}
+    # album A's third song came along; 5 (50) and 7, 8 (70) refusals are kept, 4's error 0 not
+    assert kept == {"1": a1, "2": a2, "3": a3, "9": {"id": "9"}, "5": None, "6": {"id": "6"},
+                    "7": None, "8": None}
+    assert sorted(script.calls) == sorted([
+        ("getAlbum", "A"), ("getAlbum", "B"), ("getAlbum", "C"),  # C fails: getSong decides
+        ("getSong", "3"),  # the only wanted song of album D: getSong, not the whole album
+        ("getSong", "4"), ("getSong", "5"), ("getSong", "6"), ("getSong", "7"),
+        ("getSong", "8")])
+    # without album trust (subsonic_song_fetch = "song") every id is one getSong
+    script.calls.clear()
+    got, _ = await _fetch(script, ["1", "2"], {"1": "A", "2": "A"}, None)
+    assert got == {"1": a1, "2": a2} and sorted(script.calls) == [("getSong", "1"),
+                                                                  ("getSong", "2")]
+
+
+@pytest.mark.asyncio
+async def test_album_entries_are_served_only_after_they_matched_getsong() -> None:
+    plain, mine = {"id": "1"}, {"id": "2", "userRating": 4}
+    script = Script(songs={"1": plain, "2": mine}, albums={"A": [plain, mine]})
+    trust = AlbumTrust(checks=2, personal_checks=1)
+    got, kept = await _fetch(script, ["1", "2"], {"1": "A", "2": "A"}, trust)
+    assert got == {"1": plain, "2": mine} and kept == got
+    assert ("getSong", "1") in script.calls and not trust.checking  # checked, now trusted
+    script.calls.clear()
+    got, _ = await _fetch(script, ["1", "2"], {"1": "A", "2": "A"}, trust)
+    assert got == {"1": plain, "2": mine} and script.calls == [("getAlbum", "A")]
+    # a server whose entries carry no rating: one mismatch and albums are not used again
+    script.albums["A"] = [plain, {"id": "2"}]
+    trust = AlbumTrust(checks=1, personal_checks=1)
+    got, kept = await _fetch(script, ["1", "2"], {"1": "A", "2": "A"}, trust)
+    assert got == {"1": plain, "2": mine} and trust.differs and kept == got
+    script.calls.clear()
+    got, _ = await _fetch(script, ["1", "2"], {"1": "A", "2": "A"}, trust)
+    assert got == {"1": plain, "2": mine}
+    assert sorted(script.calls) == [("getSong", "1"), ("getSong", "2")]
+    # trusted for plain songs only: a personal entry is still checked with getSong
+    trust = AlbumTrust(checks=0, personal_checks=1)
+    script.albums["A"] = [plain, mine]
+    script.calls.clear()
+    got, kept = await _fetch(script, ["1", "2"], {"1": "A", "2": "A"}, trust)
+    assert got == {"1": plain, "2": mine} and ("getSong", "1") not in script.calls
+    assert ("getSong", "2") in script.calls and not trust.checking
