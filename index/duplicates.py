@@ -133,9 +133,28 @@ def same_recording(cat: Catalogue, row_a: int, row_b: int) -> Verdict:
     return verdict
 
 
+def _raw_terms(cat: Catalogue) -> tuple[np.ndarray, np.ndarray]:
+    """The catalogue's per-row terms for raw cosines (cached: rebuilt, never mutated)."""
+    cached = cat.__dict__.get("_musegate_raw_terms")
+    if cached is None or len(cached[0]) != len(cat):
+        cached = cat.geometry.raw_terms(cat.vectors)
+        cat.__dict__["_musegate_raw_terms"] = cached
+    return cached
+
+
+def raw_cosines(cat: Catalogue, rows_a: np.ndarray, rows_b: np.ndarray,
+                sims: np.ndarray | None = None) -> np.ndarray:
+    """[A, B] cosines of the rows' raw embeddings (the scale every bar here is on); ``sims``
+    are their cosines in the catalogue's geometry when already computed."""
+    ra, rb = np.atleast_1d(rows_a), np.atleast_1d(rows_b)
+    if sims is None:
+        sims = cat.vectors[ra] @ cat.vectors[rb].T
+    scale, offset = _raw_terms(cat)
+    return cat.geometry.raw_from(sims, (scale[ra], offset[ra]), (scale[rb], offset[rb]))
+
+
 def raw_cosine(cat: Catalogue, row_a: int, row_b: int) -> float:
-    """The cosine of two rows' raw embeddings (the scale every bar here is on)."""
-    return float(cat.geometry.raw_cosines(cat.vectors[row_a], cat.vectors[row_b]))
+    return float(raw_cosines(cat, np.array([row_a]), np.array([row_b]))[0, 0])
 
 
 def _judge(cat: Catalogue, row_a: int, row_b: int) -> Verdict:
@@ -189,9 +208,8 @@ def candidate_pairs(
             if not keep:
                 continue
             others = np.array([o for _, o in keep], np.int64)
-            raw = cat.geometry.raw_cosines(cat.vectors[r], cat.vectors[others],
-                                           np.array([s for s, _ in keep])[None, :])
-            for o, s in zip(others, raw, strict=True):
+            raw = raw_cosines(cat, np.array([r]), others, np.array([s for s, _ in keep])[None, :])
+            for o, s in zip(others, raw[0], strict=True):
                 if s >= min_cosine:
                     found[(min(int(r), int(o)), max(int(r), int(o)))] = float(s)
     return [(a, b, s) for (a, b), s in sorted(found.items())]
@@ -269,7 +287,8 @@ def duplicate_among(cat: Catalogue, row: int, others: np.ndarray, sims: np.ndarr
         return False
     if sims is None:
         sims = cat.vectors[others] @ cat.vectors[row]
-    sims = cat.geometry.raw_cosines(cat.vectors[row], cat.vectors[others], np.asarray(sims)[None, :])
+    others = np.asarray(others, np.int64)
+    sims = raw_cosines(cat, np.array([row]), others, np.asarray(sims)[None, :])[0]
     return any(
         same_recording(cat, row, int(o)).duplicate
         for o in np.asarray(others)[sims >= CANDIDATE_COSINE]
@@ -290,9 +309,7 @@ class DuplicateLookup:
         """``gram``: the pool's cosines in the catalogue's geometry (rows × rows)."""
         self.cat = cat
         self.rows = np.asarray(rows, np.int64)
-        vecs = cat.vectors[self.rows]
-        raw = cat.geometry.raw_cosines(vecs, vecs, gram)
-        self.pending = raw >= CANDIDATE_COSINE  # close and not judged yet
+        self.pending = raw_cosines(cat, self.rows, self.rows, gram) >= CANDIDATE_COSINE  # not judged yet
         np.fill_diagonal(self.pending, False)
         self.same = np.eye(len(self.rows), dtype=bool)
 

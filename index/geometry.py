@@ -43,7 +43,9 @@ DEFAULT_METHOD = "centred"
 #: The mean is shrunk towards zero by n / (n + MEAN_PRIOR_TRACKS): a handful of
 #: tracks is a poor estimate of what a library has in common (two tracks centred
 #: on their own mean point in opposite directions); a large library gets the full mean.
-MEAN_PRIOR_TRACKS = 10
+#: Dev corpus (92 tracks), similar_tracks precision@10 / skewness by prior: 0: 0.643 / 0.00,
+#: 2: 0.643 / -0.04, 5: 0.643 / -0.02, 10: 0.637 / 0.06, 20: 0.638 / 0.09.
+MEAN_PRIOR_TRACKS = 5
 
 #: Refit once the library's (shrunk) mean is this far from the fitted one. Measured
 #: on the dev corpus: a fit on a random 90 % of it drifts 0.015-0.018 and agrees with
@@ -81,32 +83,45 @@ class Geometry:
             return x
         return unit_rows(x - self.mean)
 
-    def raw_cosines(self, a: np.ndarray, b: np.ndarray, sims: np.ndarray | None = None) -> np.ndarray:
-        """Cosines between the *raw* embeddings behind transformed vectors ``a`` [A, D] and ``b`` [B, D].
+    def raw_terms(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of transformed ``vectors`` [N, D]: (s, s·p) for :meth:`raw_from`.
 
         A raw unit embedding is ``x = s·v + m`` (v its transformed vector, s its
         distance from the mean m); ``|x| = 1`` gives ``s = −p + √(p² + 1 − |m|²)``
-        with ``p = v·m``, so ``x_a·x_b = s_a s_b (v_a·v_b) + s_a p_a + s_b p_b + |m|²``
-        is exact. ``sims`` (the [A, B] transformed cosines, when already computed)
-        saves the matrix product. Returns [A, B]; 1-D ``a`` or ``b`` drop their axis.
+        with ``p = v·m``. Cached per catalogue, these make a raw cosine one
+        multiply-add per pair (duplicate checks run on every playlist candidate).
+        """
+        v = np.atleast_2d(vectors)
+        if self.mean is None:
+            return np.ones(len(v)), np.zeros(len(v))
+        m = self.mean.astype(np.float64)
+        p = v.astype(np.float64) @ m
+        scale = -p + np.sqrt(np.maximum(p * p + 1.0 - float(m @ m), 0.0))
+        return scale, scale * p
+
+    def raw_from(self, sims: np.ndarray, a: tuple[np.ndarray, np.ndarray],
+                 b: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Raw cosines [A, B] from transformed cosines ``sims`` [A, B] and both sides' raw_terms:
+        ``x_a·x_b = s_a s_b (v_a·v_b) + s_a p_a + s_b p_b + |m|²`` (exact)."""
+        g = np.array(sims, np.float64).reshape(len(a[0]), len(b[0]))  # a copy, updated in place
+        if self.mean is not None:
+            mm = float(self.mean.astype(np.float64) @ self.mean.astype(np.float64))
+            # in place: a path's candidate pool can be thousands of rows square
+            g *= a[0][:, None]
+            g *= b[0][None, :]
+            g += a[1][:, None]
+            g += (b[1] + mm)[None, :]
+        return np.clip(g, -1.0, 1.0, out=g)
+
+    def raw_cosines(self, a: np.ndarray, b: np.ndarray, sims: np.ndarray | None = None) -> np.ndarray:
+        """Cosines between the *raw* embeddings behind transformed vectors ``a`` [A, D] and ``b`` [B, D]
+        (see :meth:`raw_terms`). ``sims``, the [A, B] transformed cosines when already
+        computed, saves the matrix product. Returns [A, B]; a 1-D ``a`` or ``b`` drops its axis.
         """
         va, vb = np.atleast_2d(a), np.atleast_2d(b)
         if sims is None:
-            g = va.astype(np.float64) @ vb.astype(np.float64).T
-        else:
-            g = np.array(sims, np.float64).reshape(len(va), len(vb))  # a copy: updated in place
-        if self.mean is not None:
-            m = self.mean.astype(np.float64)
-            mm = float(m @ m)
-            pa, pb = va.astype(np.float64) @ m, vb.astype(np.float64) @ m
-            sa = -pa + np.sqrt(np.maximum(pa * pa + 1.0 - mm, 0.0))
-            sb = -pb + np.sqrt(np.maximum(pb * pb + 1.0 - mm, 0.0))
-            # in place: a path's candidate pool can be thousands of rows square
-            g *= sa[:, None]
-            g *= sb[None, :]
-            g += (sa * pa)[:, None]
-            g += (sb * pb + mm)[None, :]
-        np.clip(g, -1.0, 1.0, out=g)
+            sims = va.astype(np.float64) @ vb.astype(np.float64).T
+        g = self.raw_from(sims, self.raw_terms(va), self.raw_terms(vb))
         if np.ndim(a) == 1:
             g = g[0]
         if np.ndim(b) == 1:

@@ -374,5 +374,7 @@ def test_user_distances_keep_their_meaning_in_the_centred_geometry() -> None:
     for t in np.quantile(d_raw, [0.05, 0.1, 0.3]):
         share_raw = float((d_raw < t).mean())
         share_mapped = float((d_cen < g.distance_for(t)).mean())
-        assert 0.5 * share_raw < share_mapped < 2.0 * share_raw
-        assert float((d_cen < t).mean()) < 0.5 * share_raw  # unmapped, the same number means less
+        # one factor for all distances: close on real music (dev corpus shares within 1.6x),
+        # looser on this synthetic library whose tracks' distances from the mean vary more
+        assert share_raw / 3 < share_mapped < 3 * share_raw
+        assert float((d_cen < t).mean()) < share_raw / 3  # unmapped, the same number means less
