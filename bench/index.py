@@ -716,8 +716,10 @@ def main() -> int:
         "cap is lifted because all songs of a soundtrack share an artist). Hubness: the "
         "k-occurrence of a song is how often it appears in the other songs' top 10; a "
         "right-skewed distribution means a few \"hub\" songs are recommended everywhere "
-        "while many are never recommended. The mean-centred row subtracts the library's "
-        "mean embedding before normalising (informative; not what musegate ships).",
+        "while many are never recommended. These rows use the raw embeddings; the "
+        "mean-centred row subtracts the plain mean of the embeddings. What musegate ships "
+        "(`geometry = centred`) is compared in \"Similarity geometry (hubness)\" "
+        "(`bench/index.py --geometry`).",
         "",
         *qual_table,
         "",
