@@ -63,6 +63,18 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: the duplicate fingerprint (analysis/audio_fingerprint.py); NULL for analyses made
     # before it, which re-analysis fills in
     "ALTER TABLE analyses ADD COLUMN fingerprint BLOB",
+    # 3: the similarity geometry fitted on the analyses of a version (index/geometry.py), so
+    # restarts and replicas use the writer's fit instead of each fitting their own
+    """
+    CREATE TABLE geometry (
+        version TEXT PRIMARY KEY,
+        method TEXT NOT NULL,
+        mean BLOB,
+        fitted_on INTEGER NOT NULL,
+        distance_scale REAL NOT NULL,
+        fitted_at REAL NOT NULL
+    )
+    """,
 )
 
 # Tracks without an analysis of a version that have not failed too often with it;
@@ -114,6 +126,17 @@ class StoredAnalysis:
     embedding: np.ndarray
     analysed_at: float
     fingerprint: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StoredGeometry:
+    """A similarity geometry as saved: ``mean`` None for the raw one (see index.geometry)."""
+
+    method: str
+    mean: np.ndarray | None
+    fitted_on: int
+    distance_scale: float
+    fitted_at: float
 
 
 @dataclass(frozen=True)
@@ -524,13 +547,51 @@ class LibraryStore:
         return LibraryStatus(tracks, analysed, failed, pending, outdated)
 
     async def signature(self, version: str) -> tuple[Any, ...]:
-        """A cheap fingerprint that changes whenever analyses of ``version`` or track
-        metadata change: readers of the library reload only when it moves."""
+        """A cheap fingerprint that changes whenever analyses of ``version``, track
+        metadata or the saved geometry change: readers of the library reload only when it moves."""
         async with self._db.execute(
             "SELECT (SELECT count(*) FROM analyses WHERE version = ?),"
             " (SELECT coalesce(max(analysed_at), 0) FROM analyses WHERE version = ?),"
             " (SELECT coalesce(sum(track_id), 0) FROM analyses WHERE version = ?),"
-            " (SELECT coalesce(max(updated_at), 0) FROM tracks)",
-            (version, version, version),
+            " (SELECT coalesce(max(updated_at), 0) FROM tracks),"
+            " (SELECT coalesce(max(fitted_at), 0) FROM geometry WHERE version = ?)",
+            (version, version, version, version),
         ) as cur:
             return tuple(await cur.fetchone())
+
+    # ---- similarity geometry --------------------------------------------------
+
+    async def geometry(self, version: str) -> StoredGeometry | None:
+        """The geometry saved for analyses of ``version``, or None before the first fit."""
+        async with self._db.execute(
+            "SELECT method, mean, fitted_on, distance_scale, fitted_at FROM geometry WHERE version = ?",
+            (version,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        mean = None if row["mean"] is None else np.frombuffer(row["mean"], dtype="<f4").copy()
+        return StoredGeometry(row["method"], mean, int(row["fitted_on"]), float(row["distance_scale"]),
+                              float(row["fitted_at"]))
+
+    async def save_geometry(
+        self, version: str, method: str, mean: np.ndarray | None, fitted_on: int, distance_scale: float
+    ) -> StoredGeometry:
+        """Replace the geometry of ``version`` (the writer's job; a replica only reads it)."""
+        saved = StoredGeometry(
+            method,
+            None if mean is None else np.asarray(mean, dtype="<f4").copy(),
+            int(fitted_on),
+            float(distance_scale),
+            time.time(),
+        )
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT INTO geometry (version, method, mean, fitted_on, distance_scale, fitted_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version) DO UPDATE SET"
+                " method = excluded.method, mean = excluded.mean, fitted_on = excluded.fitted_on,"
+                " distance_scale = excluded.distance_scale, fitted_at = excluded.fitted_at",
+                (version, method, None if saved.mean is None else saved.mean.tobytes(),
+                 saved.fitted_on, saved.distance_scale, saved.fitted_at),
+            )
+        return saved

@@ -146,13 +146,23 @@ def analyse_all(paths: list[Path], workers: int) -> dict[str, TrackAnalysis | st
 # ---- evaluation --------------------------------------------------------------------
 
 
+def library_catalogue(rows: list, geometry=None):
+    """The catalogue as the server builds it: in the library's own similarity geometry
+    (index.geometry, fitted on these rows unless ``geometry`` is given)."""
+    from index.catalogue import Catalogue
+    from index.geometry import fit_geometry
+
+    if geometry is None:
+        geometry = fit_geometry(np.stack([r.embedding for r in rows]))
+    return Catalogue.from_rows(rows, geometry)
+
+
 def _answer_latency(rows: list) -> dict[str, tuple[float, float]]:
     """ms per similar-songs answer (n=20) and per 25-song path, hide_duplicates off vs on.
 
     "On" runs on a fresh catalogue, so it pays for every fingerprint comparison
     (the server's catalogue keeps verdicts until the library changes).
     """
-    from index.catalogue import Catalogue
     from index.faiss_index import SimilarityIndex
     from index.path import song_path
     from index.similar import similar_tracks
@@ -161,7 +171,7 @@ def _answer_latency(rows: list) -> dict[str, tuple[float, float]]:
     for name, runs in (("similar", 46), ("path", 8)):
         timed = []
         for hide in (False, True):
-            cat = Catalogue.from_rows(rows)
+            cat = library_catalogue(rows)
             index = SimilarityIndex.build(cat.ids, cat.vectors)
             seeds = [int(t) for t in cat.ids[:: max(1, len(cat) // (2 * runs))]][: 2 * runs]
             started = time.perf_counter()
@@ -179,7 +189,7 @@ def _answer_latency(rows: list) -> dict[str, tuple[float, float]]:
 def evaluate(groups: list[list[Path]],
              analyses: dict[str, TrackAnalysis]) -> dict[str, object]:
     from index import duplicates as dup
-    from index.catalogue import Catalogue, CatalogueRow
+    from index.catalogue import CatalogueRow
     from index.faiss_index import SimilarityIndex
 
     paths = [p for g in groups for p in g]
@@ -198,7 +208,7 @@ def evaluate(groups: list[list[Path]],
                      duration=analyses[str(p)].duration, fingerprint=analyses[str(p)].fingerprint)
         for i, p in enumerate(paths)
     ]
-    cat = Catalogue.from_rows(rows)
+    cat = library_catalogue(rows)
     index = SimilarityIndex.build(cat.ids, cat.vectors)
     gid = np.array([owner[str(p)] for p in paths])
     true_pairs = {(a, b) for a, b in itertools.combinations(range(len(paths)), 2) if gid[a] == gid[b]}
@@ -218,8 +228,8 @@ def evaluate(groups: list[list[Path]],
         want = {(4 * g, 4 * g + 1 + vi) for g in range(len(groups))}
         by_kind[name] = len(want & merged) / len(want)
 
-    # cosine only: the gram matrix, every pair
-    gram = cat.vectors @ cat.vectors.T
+    # cosine only: the gram matrix of the raw embeddings (the scale duplicates judge on), every pair
+    gram = cat.geometry.raw_cosines(cat.vectors, cat.vectors)
     iu = np.triu_indices(len(paths), 1)
     cos = gram[iu]
     same = gid[iu[0]] == gid[iu[1]]
@@ -245,8 +255,8 @@ def evaluate(groups: list[list[Path]],
     latency = _answer_latency(rows)
 
     # the fallback rule (analyses without fingerprint), on the same candidates
-    stripped = Catalogue.from_rows([CatalogueRow(r.track_id, r.embedding, r.features, r.title,
-                                                 duration=r.duration) for r in rows])
+    stripped = library_catalogue([CatalogueRow(r.track_id, r.embedding, r.features, r.title,
+                                               duration=r.duration) for r in rows], cat.geometry)
     fb_pairs = dup.confirmed_pairs(stripped, dup.candidate_pairs(stripped, index))
     fb = {tuple(sorted((stripped.row(p.track_a), stripped.row(p.track_b)))) for p in fb_pairs}
     return {

@@ -1,6 +1,7 @@
 """Index speed, similar-song quality and path smoothness, every method measured in the same run.
 
     make bench                 # or: .venv/bin/python bench/index.py [--sizes 10000,100000]
+    .venv/bin/python bench/index.py --geometry   # only the similarity-geometry section (a minute)
 
 1. Latency: single similar-song queries (k=10, one thread) against synthetic
    200-d clustered vectors at 10k, 100k and 1M: musegate's SimilarityIndex
@@ -46,7 +47,9 @@ from benchlib import (  # noqa: E402
 
 from index.catalogue import KEYS, Catalogue, CatalogueRow  # noqa: E402
 from index.faiss_index import DEFAULT_HNSW_THRESHOLD, SimilarityIndex  # noqa: E402
+from index.geometry import MEAN_PRIOR_TRACKS, Geometry, fit_geometry  # noqa: E402
 from index.path import greedy_path_baseline, song_path  # noqa: E402
+from index.results import duplicate_of  # noqa: E402
 from index.similar import similar_tracks  # noqa: E402
 
 DIM = 200
@@ -239,13 +242,39 @@ def cache_key(path: Path, version: str) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}|{version}"
 
 
-def corpus_rows(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, float]:
-    """musegate rows [N, 256] and bliss rows [N, 20], analysed once and cached."""
+def _from_duplicates_cache(paths: list[Path], version: str) -> dict[str, np.ndarray]:
+    """musegate rows of corpus files bench/duplicates.py already analysed with ``version``
+    (the same analyse_file call and plan), so a second bench does not analyse them again."""
+    import pickle
+
+    cache = Path.home() / ".cache" / "musegate" / "duplicates" / "analyses.pickle"
+    if not cache.exists():
+        return {}
+    try:
+        stored = pickle.loads(cache.read_bytes())
+    except Exception:  # noqa: BLE001 - an unreadable cache is only a missed shortcut
+        return {}
+    out = {}
+    for p in paths:
+        a = stored.get((str(p), p.stat().st_mtime, version))
+        if a is None or isinstance(a, str):
+            continue
+        key = KEYS.index(a.key) if a.key in KEYS else -1
+        extra = [a.tempo, a.energy, a.loudness, key, a.scale == "minor", a.duration]
+        out[str(p)] = np.concatenate([a.embedding, a.tags, np.asarray(extra, np.float32)])
+    return out
+
+
+def corpus_rows(paths: list[Path], methods: tuple[str, ...] = ("musegate", "bliss")
+                ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """musegate rows [N, 256] and bliss rows [N, 20] (None when not asked for), analysed
+    once and cached."""
     from analysis.model import model_version
     from analysis.pipeline import analysis_version
     from analysis.sampling import DEFAULT
 
     versions = {"musegate": analysis_version(model_version(), DEFAULT), "bliss": BLISS_VERSION}
+    versions = {m: v for m, v in versions.items() if m in methods}
     cached: dict[str, np.ndarray] = {}
     if CACHE.exists():
         try:
@@ -254,6 +283,9 @@ def corpus_rows(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, float]:
         except (OSError, ValueError, KeyError):
             cached = {}
     wanted = {(m, str(p)): cache_key(p, v) for p in paths for m, v in versions.items()}
+    if "musegate" in versions:
+        for path, row in _from_duplicates_cache(paths, versions["musegate"]).items():
+            cached.setdefault(wanted[("musegate", path)], row)
     todo = [mp for mp, key in wanted.items() if key not in cached]
     wall = 0.0
     if todo:
@@ -263,18 +295,21 @@ def corpus_rows(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, float]:
             for method, path, row in pool.map(_analyse, *zip(*todo, strict=True)):
                 cached[wanted[(method, path)]] = row
         wall = time.monotonic() - wall
-        keep = sorted(set(wanted.values()))
+        keep = sorted(set(wanted.values()) | set(cached))
         width = max(len(cached[k]) for k in keep)
         padded = np.stack([np.pad(cached[k], (0, width - len(cached[k]))) for k in keep])
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         np.savez(CACHE, keys=np.array(keep), rows=padded)
     ours = np.stack([cached[wanted[("musegate", str(p))]][: DIM + 56] for p in paths])
-    bliss = np.stack([cached[wanted[("bliss", str(p))]][:20] for p in paths])
+    bliss = (np.stack([cached[wanted[("bliss", str(p))]][:20] for p in paths])
+             if "bliss" in versions else None)
     return ours, bliss, wall
 
 
 def corpus_catalogue(rows: np.ndarray, labels: list[str], titles: list[str],
-                     centre: bool = False) -> Catalogue:
+                     centre: bool = False, geometry: Geometry | None = None) -> Catalogue:
+    """``centre``: the embeddings minus their plain mean (the first experiment); ``geometry``:
+    what musegate does (index.geometry, fitted on the library's stored embeddings)."""
     emb = rows[:, :DIM].astype(np.float32)
     if centre:
         emb = emb - emb.mean(axis=0)
@@ -291,7 +326,7 @@ def corpus_catalogue(rows: np.ndarray, labels: list[str], titles: list[str],
             },
             title=title, artist=lab, album=lab, duration=duration,
         ))
-    return Catalogue.from_rows(out)
+    return Catalogue.from_rows(out, geometry)
 
 
 def musegate_neighbours(cat: Catalogue, index: SimilarityIndex) -> list[list[int]]:
@@ -313,6 +348,145 @@ def hubness(nn: list[list[int]], n: int) -> tuple[float, float, int]:
     sd = c.std()
     skew = float(np.mean((c - c.mean()) ** 3) / sd**3) if sd > 0 else 0.0
     return skew, float(np.mean(counts == 0)), int(counts.max())
+
+
+# ---- similarity geometry ----------------------------------------------------------------
+
+
+def plain_top(score: np.ndarray, k: int = K) -> list[list[int]]:
+    """Top ``k`` rows per row of a score matrix (self excluded): for re-scorings that are
+    not an index search (CSLS, mutual proximity)."""
+    s = score.astype(np.float64).copy()
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1, kind="stable")[:, :k].tolist()
+
+
+def csls(vectors: np.ndarray, k: int = K) -> np.ndarray:
+    """Cross-domain similarity local scaling: 2·cos − r(x) − r(y), r = mean cosine to the k nearest."""
+    s = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    t = s.copy()
+    np.fill_diagonal(t, -np.inf)
+    r = np.sort(t, axis=1)[:, -k:].mean(axis=1)
+    return 2 * s - r[:, None] - r[None, :]
+
+
+def mutual_proximity(vectors: np.ndarray) -> np.ndarray:
+    """Gaussian mutual proximity: P(X > d) · P(Y > d) from each song's similarity distribution."""
+    from scipy.stats import norm
+
+    s = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    t = s.copy()
+    np.fill_diagonal(t, np.nan)
+    mu, sd = np.nanmean(t, axis=1), np.nanstd(t, axis=1)
+    return norm.cdf((s - mu[:, None]) / sd[:, None]) * norm.cdf((s - mu[None, :]) / sd[None, :])
+
+
+def held_out_neighbours(rows: np.ndarray, labels: list[str], titles: list[str]) -> list[list[int]]:
+    """Every song's similar_tracks with the mean fitted *without its own soundtrack*: shows the
+    gain is not the mean leaking which soundtrack a song is from."""
+    lab = np.array(labels)
+    nn: list[list[int]] = [[] for _ in labels]
+    for held in sorted(set(labels)):
+        rest = rows[lab != held, :DIM]
+        cat = corpus_catalogue(rows, labels, titles, geometry=fit_geometry(rest))
+        index = SimilarityIndex.build(cat.ids, cat.vectors)
+        for i in np.flatnonzero(lab == held):
+            nn[i] = [cat.row(m.track_id) for m in similar_tracks(
+                cat, index, [int(cat.ids[i])], n=K, max_per_artist=10_000)]
+    return nn
+
+
+def geometry_section(rows: np.ndarray, labels: list[str], titles: list[str]) -> tuple[list[str], str]:
+    """The table of similarity geometries on the dev corpus, and a note on the fitted scale."""
+    n = len(labels)
+    geometry = fit_geometry(rows[:, :DIM])
+    shipped = corpus_catalogue(rows, labels, titles, geometry=geometry)
+    graphs: list[tuple[str, list[list[int]]]] = []
+    for name, cat in (
+        ("raw embeddings (`geometry = raw`)", corpus_catalogue(rows, labels, titles)),
+        ("plain mean subtracted (the first experiment)",
+         corpus_catalogue(rows, labels, titles, centre=True)),
+        (f"**centred, shipped** (`geometry = centred`: shrunk mean, prior {MEAN_PRIOR_TRACKS})",
+         shipped),
+    ):
+        graphs.append((f"{name}, similar_tracks",
+                       musegate_neighbours(cat, SimilarityIndex.build(cat.ids, cat.vectors))))
+    graphs.append(("centred, mean fitted without the query's soundtrack, similar_tracks",
+                   held_out_neighbours(rows, labels, titles)))
+    raw_vectors = corpus_catalogue(rows, labels, titles).vectors
+    graphs += [
+        ("raw, plain top 10", plain_top(raw_vectors @ raw_vectors.T)),
+        ("centred, plain top 10", plain_top(shipped.vectors @ shipped.vectors.T)),
+        ("centred + CSLS (k=10), plain top 10", plain_top(csls(shipped.vectors))),
+        ("centred + mutual proximity (Gaussian), plain top 10",
+         plain_top(mutual_proximity(shipped.vectors))),
+        ("raw + mutual proximity (Gaussian), plain top 10", plain_top(mutual_proximity(raw_vectors))),
+    ]
+    table = [
+        "| geometry | same-soundtrack precision@10 | k-occurrence skewness | never in a top 10 | "
+        "never, copies aside | most top-10 appearances |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, nn in graphs:
+        skew, never, most = hubness(nn, n)
+        counts = np.bincount(np.concatenate([np.asarray(r, np.int64) for r in nn]), minlength=n)
+        # a copy of a recommended song is hidden by design (hide_duplicates), not neglected
+        lonely = [i for i in np.flatnonzero(counts == 0)
+                  if not any(duplicate_of(shipped, int(i), int(j)) for j in np.flatnonzero(counts))]
+        table.append(f"| {name} | {precision(nn, labels):.3f} | {skew:.2f} | "
+                     f"{never:.1%} ({int(round(never * n))}) | {len(lonely) / n:.1%} ({len(lonely)}) | "
+                     f"{most} |")
+    note = (f"The fit on the whole corpus: mean length {float(np.linalg.norm(geometry.mean)):.3f}, "
+            f"distance scale {geometry.distance_scale:.2f} (user distances of mixes and alchemy "
+            "are multiplied by it).")
+    return table, note
+
+
+def geometry_main(write: bool) -> int:
+    root = corpus_dir()
+    tracks = read_manifest(root)
+    paths = [p for p, _ in tracks]
+    labels = [lab for _, lab in tracks]
+    titles = [p.stem for p in paths]
+    started = time.monotonic()
+    rows, _, analysis_wall = corpus_rows(paths, methods=("musegate",))
+    table, note = geometry_section(rows, labels, titles)
+    print("\n".join(table))
+    print(note)
+    if not write:
+        return 0
+    section = "\n".join([
+        "## Similarity geometry (hubness)",
+        "",
+        f"Measured {date.today().isoformat()} on {machine()}; command: "
+        f"`.venv/bin/python bench/index.py --geometry` ({time.monotonic() - started:.0f} s"
+        + (f", {analysis_wall:.0f} s of it analysing" if analysis_wall else ", analyses cached")
+        + ").",
+        "",
+        f"The dev corpus ({len(paths)} tracks, {len(set(labels))} soundtracks), analysed with "
+        "musegate's default pipeline. \"similar_tracks\" rows ask musegate's own similar songs "
+        f"(n={K}, no artist cap, copies hidden) for every song, exactly as the corpus table of "
+        "\"Index and playlist quality\" does; \"plain top 10\" rows rank all other songs by the "
+        "score named, without playlist rules, so the re-scorings that are no index search (CSLS, "
+        "mutual proximity) compare like with like. Hubness: a song's k-occurrence is how often "
+        "it is in the other songs' top 10 (right skew = a few hubs everywhere); \"never\" counts "
+        f"songs in nobody's top 10 (one song is {1 / len(paths):.1%}); \"copies aside\" leaves out "
+        "a song that is a copy of a recommended one (the corpus ships one theme twice, "
+        "`widelands-data/ingame_14.ogg` and `menu.ogg`, byte-identical: with copies hidden "
+        "only one of them can be in any list, so the other is never in one under any geometry). "
+        "The shipped transform is "
+        "fitted on the library it serves, so here on the whole corpus; the held-out row refits "
+        "it for each soundtrack without that soundtrack's songs and asks only those songs, which "
+        "shows the gain does not come from the mean knowing the labels.",
+        "",
+        *table,
+        "",
+        note,
+        "",
+    ])
+    write_section(REPO / "docs" / "benchmarks.md", "## Similarity geometry", section)
+    print("written to docs/benchmarks.md")
+    return 0
 
 
 # ---- path smoothness ----------------------------------------------------------------
@@ -372,7 +546,11 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=500, help="queries per size")
     parser.add_argument("--pairs", type=int, default=30, help="endpoint pairs per path case")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--geometry", action="store_true",
+                        help="only the similarity-geometry comparison on the dev corpus")
     args = parser.parse_args()
+    if args.geometry:
+        return geometry_main(write=not args.no_write)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     bench_started = time.monotonic()
     voyager_version = importlib.metadata.version("voyager")  # fail before an hour of work
@@ -538,8 +716,10 @@ def main() -> int:
         "cap is lifted because all songs of a soundtrack share an artist). Hubness: the "
         "k-occurrence of a song is how often it appears in the other songs' top 10; a "
         "right-skewed distribution means a few \"hub\" songs are recommended everywhere "
-        "while many are never recommended. The mean-centred row subtracts the library's "
-        "mean embedding before normalising (informative; not what musegate ships).",
+        "while many are never recommended. These rows use the raw embeddings; the "
+        "mean-centred row subtracts the plain mean of the embeddings. What musegate ships "
+        "(`geometry = centred`) is compared in \"Similarity geometry (hubness)\" "
+        "(`bench/index.py --geometry`).",
         "",
         *qual_table,
         "",

@@ -142,7 +142,8 @@ def alchemy(
     sims = cat.vectors @ add_c
     eligible = ~banned
     if sub_c is not None:
-        eligible &= (1.0 - cat.vectors @ sub_c) >= min_subtract_distance
+        # stated on the raw embeddings' scale, like every user-facing distance (index.geometry)
+        eligible &= (1.0 - cat.vectors @ sub_c) >= cat.geometry.distance_for(min_subtract_distance)
     rows = np.flatnonzero(eligible)
     distance = 1.0 - sims[rows].astype(np.float64)
     if temperature > 0:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from analysis.labels import MSD_LABELS
+from index.geometry import RAW, Geometry
 
 KEYS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -49,7 +50,7 @@ class CatalogueRow:
 @dataclass
 class Catalogue:
     ids: np.ndarray  # int64 [N] track ids
-    vectors: np.ndarray  # float32 [N, 200] L2-normalised embeddings
+    vectors: np.ndarray  # float32 [N, 200] unit vectors in the library's geometry (index.geometry)
     tags: np.ndarray  # float32 [N, 50] mean sigmoid tag scores (MSD_LABELS order)
     tempo: np.ndarray  # float32 [N] bpm
     energy: np.ndarray  # float32 [N] 0..1
@@ -62,6 +63,8 @@ class Catalogue:
     albums: list[str]
     #: encoded duplicate fingerprints per row (None: analysed before fingerprints); see index.duplicates
     fingerprints: list[bytes | None] = field(default_factory=list)
+    #: the transform ``vectors`` were made with; raw cosines (duplicates) are recovered through it
+    geometry: Geometry = RAW
     _row: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,7 +88,13 @@ class Catalogue:
         return MSD_LABELS
 
     @classmethod
-    def from_rows(cls, rows: Sequence[CatalogueRow]) -> Catalogue:
+    def from_rows(cls, rows: Sequence[CatalogueRow], geometry: Geometry | None = None) -> Catalogue:
+        """Columns of ``rows``; embeddings become unit vectors through ``geometry`` (None: raw).
+
+        This is the one place stored embeddings become the vectors every feature and
+        the FAISS index compare, so a library's geometry cannot be bypassed.
+        """
+        geometry = geometry or RAW
         n = len(rows)
         dim = len(rows[0].embedding) if n else 200
         emb = np.zeros((n, dim), np.float32)
@@ -94,8 +103,7 @@ class Catalogue:
             emb[i] = r.embedding
             t = r.features.get("tags") or []
             tags[i, : len(t)] = t
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        vectors = (emb / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        vectors = geometry.apply(emb)
 
         def col(name: str, default: float) -> np.ndarray:
             return np.array([float(r.features.get(name, default) or default) for r in rows],
@@ -118,4 +126,5 @@ class Catalogue:
             artists=[r.artist or "" for r in rows],
             albums=[r.album or "" for r in rows],
             fingerprints=[r.fingerprint for r in rows],
+            geometry=geometry,
         )

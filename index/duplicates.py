@@ -15,6 +15,13 @@ side lacks one, a stricter rule stands in: near-identical embedding
 key. It finds re-encodes of a whole track but not cuts; re-analysis fills
 the fingerprint in.
 
+Every cosine here is between *raw* embeddings, whatever similarity geometry
+the catalogue uses (index.geometry): the bars below were measured on raw
+embeddings and are facts about recordings, and centring would stretch each
+pair's distance by the pair's own distance from the library mean. The raw
+cosine is recovered exactly from the catalogue's vectors
+(``Geometry.raw_cosines``), so candidates still come from the same index.
+
 Everything here is pure: catalogue and index in, pairs and groups out.
 """
 
@@ -30,7 +37,7 @@ from analysis import audio_fingerprint as afp
 from index.catalogue import Catalogue
 from index.faiss_index import SimilarityIndex
 
-#: Pairs closer than this are checked with fingerprints. The farthest copy
+#: Pairs closer than this (raw cosine) are checked with fingerprints. The farthest copy
 #: measured on the dev corpus sits at 0.9515 (docs/benchmarks.md); every pair
 #: above the bar costs a fingerprint comparison (~1 ms), so it is not lower.
 CANDIDATE_COSINE = 0.93
@@ -126,8 +133,32 @@ def same_recording(cat: Catalogue, row_a: int, row_b: int) -> Verdict:
     return verdict
 
 
+def _raw_terms(cat: Catalogue) -> tuple[np.ndarray, np.ndarray]:
+    """The catalogue's per-row terms for raw cosines (cached: rebuilt, never mutated)."""
+    cached = cat.__dict__.get("_musegate_raw_terms")
+    if cached is None or len(cached[0]) != len(cat):
+        cached = cat.geometry.raw_terms(cat.vectors)
+        cat.__dict__["_musegate_raw_terms"] = cached
+    return cached
+
+
+def raw_cosines(cat: Catalogue, rows_a: np.ndarray, rows_b: np.ndarray,
+                sims: np.ndarray | None = None) -> np.ndarray:
+    """[A, B] cosines of the rows' raw embeddings (the scale every bar here is on); ``sims``
+    are their cosines in the catalogue's geometry when already computed."""
+    ra, rb = np.atleast_1d(rows_a), np.atleast_1d(rows_b)
+    if sims is None:
+        sims = cat.vectors[ra] @ cat.vectors[rb].T
+    scale, offset = _raw_terms(cat)
+    return cat.geometry.raw_from(sims, (scale[ra], offset[ra]), (scale[rb], offset[rb]))
+
+
+def raw_cosine(cat: Catalogue, row_a: int, row_b: int) -> float:
+    return float(raw_cosines(cat, np.array([row_a]), np.array([row_b]))[0, 0])
+
+
 def _judge(cat: Catalogue, row_a: int, row_b: int) -> Verdict:
-    cosine = float(cat.vectors[row_a] @ cat.vectors[row_b])
+    cosine = raw_cosine(cat, row_a, row_b)
     da, db = float(cat.duration[row_a]), float(cat.duration[row_b])
     if row_a == row_b:
         return Verdict(True, "fingerprint", cosine, 0.0, 0.0)
@@ -153,7 +184,7 @@ def is_duplicate(cat: Catalogue, row_a: int, row_b: int) -> bool:
     """Cheap rejection by cosine first; the fingerprint only for close pairs."""
     if row_a == row_b:
         return True
-    if float(cat.vectors[row_a] @ cat.vectors[row_b]) < CANDIDATE_COSINE:
+    if raw_cosine(cat, row_a, row_b) < CANDIDATE_COSINE:
         return False
     return same_recording(cat, row_a, row_b).duplicate
 
@@ -165,19 +196,22 @@ def candidate_pairs(
     min_cosine: float = CANDIDATE_COSINE,
     batch: int = 1024,
 ) -> list[tuple[int, int, float]]:
-    """(row_a, row_b, cosine) with row_a < row_b for every pair within each other's top neighbours."""
+    """(row_a, row_b, raw cosine) with row_a < row_b for every pair within each other's top neighbours."""
     found: dict[tuple[int, int], float] = {}
     k = min(len(index), neighbours + 1)
     for start in range(0, len(cat), batch):
         rows = np.arange(start, min(len(cat), start + batch))
         sims, ids = index.search(cat.vectors[rows], k)
         for r, srow, irow in zip(rows, sims, ids, strict=True):
-            for s, t in zip(srow, irow, strict=True):
-                if t < 0 or s < min_cosine or not cat.has(int(t)):
-                    continue
-                o = cat.row(int(t))
-                if o != r:
-                    found[(min(int(r), o), max(int(r), o))] = float(s)
+            keep = [(s, cat.row(int(t))) for s, t in zip(srow, irow, strict=True)
+                    if t >= 0 and cat.has(int(t)) and int(t) != int(cat.ids[r])]
+            if not keep:
+                continue
+            others = np.array([o for _, o in keep], np.int64)
+            raw = raw_cosines(cat, np.array([r]), others, np.array([s for s, _ in keep])[None, :])
+            for o, s in zip(others, raw[0], strict=True):
+                if s >= min_cosine:
+                    found[(min(int(r), int(o)), max(int(r), int(o)))] = float(s)
     return [(a, b, s) for (a, b), s in sorted(found.items())]
 
 
@@ -243,7 +277,8 @@ def find_duplicates(
 
 
 def duplicate_among(cat: Catalogue, row: int, others: np.ndarray, sims: np.ndarray | None = None) -> bool:
-    """Is ``row`` a copy of any of ``others`` (rows)? ``sims`` (their cosines to ``row``) saves a GEMV.
+    """Is ``row`` a copy of any of ``others`` (rows)? ``sims`` (their cosines to ``row`` in the
+    catalogue's geometry) saves a GEMV.
 
     Only others above the candidate cosine reach the fingerprint, so a playlist
     check costs one matrix-vector product and, rarely, a fingerprint comparison.
@@ -252,6 +287,8 @@ def duplicate_among(cat: Catalogue, row: int, others: np.ndarray, sims: np.ndarr
         return False
     if sims is None:
         sims = cat.vectors[others] @ cat.vectors[row]
+    others = np.asarray(others, np.int64)
+    sims = raw_cosines(cat, np.array([row]), others, np.asarray(sims)[None, :])[0]
     return any(
         same_recording(cat, row, int(o)).duplicate
         for o in np.asarray(others)[sims >= CANDIDATE_COSINE]
@@ -269,9 +306,10 @@ class DuplicateLookup:
     """
 
     def __init__(self, cat: Catalogue, rows: np.ndarray, gram: np.ndarray) -> None:
+        """``gram``: the pool's cosines in the catalogue's geometry (rows × rows)."""
         self.cat = cat
         self.rows = np.asarray(rows, np.int64)
-        self.pending = gram >= CANDIDATE_COSINE  # close and not judged yet
+        self.pending = raw_cosines(cat, self.rows, self.rows, gram) >= CANDIDATE_COSINE  # not judged yet
         np.fill_diagonal(self.pending, False)
         self.same = np.eye(len(self.rows), dtype=bool)
 

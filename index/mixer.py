@@ -17,6 +17,9 @@ seed songs from it and the songs played before. The sound decides the order
 * genres nudge the score: a candidate that shares a genre with the seed loses
   nothing, one in the same genre group loses ``group_adjust``, any other
   ``no_genre_adjust`` (both on the 1 − cosine scale);
+* the three distances (``max_distance``, ``group_adjust``, ``no_genre_adjust``)
+  are stated on the raw embeddings' scale, as the LMS plugin's settings always
+  were, and mapped into the catalogue's geometry (``Geometry.distance_for``);
 * ``shuffle`` draws the mix at random from a pool several times its size, so
   the same queue does not always continue the same way.
 
@@ -205,6 +208,10 @@ def mix(
                 return False  # the seeds are in no group, so a grouped song is foreign
         return True
 
+    max_distance = cat.geometry.distance_for(rules.max_distance)
+    group_adjust = cat.geometry.distance_for(rules.group_adjust)
+    no_genre_adjust = cat.geometry.distance_for(rules.no_genre_adjust)
+
     def adjust(seed_row: int, row: int) -> float:
         mine = seed_genres.get(seed_row, frozenset())
         if not mine:
@@ -213,8 +220,8 @@ def mix(
         if mine & theirs:
             return 0.0
         if theirs & _group_of(mine, groups):
-            return rules.group_adjust
-        return rules.no_genre_adjust
+            return group_adjust
+        return no_genre_adjust
 
     pool = count
     if rules.shuffle:
@@ -232,7 +239,7 @@ def mix(
                 if tid < 0 or not cat.has(tid):
                     continue
                 row = cat.row(tid)
-                if row in skip_rows or 1.0 - float(sim) > rules.max_distance:
+                if row in skip_rows or 1.0 - float(sim) > max_distance:
                     continue
                 score = float(sim) - adjust(seed_row, row)
                 if row not in best or score > best[row].score:

@@ -177,6 +177,14 @@ FIELDS: tuple[Field, ...] = (
         "above this many tracks the index is HNSW (approximate) instead of exact",
         minimum=1,
     ),
+    Field(
+        "geometry",
+        str,
+        lambda: "centred",  # index.geometry.DEFAULT_METHOD (bench/index.py, "Similarity geometry")
+        "how similarity is measured: 'centred' (the library's mean embedding subtracted, fewer "
+        "'hub' songs) or 'raw' (the embeddings as analysed)",
+        choices=("centred", "raw"),
+    ),
     Field("playlist_dir", str, lambda: "", "where exported M3U8 playlists go (default DATA_DIR/playlists)"),
     Field(
         "llm_provider",
@@ -308,6 +316,7 @@ class Config:
     max_per_artist: int
     hide_duplicates: bool
     hnsw_threshold: int
+    geometry: str
     playlist_dir: str
     llm_provider: str
     llm_url: str

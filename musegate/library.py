@@ -20,7 +20,8 @@ from analysis.pipeline import analysis_version
 from analysis.sampling import plan_for_mode
 from analysis.store import LibraryStore, StoredAnalysis, SyncResult, TrackRecord
 from index.catalogue import CatalogueRow
-from index.faiss_index import SimilarityIndex, unit_rows
+from index.faiss_index import SimilarityIndex
+from index.geometry import Geometry, current_geometry
 from index.instant import Interpretation
 from musegate.config import Config
 
@@ -123,6 +124,23 @@ def top_tags(analysis: StoredAnalysis, n: int = 8) -> list[tuple[str, float]]:
     return [(label, float(score)) for label, score in ranked[:n]]
 
 
+async def library_geometry(
+    store: LibraryStore, config: Config, embeddings: np.ndarray, save: bool = True
+) -> Geometry:
+    """The library's similarity geometry (index.geometry): the saved fit while it suits
+    ``embeddings`` (the analyses of this version), else a refit, saved unless ``save`` is
+    False (a replica only reads the writer's). Every feature's vectors go through it."""
+    version = analyzer_settings(config).version
+    stored = await store.geometry(version)
+    saved = None if stored is None else Geometry(stored.method, stored.mean, stored.fitted_on,
+                                                 stored.distance_scale)
+    geometry = current_geometry(saved, embeddings, config.geometry)
+    if geometry is not saved and save:
+        await store.save_geometry(version, geometry.method, geometry.mean, geometry.fitted_on,
+                                  geometry.distance_scale)
+    return geometry
+
+
 @dataclass(frozen=True)
 class SimilarResult:
     seed: TrackRecord
@@ -130,7 +148,8 @@ class SimilarResult:
 
 
 async def similar(store: LibraryStore, config: Config, seed: TrackRecord, n: int) -> SimilarResult:
-    """Plain cosine neighbours of one track, no playlist rules: the analysis checked by ear."""
+    """Plain cosine neighbours of one track in the library's geometry, no playlist rules:
+    the analysis checked by ear."""
     version = analyzer_settings(config).version
     ids, matrix = await store.embeddings(version)
     rows = np.flatnonzero(ids == seed.id)
@@ -138,7 +157,8 @@ async def similar(store: LibraryStore, config: Config, seed: TrackRecord, n: int
         raise TrackNotFound(
             f"{describe_track(seed)} has not been analysed yet; run `musegate analyze` first"
         )
-    vectors = unit_rows(matrix)
+    geometry = await library_geometry(store, config, matrix, save=config.role != "replica")
+    vectors = geometry.apply(matrix)
     index = SimilarityIndex.build(ids, vectors, hnsw_threshold=config.hnsw_threshold)
     sims, found = index.search(vectors[rows[0]], min(n + 1, len(ids)))
     pairs = [(int(t), float(s)) for s, t in zip(sims[0], found[0], strict=True)

@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from analysis.store import LibraryStore
+from analysis.types import EMBEDDING_DIM
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
+from index.geometry import Geometry, same_geometry
 from index.projection import project_2d
 from musegate.config import Config
-from musegate.library import analyzer_settings, catalogue_rows
+from musegate.library import analyzer_settings, catalogue_rows, library_geometry
 
 log = logging.getLogger(__name__)
 
@@ -146,22 +148,39 @@ class LibraryService:
             if old is not None and not force and sig == old.signature:
                 return False
             rows = await self.store.analysed(self.version)
-            catalogue = await asyncio.to_thread(Catalogue.from_rows, catalogue_rows(rows))
+            geometry = await self._geometry(rows)
+            if not self.read_only:
+                sig = await self.signature()  # a refit just saved moved it: not a change next time
+            catalogue = await asyncio.to_thread(Catalogue.from_rows, catalogue_rows(rows), geometry)
             upstream = {int(a.track.id or 0): a.track.upstream_id for a in rows}
             by_upstream = {u: i for i, u in upstream.items()}
             index, status = await self._index_for(old, catalogue)
             self._snapshot = LibrarySnapshot(
                 catalogue, index, status, upstream, by_upstream, sig
             )
-            log.info("library loaded: %d analysed tracks, index %s (%s)",
-                     len(catalogue), index.kind, status)
+            log.info("library loaded: %d analysed tracks, index %s (%s), %s geometry fitted on %d",
+                     len(catalogue), index.kind, status, geometry.method, geometry.fitted_on)
             return True
+
+    async def _geometry(self, rows: Sequence[Any]) -> Geometry:
+        """The saved geometry, or a refit the writer saves. A replica never saves: until
+        the writer's refit lands (the signature moves with it) it uses its own fit of the
+        same store, the same computation on the same rows."""
+        embeddings = (np.stack([a.embedding for a in rows]) if rows
+                      else np.zeros((0, EMBEDDING_DIM), np.float32))
+        return await library_geometry(self.store, self.config, embeddings, save=not self.read_only)
 
     async def _index_for(
         self, old: LibrarySnapshot | None, cat: Catalogue
     ) -> tuple[SimilarityIndex, str]:
         path = self.config.index_path
         threshold = self.config.hnsw_threshold
+        if old is not None and not same_geometry(old.catalogue.geometry, cat.geometry):
+            # every vector moved: a fresh build beats replacing them one by one
+            index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            if not self.read_only:
+                await asyncio.to_thread(_save_quietly, index, path)
+            return index, "rebuilt: similarity geometry refitted"
         if old is None or old.index.kind == "flat":
             # An exact index is a plain copy of the vectors: rebuilding it is cheaper than diffing.
             if old is None:
