@@ -6,7 +6,10 @@ analysed are read.  Two backends are used:
 
 * libsndfile (via ``soundfile``) for WAV, FLAC, OGG/Vorbis, Opus and MP3 - it
   seeks sample-accurately and is cheap to open;
-* PyAV (bundled FFmpeg) for everything else (M4A/AAC, ALAC, WMA, ...).
+* PyAV (bundled FFmpeg) for everything else (M4A/AAC, ALAC, WMA, ...), and
+  for every file libsndfile opens but then gives up on mid-read (Opus and some
+  Vorbis that ffmpeg wrote, a FLAC with a damaged stretch): FFmpeg resyncs
+  where libsndfile stops, and a read that still ends early is an error.
 
 Every failure surfaces as :class:`DecodeError` with a short human reason, so
 callers can record *why* a track was skipped without knowing which backend
@@ -218,20 +221,26 @@ def read_excerpts(
     sfile = _open_soundfile(p)
     try:
         out = None
+        gave_up: sf.LibsndfileError | None = None
         if sfile is not None:
-            opus = sfile.subtype == "OPUS"
             try:
                 with sfile:
                     out = _read_soundfile(sfile, spans, sr)
-            except sf.LibsndfileError:
-                # libsndfile 1.2 decodes Opus from libopus/ffmpeg only partly: real music
-                # fails after a few seconds as "malformed". FFmpeg reads those; other
-                # formats failing mid-read are really damaged and stay an error.
-                if not opus:
-                    raise
+            except sf.LibsndfileError as exc:
+                # libsndfile gives up on files FFmpeg reads: Opus and some Vorbis that
+                # ffmpeg wrote fail a few seconds in as "malformed", a FLAC with one
+                # damaged stretch stops at "lost sync" where FFmpeg resyncs. FFmpeg
+                # gets a try; a read that stops early is still caught there.
+                gave_up = exc
         if out is None:
-            with _open_av(p) as container:
-                out = _read_av(container, spans, sr)
+            try:
+                with _open_av(p) as container:
+                    out = _read_av(container, spans, sr)
+            except (DecodeError, *_BACKEND_ERRORS) as exc:
+                if gave_up is None:
+                    raise
+                raise DecodeError(f"unsupported or corrupt audio: libsndfile: {_reason(gave_up)}; "
+                                  f"FFmpeg: {_reason(exc)}") from exc
     except DecodeError:
         raise
     except _BACKEND_ERRORS as exc:
