@@ -70,6 +70,7 @@ class AnalyzerSettings:
     model_threads: int = 1
     write_batch: int = 16
     max_attempts: int = 3
+    max_duration: float = 0.0  # seconds; longer tracks fail with a reason (0: no limit)
     model_path: str | None = None
     scheduler_address: str = ""  # a Dask scheduler; empty: the local process pool
 
@@ -147,7 +148,8 @@ async def run_analysis(
             while queue and len(in_flight) < capacity:
                 track = queue.pop()
                 task = AnalysisTask(int(track.id or 0), _location(track, locate), settings.plan,
-                                    settings.model_path, settings.model_threads)
+                                    settings.model_path, settings.model_threads,
+                                    settings.max_duration)
                 in_flight[executor.submit(task)] = track
             finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:

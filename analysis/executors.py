@@ -46,6 +46,7 @@ class AnalysisTask:
     plan: SamplingPlan
     model_path: str | None = None  # None: the model bundled with musegate
     model_threads: int = 1
+    max_duration: float = 0.0  # seconds; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def analyse_task(task: AnalysisTask) -> TaskResult:
     try:
         # Fetched once here: probe and read_excerpts then both read the in-memory copy.
         source = fetch(path) if is_url(path) else path
-        return TaskResult(task.track_id, analyse_file(source, model, task.plan))  # type: ignore[arg-type]
+        analysis = analyse_file(source, model, task.plan, task.max_duration)  # type: ignore[arg-type]
+        return TaskResult(task.track_id, analysis)
     except DecodeError as exc:
         return TaskResult(task.track_id, None, redact_url(str(exc)))
     except MemoryError:

@@ -69,6 +69,9 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("write_batch", int, lambda: 16, "analyses written per transaction", minimum=1),
     Field("max_attempts", int, lambda: 3, "failed analyses retried this often", minimum=1),
+    Field("max_duration", int, lambda: 21600,
+          "seconds: longer tracks are recorded as failed instead of analysed (0: no limit)",
+          minimum=0),
     Field(
         "log_level",
         str,
@@ -238,6 +241,7 @@ class Config:
     scheduler_address: str
     write_batch: int
     max_attempts: int
+    max_duration: int
     log_level: str
     role: str
     refresh_seconds: int
