@@ -78,7 +78,8 @@ def analyse_file(
 
     ``max_duration`` (seconds, 0: none) refuses longer tracks before any audio is
     decoded: in ``full`` mode a worker holds the whole track at 16 kHz plus its
-    mel patches (~330 MB per hour), and a header can claim any length.
+    mel patches (measured: ~19 MB per minute of track), and a header can claim any
+    length; in the sampled modes memory does not grow with the length.
     """
     info = probe(path)
     if max_duration > 0 and info.duration > max_duration:
