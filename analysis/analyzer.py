@@ -71,6 +71,7 @@ class AnalyzerSettings:
     write_batch: int = 16
     max_attempts: int = 3
     max_duration: float = 0.0  # seconds; longer tracks fail with a reason (0: no limit)
+    timeout: float = 0.0  # seconds per track in the local pool (0: none)
     model_path: str | None = None
     scheduler_address: str = ""  # a Dask scheduler; empty: the local process pool
 
@@ -104,7 +105,7 @@ class _Writer:
 
 def _executor(settings: AnalyzerSettings) -> AnalysisExecutor:
     return executor_for(settings.workers, settings.model_path, settings.model_threads,
-                        settings.plan, settings.scheduler_address)
+                        settings.plan, settings.scheduler_address, settings.timeout)
 
 
 def _checked(result: TaskResult, version: str) -> TaskResult:

@@ -72,6 +72,9 @@ FIELDS: tuple[Field, ...] = (
     Field("max_duration", int, lambda: 21600,
           "seconds: longer tracks are recorded as failed instead of analysed (0: no limit)",
           minimum=0),
+    Field("analysis_timeout", int, lambda: 600,
+          "seconds one track may take in a local worker before the worker is killed and the "
+          "track recorded as failed (0: no limit)", minimum=0),
     Field(
         "log_level",
         str,
@@ -242,6 +245,7 @@ class Config:
     write_batch: int
     max_attempts: int
     max_duration: int
+    analysis_timeout: int
     log_level: str
     role: str
     refresh_seconds: int

@@ -71,6 +71,7 @@ def analyzer_settings(config: Config) -> AnalyzerSettings:
         write_batch=config.write_batch,
         max_attempts=config.max_attempts,
         max_duration=config.max_duration,
+        timeout=config.analysis_timeout,
         scheduler_address=config.scheduler_address,
     )
 

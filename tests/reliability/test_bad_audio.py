@@ -157,6 +157,76 @@ def test_multi_gigabyte_sparse_files(tmp_path: Path) -> None:
     _print_table(peaks)
 
 
+class _Trickle:
+    """A loopback "music server" that answers a download with headers and then one byte
+    every half second, forever: fetching it never fails and never finishes, the way a
+    decoder stuck on a stalled network mount or a pathological file behaves."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/rest/download.view"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn) -> None:
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: audio/flac\r\n"
+                         b"Content-Length: 100000000\r\n\r\nfLaC")
+            while not self.stop.wait(0.5):
+                try:
+                    conn.sendall(b"\0")
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.reliability
+async def test_a_hung_decode_is_killed_recorded_and_the_others_still_run(tmp_path: Path) -> None:
+    from analysis.executors import AnalysisTask, LocalPoolExecutor, timed_out
+    from analysis.sampling import FAST
+
+    good = files.build(tmp_path / "m", {})  # only the good songs
+    assert good == []
+    songs = [tmp_path / "m" / n for n in files.GOOD]
+    server = _Trickle()
+    pool = LocalPoolExecutor(1, None, 1, FAST, timeout=60)
+    try:
+        await pool.start()
+        assert pool.capacity() == 1
+        first = await pool.submit(AnalysisTask(1, str(songs[0]), FAST))
+        assert first.analysis is not None, first.reason
+        # More than capacity on purpose: the song queues behind the hang in the same
+        # worker, is lost with it when it is killed, and must be run again, not failed.
+        hung = pool.submit(AnalysisTask(2, server.url, FAST))
+        behind = pool.submit(AnalysisTask(3, str(songs[1]), FAST))
+        assert (await hung).reason == timed_out(60)
+        after = await behind
+        assert after.analysis is not None, after.reason  # a fresh worker took over
+        again = await pool.submit(AnalysisTask(4, str(songs[2]), FAST))
+        assert again.analysis is not None, again.reason
+    finally:
+        await pool.close()
+        server.close()
+
+
 def _print_table(peaks: dict[str, dict]) -> None:
     """The figures for docs/reliability.md (visible with ``pytest -s``)."""
     for name, row in peaks.items():
