@@ -72,7 +72,7 @@ FIELDS: tuple[Field, ...] = (
     Field("max_duration", int, lambda: 21600,
           "seconds: longer tracks are recorded as failed instead of analysed (0: no limit)",
           minimum=0),
-    Field("analysis_timeout", int, lambda: 600,
+    Field("analysis_timeout", int, lambda: 0,
           "seconds one track may take in a local worker before the worker is killed and the "
           "track recorded as failed (0: no limit)", minimum=0),
     Field(
