@@ -70,6 +70,8 @@ class AnalyzerSettings:
     model_threads: int = 1
     write_batch: int = 16
     max_attempts: int = 3
+    max_duration: float = 0.0  # seconds; longer tracks fail with a reason (0: no limit)
+    timeout: float = 0.0  # seconds per track in the local pool (0: none)
     model_path: str | None = None
     scheduler_address: str = ""  # a Dask scheduler; empty: the local process pool
 
@@ -103,7 +105,7 @@ class _Writer:
 
 def _executor(settings: AnalyzerSettings) -> AnalysisExecutor:
     return executor_for(settings.workers, settings.model_path, settings.model_threads,
-                        settings.plan, settings.scheduler_address)
+                        settings.plan, settings.scheduler_address, settings.timeout)
 
 
 def _checked(result: TaskResult, version: str) -> TaskResult:
@@ -147,7 +149,8 @@ async def run_analysis(
             while queue and len(in_flight) < capacity:
                 track = queue.pop()
                 task = AnalysisTask(int(track.id or 0), _location(track, locate), settings.plan,
-                                    settings.model_path, settings.model_threads)
+                                    settings.model_path, settings.model_threads,
+                                    settings.max_duration)
                 in_flight[executor.submit(task)] = track
             finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:

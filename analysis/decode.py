@@ -6,7 +6,10 @@ analysed are read.  Two backends are used:
 
 * libsndfile (via ``soundfile``) for WAV, FLAC, OGG/Vorbis, Opus and MP3 - it
   seeks sample-accurately and is cheap to open;
-* PyAV (bundled FFmpeg) for everything else (M4A/AAC, ALAC, WMA, ...).
+* PyAV (bundled FFmpeg) for everything else (M4A/AAC, ALAC, WMA, ...), and
+  for every file libsndfile opens but then gives up on mid-read (Opus and some
+  Vorbis that ffmpeg wrote, a FLAC with a damaged stretch): FFmpeg resyncs
+  where libsndfile stops, and a read that still ends early is an error.
 
 Every failure surfaces as :class:`DecodeError` with a short human reason, so
 callers can record *why* a track was skipped without knowing which backend
@@ -83,6 +86,9 @@ _BACKEND_ERRORS: tuple[type[BaseException], ...] = (
 #: costs a demuxer index lookup plus a little pre-roll, decoding costs time
 #: proportional to the gap.
 _AV_SEEK_GAP_S = 8.0
+
+#: Consecutive undecodable packets after which a stream counts as not audio.
+_AV_MAX_BAD_PACKETS = 32
 
 #: Containers whose seeks land on real timestamps.  Raw elementary streams
 #: (ADTS AAC, raw MP3 through FFmpeg ...) seek by byte estimate, which would
@@ -218,20 +224,31 @@ def read_excerpts(
     sfile = _open_soundfile(p)
     try:
         out = None
+        gave_up: sf.LibsndfileError | None = None
         if sfile is not None:
-            opus = sfile.subtype == "OPUS"
             try:
                 with sfile:
-                    out = _read_soundfile(sfile, spans, sr)
-            except sf.LibsndfileError:
-                # libsndfile 1.2 decodes Opus from libopus/ffmpeg only partly: real music
-                # fails after a few seconds as "malformed". FFmpeg reads those; other
-                # formats failing mid-read are really damaged and stay an error.
-                if not opus:
-                    raise
+                    counted = sfile.format != "MP3" or _mp3_counted(p)
+                    out = _read_soundfile(sfile, spans, sr, counted)
+            except sf.LibsndfileError as exc:
+                # libsndfile gives up on files FFmpeg reads: Opus and some Vorbis that
+                # ffmpeg wrote fail a few seconds in as "malformed", a FLAC with one
+                # damaged stretch stops at "lost sync" where FFmpeg resyncs. FFmpeg
+                # gets a try; a read that stops early is still caught there.
+                gave_up = exc
         if out is None:
-            with _open_av(p) as container:
-                out = _read_av(container, spans, sr)
+            try:
+                with _open_av(p) as container:
+                    out = _read_av(container, spans, sr)
+            except DecodeError as exc:
+                if gave_up is None:
+                    raise
+                raise DecodeError(f"{exc} (libsndfile: {_reason(gave_up)})") from exc
+            except _BACKEND_ERRORS as exc:
+                if gave_up is None:
+                    raise
+                raise DecodeError(f"unsupported or corrupt audio: libsndfile: {_reason(gave_up)}; "
+                                  f"FFmpeg: {_reason(exc)}") from exc
     except DecodeError:
         raise
     except _BACKEND_ERRORS as exc:
@@ -392,7 +409,9 @@ def _open_soundfile(p: _Source) -> sf.SoundFile | None:
     """Open with libsndfile, or None when it does not handle the file (PyAV gets a try)."""
     try:
         if isinstance(p, Path):
-            f = sf.SoundFile(str(p))
+            # bytes: a name that is not valid UTF-8 (old Latin-1 rips) arrives with
+            # surrogate escapes, which soundfile cannot encode from a str.
+            f = sf.SoundFile(os.fsencode(p))
         else:
             p.seek(0)
             f = sf.SoundFile(p)
@@ -403,7 +422,78 @@ def _open_soundfile(p: _Source) -> sf.SoundFile | None:
         # MP3 without frame count); let FFmpeg have a look before giving up.
         f.close()
         return None
+    cut = _cut_short(f)
+    if cut is not None:
+        f.close()
+        raise DecodeError(f"corrupt or truncated audio: {cut}")
     return f
+
+
+#: A WAV data size this large or 0 is a placeholder for "length unknown" (written
+#: by a streaming encoder that could not seek back), not a promise of samples.
+_WAV_PLACEHOLDER = 0xFFFF0000
+_WAV_DATA = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
+
+
+def _cut_short(f: sf.SoundFile) -> str | None:
+    """Why ``f`` is visibly the start of a longer file, or None.
+
+    libsndfile quietly shortens a truncated WAV to the bytes present and an Ogg
+    to its last page, so the file would pass as a shorter, complete track and be
+    analysed (and its duration stored) wrongly. Its open log says what the
+    header promised: a WAV's data size, an Ogg's missing end-of-stream page.
+    """
+    try:
+        log = f.extra_info
+    except (sf.LibsndfileError, RuntimeError):  # pragma: no cover - log unavailable
+        return None
+    if f.format == "OGG" and "lacks an end-of-stream" in log:
+        return "the Ogg stream ends without its last page"
+    m = _WAV_DATA.search(log)
+    if m is not None and f.format in ("WAV", "WAVEX"):
+        declared, present = int(m.group(1)), int(m.group(2))
+        byte_rate = max(1, f.samplerate * f.channels * _sample_bytes(f.subtype))
+        tolerance = byte_rate + declared // 50  # the same 1 s + 2 % as _check_complete
+        if 0 < declared < _WAV_PLACEHOLDER and declared - present > tolerance:
+            return (f"the header promises {declared / byte_rate:.1f} s, "
+                    f"the file holds {present / byte_rate:.1f} s")
+    return None
+
+
+def _sample_bytes(subtype: str) -> int:
+    for bits, size in (("8", 1), ("16", 2), ("24", 3), ("32", 4), ("64", 8), ("FLOAT", 4),
+                       ("DOUBLE", 8)):
+        if subtype.endswith(bits) or subtype == bits:
+            return size
+    return 2
+
+
+def _mp3_counted(p: _Source) -> bool:
+    """Whether an MP3 carries a Xing/Info or VBRI header, i.e. its real frame count.
+
+    Without one, libsndfile estimates the length from the file size, which says
+    nothing about truncation; with one, a read that stops early is a cut file.
+    """
+    try:
+        if isinstance(p, Path):
+            with open(p, "rb") as fh:
+                head = fh.read(64 * 1024)
+        else:
+            pos = p.tell()
+            p.seek(0)
+            head = p.read(64 * 1024)
+            p.seek(pos)
+    except OSError:
+        return False
+    if head[:3] == b"ID3" and len(head) >= 10:  # skip an ID3v2 tag (synchsafe size)
+        size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+        start = 10 + size
+        if start > len(head) - 4096:
+            return False
+        head = head[start:]
+    frame = head.find(b"\xff")
+    window = head[frame : frame + 4096] if frame >= 0 else b""
+    return any(tag in window for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def _soundfile_info(f: sf.SoundFile) -> AudioInfo:
@@ -417,7 +507,8 @@ def _soundfile_info(f: sf.SoundFile) -> AudioInfo:
 
 
 def _read_soundfile(
-    f: sf.SoundFile, spans: Sequence[tuple[float, float]] | None, sr: int
+    f: sf.SoundFile, spans: Sequence[tuple[float, float]] | None, sr: int,
+    counted: bool = True,
 ) -> list[np.ndarray]:
     """Seek to each span and read just it: decoding the gaps would cost more than the spans.
 
@@ -445,7 +536,7 @@ def _read_soundfile(
     channels = int(f.channels)
     block = max(4096, _BLOCK_BYTES // (4 * channels))
     buf = np.empty((max(1, min(block, longest)), channels), np.float32)
-    exact = f.format != "MP3"  # MP3 frame counts can be estimates
+    exact = f.format != "MP3" or counted  # an MP3's frame count is an estimate without Xing
     if f.seekable():
         for (a, b), sink in zip(ranges, sinks, strict=True):
             if b <= a:
@@ -514,23 +605,43 @@ class _AVContainer:
     """Context manager that maps PyAV open failures to DecodeError."""
 
     def __init__(self, p: _Source) -> None:
+        self._file: BinaryIO | None = None
         try:
-            if isinstance(p, Path):
+            if isinstance(p, Path) and not _utf8_name(p):
+                # FFmpeg takes UTF-8 names only: read a non-UTF-8 name through Python.
+                self._file = open(p, "rb")  # noqa: SIM115 - closed in __exit__
+                self.container = av.open(self._file, mode="r")
+            elif isinstance(p, Path):
                 self.container = av.open(str(p), mode="r")
             else:
                 p.seek(0)
                 self.container = av.open(p, mode="r")
         except _BACKEND_ERRORS as exc:
+            self._close_file()
             raise DecodeError(f"unsupported or corrupt audio: {_reason(exc)}") from exc
         if not self.container.streams.audio:
             self.container.close()
+            self._close_file()
             raise DecodeError("no audio stream")
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> av.container.InputContainer:
         return self.container
 
     def __exit__(self, *exc: object) -> None:
         self.container.close()
+        self._close_file()
+
+
+def _utf8_name(p: Path) -> bool:
+    try:
+        str(p).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _open_av(p: _Source) -> _AVContainer:
@@ -595,8 +706,24 @@ def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
 def _av_frames(
     container: av.container.InputContainer, stream: av.audio.stream.AudioStream
 ) -> Iterator[av.AudioFrame]:
+    """Decoded frames; a packet FFmpeg cannot decode is skipped, as the ffmpeg tool does.
+
+    A cut file ends in a partial packet and a damaged stretch yields a few bad
+    ones: skipping them lets the read reach what follows, and
+    :func:`_check_complete` still judges whether enough came out. A run of
+    ``_AV_MAX_BAD_PACKETS`` bad packets in a row is not audio: the error stands.
+    """
+    bad = 0
     for packet in container.demux(stream):
-        yield from packet.decode()
+        try:
+            decoded = packet.decode()
+        except av.error.InvalidDataError:
+            bad += 1
+            if bad > _AV_MAX_BAD_PACKETS:
+                raise
+            continue
+        bad = 0
+        yield from decoded
 
 
 def _read_av(

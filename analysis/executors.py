@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 CRASHED = "analysis worker crashed"
 
 
+def timed_out(seconds: float) -> str:
+    return (f"analysis took longer than {seconds:g} s (setting analysis_timeout): "
+            "the decoder hung or the file is unusually slow to read")
+
+
 @dataclass(frozen=True)
 class AnalysisTask:
     """Everything a worker needs to analyse one track, and nothing it must look up."""
@@ -46,6 +51,7 @@ class AnalysisTask:
     plan: SamplingPlan
     model_path: str | None = None  # None: the model bundled with musegate
     model_threads: int = 1
+    max_duration: float = 0.0  # seconds; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,8 @@ def analyse_task(task: AnalysisTask) -> TaskResult:
     try:
         # Fetched once here: probe and read_excerpts then both read the in-memory copy.
         source = fetch(path) if is_url(path) else path
-        return TaskResult(task.track_id, analyse_file(source, model, task.plan))  # type: ignore[arg-type]
+        analysis = analyse_file(source, model, task.plan, task.max_duration)  # type: ignore[arg-type]
+        return TaskResult(task.track_id, analysis)
     except DecodeError as exc:
         return TaskResult(task.track_id, None, redact_url(str(exc)))
     except MemoryError:
@@ -143,13 +150,19 @@ class LocalPoolExecutor:
     breaks the whole pool; the tasks in flight are reported as crashed (they count
     as one failed attempt and are retried on the next run) and a fresh pool
     takes the rest.
+
+    ``timeout`` (seconds, 0: none) bounds one task: a decoder that hangs in C code
+    cannot be interrupted, so its worker is killed, the task is recorded as timed
+    out, and the other tasks that pool held are run again on a fresh one.
     """
 
     def __init__(self, workers: int, model_path: str | None, model_threads: int,
-                 plan: SamplingPlan) -> None:
+                 plan: SamplingPlan, timeout: float = 0.0) -> None:
         self.workers = max(1, workers)
+        self.timeout = timeout
         self._initargs = (model_path, model_threads, plan)
         self._pool: ProcessPoolExecutor | None = None
+        self._killed: set[ProcessPoolExecutor] = set()  # pools killed on purpose (kept: ids recycle)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the parent holds aiosqlite's thread and asyncio state that must not be forked.
@@ -164,7 +177,9 @@ class LocalPoolExecutor:
         self._pool = self._new_pool()
 
     def capacity(self) -> int:
-        return self.workers * 2
+        """Two tasks per worker, so none idles while a result travels back; one with a
+        timeout, so that no task's clock runs while it waits behind another."""
+        return self.workers if self.timeout > 0 else self.workers * 2
 
     def submit(self, task: AnalysisTask) -> asyncio.Future[TaskResult]:
         return asyncio.ensure_future(self._run(task))
@@ -173,12 +188,38 @@ class LocalPoolExecutor:
         pool = self._pool
         assert pool is not None, "start() first"
         try:
-            return await asyncio.wrap_future(pool.submit(analyse_task, task))
+            running = asyncio.wrap_future(pool.submit(analyse_task, task))
+            if self.timeout <= 0:
+                return await running
+            # capacity() keeps one task per worker, so a task starts when it is handed
+            # over and the clock measures it alone (plus a fresh worker's model load).
+            return await asyncio.wait_for(running, self.timeout)
+        except TimeoutError:
+            if pool in self._killed:  # its clock ran while it waited behind the hung one
+                return await self._run(task)
+            # A hung decoder holds its worker for good: only killing the process frees
+            # it, and that breaks the pool for the other tasks in flight too.
+            self._kill(pool)
+            return TaskResult(task.track_id, None, timed_out(self.timeout))
         except BrokenProcessPool:
+            if pool in self._killed:  # killed for another task's hang: not this one's fault
+                return await self._run(task)
             if self._pool is pool:  # the first task to notice replaces the pool
                 pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool()
             return TaskResult(task.track_id, None, CRASHED)
+
+    def _kill(self, pool: ProcessPoolExecutor) -> None:
+        self._killed.add(pool)
+        if self._pool is not pool:
+            return
+        # ProcessPoolExecutor has no public way to stop a busy worker before 3.14.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        # Not cancel_futures: the tasks still queued must see BrokenProcessPool (and be
+        # resubmitted above), not a cancellation that would end the whole run.
+        pool.shutdown(wait=False)
+        self._pool = self._new_pool()
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -260,8 +301,11 @@ class DaskExecutor:
 
 
 def executor_for(workers: int, model_path: str | None, model_threads: int, plan: SamplingPlan,
-                 scheduler_address: str = "") -> AnalysisExecutor:
-    """The configured executor: Dask when ``scheduler_address`` is set, else the local pool."""
+                 scheduler_address: str = "", timeout: float = 0.0) -> AnalysisExecutor:
+    """The configured executor: Dask when ``scheduler_address`` is set, else the local pool.
+
+    ``timeout`` (seconds per track, 0: none) applies to the local pool only.
+    """
     if scheduler_address:
         return DaskExecutor(scheduler_address, min_capacity=2 * max(1, workers))
-    return LocalPoolExecutor(workers, model_path, model_threads, plan)
+    return LocalPoolExecutor(workers, model_path, model_threads, plan, timeout)

@@ -71,14 +71,29 @@ def analyse_excerpts(
 
 
 def analyse_file(
-    path: str | os.PathLike[str], model: MusicnnModel, plan: SamplingPlan
+    path: str | os.PathLike[str], model: MusicnnModel, plan: SamplingPlan,
+    max_duration: float = 0.0,
 ) -> TrackAnalysis:
-    """Analyse one file; raises :class:`DecodeError` for audio that cannot be read."""
+    """Analyse one file; raises :class:`DecodeError` for audio that cannot be read.
+
+    ``max_duration`` (seconds, 0: none) refuses longer tracks before any audio is
+    decoded: in ``full`` mode a worker holds the whole track at 16 kHz plus its
+    mel patches (measured: ~19 MB per minute of track), and a header can claim any
+    length; in the sampled modes memory does not grow with the length.
+    """
     info = probe(path)
+    if max_duration > 0 and info.duration > max_duration:
+        raise DecodeError(f"too long to analyse: {_hms(info.duration)}, the limit is "
+                          f"{_hms(max_duration)} (setting max_duration)")
     spans = excerpt_spans(info.duration, plan)
     excerpts = read_excerpts(path, spans, sr=SAMPLE_RATE)
     starts = _kept_starts(spans, excerpts, info.duration)
     return analyse_excerpts(excerpts, info.duration, model, plan, starts)
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _kept_starts(

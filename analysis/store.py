@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -156,13 +157,29 @@ class LibraryStatus:
     outdated: int
 
 
+def _to_db(value: Any) -> Any:
+    """A file name that is not valid UTF-8 (Latin-1 rips) comes from the OS with surrogate
+    escapes, which SQLite text cannot hold: it is stored as its bytes (a BLOB) instead, so
+    one such name neither stops a scan nor loses the way back to the file."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(value)
+    return value
+
+
+def _from_db(value: Any) -> Any:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def _row_to_track(row: aiosqlite.Row) -> TrackRecord:
     return TrackRecord(
         id=row["id"],
         source=row["source"],
-        upstream_id=row["upstream_id"],
+        upstream_id=_from_db(row["upstream_id"]),
         raw=json.loads(row["raw"]) if row["raw"] else {},
-        **{c: row[c] for c in TRACK_COLUMNS},
+        **{c: _from_db(row[c]) for c in TRACK_COLUMNS},
     )
 
 
@@ -301,7 +318,7 @@ class LibraryStore:
         async with self._db.execute(
             f"SELECT id, upstream_id, {columns}, raw FROM tracks WHERE source = ?", (source,)
         ) as cur:
-            known = {row["upstream_id"]: row for row in await cur.fetchall()}
+            known = {_from_db(row["upstream_id"]): row for row in await cur.fetchall()}
         now = time.time()
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
@@ -310,11 +327,13 @@ class LibraryStore:
         seen: set[str] = set()
         for rec in records:
             seen.add(rec.upstream_id)
-            values = tuple(getattr(rec, c) for c in TRACK_COLUMNS)
+            values = tuple(_to_db(getattr(rec, c)) for c in TRACK_COLUMNS)
             raw = json.dumps(rec.raw, ensure_ascii=False, default=str)
+            if isinstance(_to_db(raw), bytes):  # JSON escapes keep surrogates as text
+                raw = json.dumps(rec.raw, default=str)
             old = known.get(rec.upstream_id)
             if old is None:
-                inserts.append((source, rec.upstream_id, *values, raw, now, now))
+                inserts.append((source, _to_db(rec.upstream_id), *values, raw, now, now))
                 continue
             if (old["size"], old["mtime"]) != (rec.size, rec.mtime):
                 reanalyse.append((old["id"],))
@@ -341,7 +360,7 @@ class LibraryStore:
 
     async def tracks_of_source(self, source: str) -> dict[str, TrackRecord]:
         async with self._db.execute("SELECT * FROM tracks WHERE source = ?", (source,)) as cur:
-            return {r["upstream_id"]: _row_to_track(r) for r in await cur.fetchall()}
+            return {_from_db(r["upstream_id"]): _row_to_track(r) for r in await cur.fetchall()}
 
     async def remove_tracks(self, track_ids: Sequence[int]) -> None:
         async with self._transaction():
@@ -363,7 +382,8 @@ class LibraryStore:
         """
         resolved = str(Path(query).expanduser().resolve()) if query else query
         async with self._db.execute(
-            "SELECT * FROM tracks WHERE path = ? OR path = ? ORDER BY id", (query, resolved)
+            "SELECT * FROM tracks WHERE path = ? OR path = ? ORDER BY id",
+            (_to_db(query), _to_db(resolved)),
         ) as cur:
             rows = await cur.fetchall()
         if rows:

@@ -70,6 +70,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("write_batch", int, lambda: 16, "analyses written per transaction", minimum=1),
     Field("max_attempts", int, lambda: 3, "failed analyses retried this often", minimum=1),
+    Field("max_duration", int, lambda: 21600,
+          "seconds: longer tracks are recorded as failed instead of analysed (0: no limit)",
+          minimum=0),
+    Field("analysis_timeout", int, lambda: 0,
+          "seconds one track may take in a local worker before the worker is killed and the "
+          "track recorded as failed (0: no limit)", minimum=0),
     Field(
         "log_level",
         str,
@@ -299,6 +305,8 @@ class Config:
     scheduler_address: str
     write_batch: int
     max_attempts: int
+    max_duration: int
+    analysis_timeout: int
     log_level: str
     role: str
     refresh_seconds: int

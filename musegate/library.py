@@ -71,6 +71,8 @@ def analyzer_settings(config: Config) -> AnalyzerSettings:
         model_threads=config.model_threads,
         write_batch=config.write_batch,
         max_attempts=config.max_attempts,
+        max_duration=config.max_duration,
+        timeout=config.analysis_timeout,
         scheduler_address=config.scheduler_address,
     )
 
