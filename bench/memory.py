@@ -154,8 +154,9 @@ def proc_status(pid: int) -> dict[str, int]:
 def heavy_modules(pid: int) -> list[str]:
     """Native libraries mapped into the process that only analysis needs."""
     maps = Path(f"/proc/{pid}/maps").read_text()
+    # Package directories, not names: numpy's bundled "scipy_openblas" is not SciPy.
     return [name for name in ("onnxruntime", "librosa", "numba", "llvmlite", "sklearn", "scipy")
-            if name in maps]
+            if f"/site-packages/{name}/" in maps]
 
 
 def base_path() -> str:
