@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 
 __all__ = [
     "Fingerprint",
@@ -97,6 +96,8 @@ def _window() -> np.ndarray:
 
 def _excerpt_codes(x: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames of one excerpt on the absolute grid: frame g starts at sample g*HOP."""
+    import scipy.fft  # only analysis computes fingerprints; readers just decode them
+
     first = -(-start // HOP)  # first grid frame starting inside the excerpt
     offset = first * HOP - start
     n = (x.size - offset - WINDOW) // HOP + 1

@@ -17,17 +17,11 @@ from analysis.melspec import patches
 from analysis.model import MusicnnModel
 from analysis.sampling import SAMPLE_RATE, SamplingPlan, excerpt_spans
 from analysis.types import TrackAnalysis
+from analysis.version import FEATURES_VERSION, analysis_version  # noqa: F401 - re-exported
 
-FEATURES_VERSION = 2
 # Tempo, key and energy are stable over ~25 s of music; computing them over every
 # sampled excerpt would cost as much as the network itself.
 FEATURE_EXCERPTS = 8
-
-
-def analysis_version(model: MusicnnModel | str, plan: SamplingPlan) -> str:
-    """Model, patch plan and feature code together: changing any of them re-analyses."""
-    model_version = model if isinstance(model, str) else model.version
-    return f"{model_version}+{plan.tag}+f{FEATURES_VERSION}"
 
 
 def analyse_excerpts(

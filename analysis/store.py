@@ -500,6 +500,34 @@ class LibraryStore:
             for r in rows
         ]
 
+    async def analysed_chunks(
+        self, version: str, since: tuple[float, float] | None = None, chunk: int = 5_000
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """Every analysis of ``version`` in track-id order, ``chunk`` rows at a time, as plain
+        tuples (id, upstream_id, title, artist, album, duration, features JSON, embedding
+        bytes, fingerprint): what a column loader needs and no per-track objects, so loading
+        a large library never holds it twice. ``since`` = (analysed_at, updated_at) keeps
+        only analyses written, or tracks edited, at or after those times.
+        """
+        sql = ("SELECT t.id, t.upstream_id, t.title, t.artist, t.album, t.duration,"
+               " a.features, a.embedding, a.fingerprint"
+               " FROM analyses a JOIN tracks t ON t.id = a.track_id WHERE a.version = ?")
+        params: tuple[Any, ...] = (version,)
+        if since is not None:
+            sql += " AND (a.analysed_at >= ? OR t.updated_at >= ?)"
+            params += (float(since[0]), float(since[1]))
+        async with self._db.execute(sql + " ORDER BY t.id", params) as cur:
+            while rows := await cur.fetchmany(chunk):
+                yield [tuple(r) for r in rows]
+
+    async def analysed_ids(self, version: str) -> np.ndarray:
+        """Track ids analysed with ``version``, sorted (int64): what a reload diffs against."""
+        async with self._db.execute(
+            "SELECT track_id FROM analyses WHERE version = ? ORDER BY track_id", (version,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     async def embeddings(self, version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All stored embeddings as (track ids int64 [N], float32 [N, 200]), optionally one version."""
         sql = "SELECT track_id, embedding FROM analyses"

@@ -167,7 +167,7 @@ def create_app(
 
                 scheduler = LibraryScheduler(
                     store, config, app[keys.ADAPTER],
-                    on_analysed=lambda: service.refresh(force=True),
+                    on_analysed=lambda: service.refresh(),
                 )
                 app[keys.SCHEDULER] = scheduler
                 scheduler.start()

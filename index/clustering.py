@@ -23,12 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import DBSCAN, KMeans, MiniBatchKMeans, SpectralClustering
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
-from sklearn.mixture import GaussianMixture
-from sklearn.neighbors import NearestNeighbors
 
 from analysis.labels import MSD_LABELS
 from index.catalogue import Catalogue, normalise_text
@@ -120,6 +114,8 @@ def _dbscan_eps(features: np.ndarray, min_samples: int, count: int, rng: np.rand
                 ) -> list[float]:
     """Neighbourhood radii from the k-distance distribution, the usual DBSCAN heuristic,
     at a few quantiles so one of them suits the library's density."""
+    from sklearn.neighbors import NearestNeighbors
+
     sample = features[_subsample(len(features), SILHOUETTE_SAMPLE, rng)]
     nn = NearestNeighbors(n_neighbors=min(min_samples + 1, len(sample))).fit(sample)
     dist, _ = nn.kneighbors(sample)
@@ -186,6 +182,9 @@ def _assign_nearest(features: np.ndarray, fitted_rows: np.ndarray, fitted_labels
 
 def _fit(algo: str, params: dict[str, Any], features: np.ndarray, seed: int) -> np.ndarray:
     """Cluster labels (-1 = noise) for every row."""
+    from sklearn.cluster import DBSCAN, KMeans, MiniBatchKMeans, SpectralClustering
+    from sklearn.mixture import GaussianMixture
+
     n = len(features)
     rng = np.random.default_rng(seed)
     if algo == "kmeans":
@@ -257,6 +256,8 @@ def _diversity(lift: np.ndarray) -> float:
 
 def _score(labels: np.ndarray, features: np.ndarray, tag_z: np.ndarray, n_playlists: int,
            sample: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import silhouette_score
+
     stats = _stats(labels, tag_z)
     noise = float((labels < 0).mean())
     sub = labels[sample]
@@ -406,6 +407,11 @@ def cluster_playlists(
     progress: Progress | None = None,
 ) -> ClusteringResult:
     """Search clusterings of the library and turn the most distinct clusters into playlists."""
+    # scikit-learn is imported here, not at module level: the gateway imports this module
+    # for its routes, and an idle server should not carry scikit-learn (bench/memory.py).
+    from sklearn.decomposition import PCA
+    from sklearn.exceptions import ConvergenceWarning
+
     if n_playlists < 1:
         raise ValueError("n_playlists must be at least 1")
     if max_songs < 1:

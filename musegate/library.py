@@ -6,6 +6,8 @@ each entry point does the same thing the same way.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +18,10 @@ from adapters.base import LibraryAdapter
 from analysis.analyzer import AnalysisReport, AnalyzerSettings, ProgressCallback, run_analysis
 from analysis.labels import MSD_LABELS
 from analysis.model import model_version
-from analysis.pipeline import analysis_version
 from analysis.sampling import plan_for_mode
 from analysis.store import LibraryStore, StoredAnalysis, SyncResult, TrackRecord
-from index.catalogue import CatalogueRow
+from analysis.version import analysis_version
+from index.catalogue import Catalogue, key_code
 from index.faiss_index import SimilarityIndex
 from index.geometry import Geometry, current_geometry
 from index.instant import Interpretation
@@ -179,21 +181,92 @@ def track_json(track: TrackRecord) -> dict[str, Any]:
     }
 
 
-def catalogue_rows(analyses: Sequence[StoredAnalysis]) -> list[CatalogueRow]:
-    """The store's analyses in the shape the catalogue is built from."""
-    return [
-        CatalogueRow(
-            track_id=a.track.id or 0,
-            embedding=a.embedding,
-            features=a.features,
-            title=a.track.title,
-            artist=a.track.artist,
-            album=a.track.album,
-            duration=a.track.duration,
-            fingerprint=a.fingerprint,
-        )
-        for a in analyses
-    ]
+@dataclass(frozen=True)
+class LoadedCatalogue:
+    """A catalogue read from the store and each row's id at its source (same order)."""
+
+    catalogue: Catalogue
+    upstream_ids: list[str]
+
+
+async def load_catalogue(
+    store: LibraryStore, version: str, since: tuple[float, float] | None = None
+) -> LoadedCatalogue:
+    """The store's analyses of ``version`` (or those changed ``since``) as a catalogue.
+
+    Streamed a chunk at a time into column arrays: at 100k tracks the per-track
+    StoredAnalysis objects (parsed raw song JSON, a dict and a list of 50 floats each)
+    took ~10 KB a track while loading, and the fragmented heap they left behind kept
+    half of that after they were freed (bench/memory.py). Chunks are parsed in a worker
+    thread so a reload in a running server does not stall its requests.
+    """
+    parts: list[_Columns] = []
+    async for chunk in store.analysed_chunks(version, since=since):
+        parts.append(await asyncio.to_thread(_chunk_columns, chunk))
+    if not parts:
+        return LoadedCatalogue(Catalogue.from_rows([]), [])
+    catalogue = await asyncio.to_thread(_join_columns, parts)
+    return LoadedCatalogue(catalogue, [u for p in parts for u in p.upstream])
+
+
+@dataclass
+class _Columns:
+    """One chunk of store rows as arrays (see load_catalogue)."""
+
+    ids: np.ndarray
+    embeddings: np.ndarray
+    tags: np.ndarray
+    scalars: np.ndarray  # [n, 4]: tempo, energy, loudness, duration
+    keys: np.ndarray
+    minor: np.ndarray
+    upstream: list[str]
+    titles: list[str]
+    artists: list[str]
+    albums: list[str]
+    fingerprints: list[bytes | None]
+
+
+def _chunk_columns(chunk: Sequence[tuple[Any, ...]]) -> _Columns:
+    n = len(chunk)
+    tag_count = len(MSD_LABELS)
+    tags = np.zeros((n, tag_count), np.float32)
+    scalars = np.zeros((n, 4), np.float32)
+    keys = np.full(n, -1, np.int8)
+    minor = np.zeros(n, bool)
+    for i, row in enumerate(chunk):
+        f = json.loads(row[6])
+        t = (f.get("tags") or [])[:tag_count]
+        tags[i, : len(t)] = t
+        scalars[i] = (float(f.get("tempo") or 0.0), float(f.get("energy") or 0.0),
+                      float(f.get("loudness") or -100.0),
+                      float(row[5] or f.get("duration") or 0.0))
+        keys[i] = key_code(f.get("key"))
+        minor[i] = f.get("scale") == "minor"
+    return _Columns(
+        ids=np.fromiter((r[0] for r in chunk), np.int64, count=n),
+        embeddings=np.frombuffer(b"".join(r[7] for r in chunk), dtype="<f4").reshape(n, -1),
+        tags=tags, scalars=scalars, keys=keys, minor=minor,
+        upstream=[r[1] for r in chunk], titles=[r[2] or "" for r in chunk],
+        artists=[r[3] or "" for r in chunk], albums=[r[4] or "" for r in chunk],
+        fingerprints=[r[8] for r in chunk],
+    )
+
+
+def _join_columns(parts: Sequence[_Columns]) -> Catalogue:
+    scalars = np.concatenate([p.scalars for p in parts])
+    return Catalogue.from_columns(
+        ids=np.concatenate([p.ids for p in parts]),
+        embeddings=np.concatenate([p.embeddings for p in parts]).astype(np.float32),
+        tags=np.concatenate([p.tags for p in parts]),
+        tempo=scalars[:, 0].copy(), energy=scalars[:, 1].copy(),
+        loudness=scalars[:, 2].copy(), duration=scalars[:, 3].copy(),
+        key=np.concatenate([p.keys for p in parts]),
+        minor=np.concatenate([p.minor for p in parts]),
+        titles=[t for p in parts for t in p.titles],
+        artists=[a for p in parts for a in p.artists],
+        albums=[a for p in parts for a in p.albums],
+        fingerprints=[f for p in parts for f in p.fingerprints],
+    )
 
 
 async def read_request(config: Config, text: str, use_llm: bool = True) -> Interpretation:

@@ -20,13 +20,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from analysis.store import LibraryStore
-from analysis.types import EMBEDDING_DIM
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
-from index.geometry import Geometry, same_geometry
+from index.geometry import same_geometry
 from index.projection import project_2d
 from musegate.config import Config
-from musegate.library import analyzer_settings, catalogue_rows, library_geometry
+from musegate.library import analyzer_settings, library_geometry, load_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,8 @@ T = TypeVar("T")
 
 # Above this many changed tracks a rebuild is cheaper than add/remove one by one.
 _INCREMENTAL_LIMIT = 5_000
+# Seconds of writes re-read before the last seen one (a clock stepped back loses none).
+_CLOCK_MARGIN = 60.0
 
 
 @dataclass(frozen=True)
@@ -147,32 +148,74 @@ class LibraryService:
             old = self._snapshot
             if old is not None and not force and sig == old.signature:
                 return False
-            rows = await self.store.analysed(self.version)
-            geometry = await self._geometry(rows)
-            if not self.read_only:
-                sig = await self.signature()  # a refit just saved moved it: not a change next time
-            catalogue = await asyncio.to_thread(Catalogue.from_rows, catalogue_rows(rows), geometry)
-            upstream = {int(a.track.id or 0): a.track.upstream_id for a in rows}
+            changes = None if force or old is None else await self._changes(old, sig)
+            if changes is not None:
+                catalogue, upstream, diff = changes
+            else:
+                loaded = await load_catalogue(self.store, self.version)  # raw unit vectors
+                geometry = await library_geometry(self.store, self.config, loaded.catalogue.vectors,
+                                                  save=not self.read_only)
+                if not self.read_only:
+                    sig = await self.signature()  # a refit just saved moved it: not a change next time
+                catalogue = await asyncio.to_thread(loaded.catalogue.in_geometry, geometry)
+                diff = None
+                upstream = dict(zip(catalogue.ids.tolist(), loaded.upstream_ids, strict=True))
             by_upstream = {u: i for i, u in upstream.items()}
-            index, status = await self._index_for(old, catalogue)
+            index, status = await self._index_for(old, catalogue, diff)
             self._snapshot = LibrarySnapshot(
                 catalogue, index, status, upstream, by_upstream, sig
             )
-            log.info("library loaded: %d analysed tracks, index %s (%s), %s geometry fitted on %d",
+            geometry = catalogue.geometry
+            log.info("library %s: %d analysed tracks, index %s (%s), %s geometry fitted on %d",
+                     "updated" if changes is not None else "loaded",
                      len(catalogue), index.kind, status, geometry.method, geometry.fitted_on)
             return True
 
-    async def _geometry(self, rows: Sequence[Any]) -> Geometry:
-        """The saved geometry, or a refit the writer saves. A replica never saves: until
-        the writer's refit lands (the signature moves with it) it uses its own fit of the
-        same store, the same computation on the same rows."""
-        embeddings = (np.stack([a.embedding for a in rows]) if rows
-                      else np.zeros((0, EMBEDDING_DIM), np.float32))
-        return await library_geometry(self.store, self.config, embeddings, save=not self.read_only)
+    async def _changes(
+        self, old: LibrarySnapshot, sig: tuple[Any, ...]
+    ) -> tuple[Catalogue, dict[int, str], tuple[np.ndarray, np.ndarray]] | None:
+        """The old snapshot's catalogue patched with the store rows changed since it was
+        loaded, or None when a full load is needed (the patch does not account for every
+        stored analysis). The ids it returns are (gone, new or changed
+        vector) for the index.
+
+        "Changed since" is taken from the old signature's newest analysis and track edit,
+        less a margin for clocks that step back; the patch is then checked against the
+        store's current id list, so an analysis the timestamps missed means a full load,
+        never a stale row. New rows get the old snapshot's geometry; when the library has
+        drifted from it (or the writer saved a refit) a full load refits instead.
+        """
+        if len(old.signature) < 5 or old.signature[4:] != sig[4:]:
+            return None
+        since = (float(old.signature[1]) - _CLOCK_MARGIN, float(old.signature[3]) - _CLOCK_MARGIN)
+        current = await self.store.analysed_ids(self.version)
+        fresh = await load_catalogue(self.store, self.version, since=since)
+        cat_old = old.catalogue
+        new = fresh.catalogue.in_geometry(cat_old.geometry)
+        gone = np.setdiff1d(cat_old.ids, current)
+        catalogue = await asyncio.to_thread(cat_old.patched, gone, new)
+        if not np.array_equal(catalogue.ids, current):
+            return None
+        if catalogue.geometry.stale_by_mean(catalogue.geometry.raw_mean(catalogue.vectors),
+                                            len(catalogue), self.config.geometry):
+            return None
+        drop = set(gone.tolist())
+        drop.update(new.ids.tolist())
+        upstream = {t: u for t, u in old.upstream_ids.items() if t not in drop}
+        upstream.update(zip(new.ids.tolist(), fresh.upstream_ids, strict=True))
+        known = np.flatnonzero(np.isin(new.ids, cat_old.ids))
+        moved = np.ones(len(new), bool)
+        if len(known):
+            before = cat_old.vectors[cat_old.rows(new.ids[known])]
+            moved[known] = ~np.all(np.isclose(before, new.vectors[known], atol=1e-6), axis=1)
+        return catalogue, upstream, (gone, np.sort(new.ids[moved]))
 
     async def _index_for(
-        self, old: LibrarySnapshot | None, cat: Catalogue
+        self, old: LibrarySnapshot | None, cat: Catalogue,
+        diff: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[SimilarityIndex, str]:
+        """The index for ``cat``: loaded, rebuilt, or the old one updated in place with
+        ``diff`` = (ids gone, ids new or with a changed vector) when the caller knows it."""
         path = self.config.index_path
         threshold = self.config.hnsw_threshold
         if old is not None and not same_geometry(old.catalogue.geometry, cat.geometry):
@@ -190,7 +233,7 @@ class LibraryService:
             if not self.read_only:
                 await asyncio.to_thread(_save_quietly, index, path)
             return index, "rebuilt: analyses changed"
-        gone, changed = _diff(old.catalogue, cat)
+        gone, changed = diff if diff is not None else _diff(old.catalogue, cat)
         if len(gone) + len(changed) > _INCREMENTAL_LIMIT:
             index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
             status = "rebuilt: many analyses changed"
