@@ -65,6 +65,9 @@ class Catalogue:
     fingerprints: list[bytes | None] = field(default_factory=list)
     #: the transform ``vectors`` were made with; raw cosines (duplicates) are recovered through it
     geometry: Geometry = RAW
+    #: per row, mean cosine to its 10 nearest tracks (index.hubness), set once the index is
+    #: built; similar songs are then re-ranked by CSLS. None: plain cosine (``hubness = none``)
+    radius: np.ndarray | None = None
     _row: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

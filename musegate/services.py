@@ -24,6 +24,7 @@ from analysis.types import EMBEDDING_DIM
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
 from index.geometry import Geometry, same_geometry
+from index.hubness import carry_over, neighbourhood_radius
 from index.projection import project_2d
 from musegate.config import Config
 from musegate.library import analyzer_settings, catalogue_rows, library_geometry
@@ -155,6 +156,7 @@ class LibraryService:
             upstream = {int(a.track.id or 0): a.track.upstream_id for a in rows}
             by_upstream = {u: i for i, u in upstream.items()}
             index, status = await self._index_for(old, catalogue)
+            catalogue.radius = await self._radius(old, catalogue, index, status)
             self._snapshot = LibrarySnapshot(
                 catalogue, index, status, upstream, by_upstream, sig
             )
@@ -204,6 +206,27 @@ class LibraryService:
         if not self.read_only:
             await asyncio.to_thread(_save_quietly, index, path)
         return index, status
+
+    async def _radius(
+        self, old: LibrarySnapshot | None, cat: Catalogue, index: SimilarityIndex, status: str
+    ) -> np.ndarray | None:
+        """CSLS neighbourhood radii (index.hubness) for the new catalogue, before it is published.
+
+        A rebuilt index gets every track's r afresh. An HNSW index updated in place
+        computes r only for the tracks that changed and keeps the others' (slightly
+        stale: a new neighbour could have raised it) until the next rebuild.
+        """
+        if self.config.hubness != "csls":
+            return None
+        incremental = (status.startswith("updated") and old is not None
+                       and old.catalogue.radius is not None)
+        if not incremental:
+            return await asyncio.to_thread(neighbourhood_radius, index, cat.ids, cat.vectors)
+        _, changed = _diff(old.catalogue, cat)
+        fresh = (await asyncio.to_thread(neighbourhood_radius, index, changed,
+                                         cat.vectors[cat.rows(changed)])
+                 if len(changed) else np.zeros(0, np.float32))
+        return carry_over(old.catalogue.ids, old.catalogue.radius, cat.ids, changed, fresh)
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[LibrarySnapshot]:
