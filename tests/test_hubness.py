@@ -140,6 +140,15 @@ def test_copies_stay_hidden_when_re_ranked() -> None:
 # ---------------------------------------------------------------------------- the service
 
 
+def test_the_setting_defaults_to_csls_and_rejects_other_values(tmp_path) -> None:
+    from musegate.config import ConfigError
+
+    assert make_config(tmp_path).hubness == "csls"
+    assert make_config(tmp_path, hubness="NONE").hubness == "none"
+    with pytest.raises(ConfigError, match="hubness"):
+        make_config(tmp_path, hubness="mutual")
+
+
 async def test_service_ranks_similar_songs_by_the_setting(tmp_path) -> None:
     answers = {}
     for setting in ("csls", "none"):
