@@ -14,11 +14,12 @@ top candidates by cosine (``candidate_pool``), they are re-ordered by
 with the pool at four times the list and at least 100 it is a song far from the
 query by cosine, whose r would have to be far below everyone else's.
 
-r is computed with the FAISS index itself, in batches, whenever the index is
-(re)built (:func:`neighbourhood_radius`). When tracks are added to an HNSW
-index in place, only theirs is computed (:func:`carry_over`): the others keep
-the r they had, which is slightly stale (a new neighbour could raise it) until
-the next rebuild — a geometry refit, a flat-index rebuild or a large change.
+r is computed for every track with the FAISS index itself, in batches
+(:func:`neighbourhood_radius`: 0.6 s at 10k tracks, 15 s at 100k on a loaded
+2-core VM). When a few tracks are added or changed, only theirs is computed
+(:func:`carry_over`): the others keep the r they had, slightly stale (a new
+neighbour could raise it, a removed one lower it) until a geometry refit or
+until ``STALE_SHARE`` of the library has changed since the last full computation.
 
 Measured (docs/benchmarks.md, "CSLS re-ranking"): held-out soundtracks
 precision@5 0.296 → 0.321 over centring alone; dev corpus unchanged.
@@ -42,6 +43,9 @@ K = 10
 BATCH = 4096
 #: Smallest candidate pool the re-rank draws from.
 MIN_POOL = 100
+#: Every track's r is recomputed once this share of the library was added, changed or
+#: removed since the last full computation; below it only the changed tracks get theirs.
+STALE_SHARE = 0.1
 
 
 def candidate_pool(n: int) -> int:

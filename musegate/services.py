@@ -24,7 +24,7 @@ from analysis.types import EMBEDDING_DIM
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
 from index.geometry import Geometry, same_geometry
-from index.hubness import carry_over, neighbourhood_radius
+from index.hubness import STALE_SHARE, carry_over, neighbourhood_radius
 from index.projection import project_2d
 from musegate.config import Config
 from musegate.library import analyzer_settings, catalogue_rows, library_geometry
@@ -125,6 +125,8 @@ class LibraryService:
         self._refreshing = asyncio.Lock()
         self._projection: tuple[tuple[Any, ...], np.ndarray] | None = None
         self._projecting = asyncio.Lock()
+        # tracks added, changed or removed since every track's CSLS radius was computed
+        self._radius_changes = 0
 
     @property
     def snapshot(self) -> LibrarySnapshot:
@@ -156,7 +158,7 @@ class LibraryService:
             upstream = {int(a.track.id or 0): a.track.upstream_id for a in rows}
             by_upstream = {u: i for i, u in upstream.items()}
             index, status = await self._index_for(old, catalogue)
-            catalogue.radius = await self._radius(old, catalogue, index, status)
+            catalogue.radius = await self._radius(old, catalogue, index)
             self._snapshot = LibrarySnapshot(
                 catalogue, index, status, upstream, by_upstream, sig
             )
@@ -208,21 +210,25 @@ class LibraryService:
         return index, status
 
     async def _radius(
-        self, old: LibrarySnapshot | None, cat: Catalogue, index: SimilarityIndex, status: str
+        self, old: LibrarySnapshot | None, cat: Catalogue, index: SimilarityIndex
     ) -> np.ndarray | None:
         """CSLS neighbourhood radii (index.hubness) for the new catalogue, before it is published.
 
-        A rebuilt index gets every track's r afresh. An HNSW index updated in place
-        computes r only for the tracks that changed and keeps the others' (slightly
-        stale: a new neighbour could have raised it) until the next rebuild.
+        Every track's r is computed afresh at start, after a geometry refit and once
+        ``STALE_SHARE`` of the library changed since the last time; otherwise only the
+        changed tracks get theirs and the others keep theirs (slightly stale).
         """
         if self.config.hubness != "csls":
             return None
-        incremental = (status.startswith("updated") and old is not None
-                       and old.catalogue.radius is not None)
-        if not incremental:
+        gone, changed = (_diff(old.catalogue, cat) if old is not None
+                         else (np.zeros(0, np.int64), cat.ids))
+        changes = self._radius_changes + len(gone) + len(changed)
+        if (old is None or old.catalogue.radius is None
+                or not same_geometry(old.catalogue.geometry, cat.geometry)
+                or changes > STALE_SHARE * len(cat)):
+            self._radius_changes = 0
             return await asyncio.to_thread(neighbourhood_radius, index, cat.ids, cat.vectors)
-        _, changed = _diff(old.catalogue, cat)
+        self._radius_changes = changes
         fresh = (await asyncio.to_thread(neighbourhood_radius, index, changed,
                                          cat.vectors[cat.rows(changed)])
                  if len(changed) else np.zeros(0, np.float32))

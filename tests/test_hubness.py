@@ -177,32 +177,41 @@ async def test_service_ranks_similar_songs_by_the_setting(tmp_path) -> None:
     assert answers["csls"] != answers["none"]  # the synthetic library has hubs to demote
 
 
-async def test_tracks_added_in_place_get_their_radius_and_others_keep_theirs(tmp_path) -> None:
-    config = make_config(tmp_path, hnsw_threshold=10)
+@pytest.mark.parametrize("threshold", [10, 20_000], ids=["hnsw", "flat"])
+async def test_a_few_new_tracks_get_their_radius_and_many_refresh_all(tmp_path, threshold) -> None:
+    config = make_config(tmp_path, hnsw_threshold=threshold)
     lib = await fill_store(config)
     version = analyzer_settings(config).version
     store = await LibraryStore.open(config.db_path)
     try:
         service = LibraryService(store, config)
         await service.refresh(force=True)
-        assert service.snapshot.index.kind == "hnsw"
+        assert service.snapshot.index.kind == ("hnsw" if threshold == 10 else "flat")
         before = service.snapshot.catalogue
-        rec = TrackRecord(source=lib.source, upstream_id="x/one.flac", path="/x/one.flac",
-                          title="One", artist="New", duration=200.0)
-        existing = list((await store.tracks_of_source(lib.source)).values())
-        await store.sync_source(lib.source, [*existing, rec])
-        one = (await store.tracks_of_source(lib.source))["x/one.flac"]
-        emb = await store.embeddings(version)
-        await store.write_results([(one.id, synthetic_analysis(emb[1][0] * 1.01 + 0.001, version))])
-        assert await service.refresh()
-        snap = service.snapshot
-        assert snap.index_status.startswith("updated")
-        cat = snap.catalogue
-        new_row = cat.row(one.id)
+        emb = (await store.embeddings(version))[1]
+
+        async def add(names: list[str]) -> Catalogue:
+            recs = [TrackRecord(source=lib.source, upstream_id=f"x/{n}.flac", path=f"/x/{n}.flac",
+                                title=n, artist="New", duration=200.0) for n in names]
+            existing = list((await store.tracks_of_source(lib.source)).values())
+            await store.sync_source(lib.source, [*existing, *recs])
+            known = await store.tracks_of_source(lib.source)
+            await store.write_results([
+                (known[r.upstream_id].id, synthetic_analysis(emb[i] * 1.01 + 0.001, version))
+                for i, r in enumerate(recs)])
+            assert await service.refresh()
+            return service.snapshot.catalogue
+
+        cat = await add(["one"])  # 1 of 61: below STALE_SHARE, only the new track is computed
+        new_row = len(cat) - 1 if cat.titles[-1] == "one" else cat.titles.index("one")
         s = cat.vectors.astype(np.float64) @ cat.vectors[new_row].astype(np.float64)
         s[new_row] = -np.inf
         assert cat.radius[new_row] == pytest.approx(np.sort(s)[-K:].mean(), abs=1e-4)
         for t in before.ids:  # the others keep the radius they had (stale by design)
             assert cat.radius[cat.row(int(t))] == before.radius[before.row(int(t))]
+        assert not np.allclose(cat.radius, brute_radius(cat.vectors), atol=1e-5)
+        # six more: 7 changes since the full computation, above 10 % of 67: all afresh
+        cat = await add([f"more {i}" for i in range(1, 7)])
+        assert np.allclose(cat.radius, brute_radius(cat.vectors), atol=1e-4)
     finally:
         await store.close()
