@@ -181,8 +181,9 @@ def main() -> int:
         "CSLS over centring alone: " + "; ".join(gains) + ".",
         "",
         f"Cost, on synthetic clustered libraries ({args.queries} seeds each, plain and CSLS "
-        "interleaved in one run). The radii are computed once per index build (and for each "
-        "track added in place):",
+        "interleaved in one run). Every track's radius is computed when the library loads, "
+        "after a geometry refit and once a tenth of the library has changed; in between only "
+        "new or changed tracks get theirs:",
         "",
         *cost,
     ])
