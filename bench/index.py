@@ -48,6 +48,7 @@ from benchlib import (  # noqa: E402
 from index.catalogue import KEYS, Catalogue, CatalogueRow  # noqa: E402
 from index.faiss_index import DEFAULT_HNSW_THRESHOLD, SimilarityIndex  # noqa: E402
 from index.geometry import MEAN_PRIOR_TRACKS, Geometry, fit_geometry  # noqa: E402
+from index.hubness import neighbourhood_radius  # noqa: E402
 from index.path import greedy_path_baseline, song_path  # noqa: E402
 from index.results import duplicate_of  # noqa: E402
 from index.similar import similar_tracks  # noqa: E402
@@ -411,6 +412,11 @@ def geometry_section(rows: np.ndarray, labels: list[str], titles: list[str]) -> 
     ):
         graphs.append((f"{name}, similar_tracks",
                        musegate_neighbours(cat, SimilarityIndex.build(cat.ids, cat.vectors))))
+    shipped_index = SimilarityIndex.build(shipped.ids, shipped.vectors)
+    shipped.radius = neighbourhood_radius(shipped_index, shipped.ids, shipped.vectors)
+    graphs.append(("centred + CSLS re-rank (`hubness = csls`), similar_tracks",
+                   musegate_neighbours(shipped, shipped_index)))
+    shipped.radius = None
     graphs.append(("centred, mean fitted without the query's soundtrack, similar_tracks",
                    held_out_neighbours(rows, labels, titles)))
     raw_vectors = corpus_catalogue(rows, labels, titles).vectors

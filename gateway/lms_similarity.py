@@ -347,7 +347,8 @@ async def dump(request: web.Request) -> web.Response:
             return m is not None and (not same_artist or m.artist_key() == artist)
 
         matches = select_neighbours(cat, snap.index, cat.vectors[seed_row], count,
-                                    max_per_artist=0, blockers=[seed_row], accept=accept)
+                                    max_per_artist=0, blockers=[seed_row], accept=accept,
+                                    radius=cat.radius)
     rows = [(paths.name(m.track_id, as_url), round(1.0 - m.similarity, 6)) for m in matches
             if m.track_id in paths.records]
     if fmt == "text":

@@ -65,6 +65,9 @@ class Catalogue:
     fingerprints: list[bytes | None] = field(default_factory=list)
     #: the transform ``vectors`` were made with; raw cosines (duplicates) are recovered through it
     geometry: Geometry = RAW
+    #: per row, mean cosine to its 10 nearest tracks (index.hubness), set once the index is
+    #: built; similar songs are then re-ranked by CSLS. None: plain cosine (``hubness = none``)
+    radius: np.ndarray | None = None
     # Track id -> row by binary search over the sorted ids: 8 bytes a track instead of a
     # dict entry plus two int objects (~100 bytes), which is 100 MB at 1M tracks.
     _sorted_ids: np.ndarray = field(init=False, repr=False)

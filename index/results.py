@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index import duplicates
+from index import duplicates, hubness
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex
 
@@ -32,7 +32,7 @@ DUPLICATE_SECONDS = 3.0
 @dataclass(frozen=True)
 class Match:
     track_id: int
-    similarity: float  # cosine to the query, best first
+    similarity: float  # cosine to the query, best first (CSLS on the cosine scale: index.hubness)
 
 
 def _text_keys(cat: Catalogue) -> list[str]:
@@ -165,12 +165,16 @@ def select_neighbours(
     allowed: np.ndarray | None = None,
     accept: Callable[[int], bool] | None = None,
     hide_duplicates: bool = True,
+    radius: np.ndarray | None = None,
 ) -> list[Match]:
     """The ``n`` best rows for ``query`` under the playlist rules.
 
     With an ``allowed`` mask (a mood filter, say) the allowed rows are scored
     exactly with one matrix product, since the ANN index cannot filter on tags;
     otherwise the index is asked for a growing candidate pool until ``n`` pass.
+    With ``radius`` (per row, index.hubness) the pool, at least
+    ``hubness.candidate_pool(n)``, is ranked by CSLS instead of cosine, and the
+    matches report it on the cosine scale (:func:`index.hubness.csls_similarity`).
     """
     q = np.asarray(query, np.float32).reshape(-1)
     norm = float(np.linalg.norm(q))
@@ -193,27 +197,54 @@ def select_neighbours(
                 if len(matches) >= n:
                     return
 
+    def ranking(rows: np.ndarray, sims: np.ndarray, query_r: float) -> np.ndarray:
+        if radius is None:
+            return sims
+        return hubness.csls_similarity(sims, radius[rows], query_r)
+
+    def own_radius(rows: np.ndarray, sims: np.ndarray) -> float:
+        """r(x) from the query's cosines (any order), the seeds left out."""
+        if radius is None:
+            return 0.0
+        mine = np.isin(rows, np.fromiter(blockers, np.int64, len(blockers)))
+        return hubness.query_radius(np.sort(sims[~mine])[::-1])
+
+    def reported(scores: np.ndarray) -> np.ndarray:
+        return scores if radius is None else np.clip(scores, -1.0, 1.0)
+
     if allowed is not None:
         rows = np.flatnonzero(allowed)
         sims = cat.vectors[rows] @ q
-        order = rank_order(cat.ids[rows], sims)
-        consume(rows[order], sims[order])
+        if radius is not None:
+            pool_sims, pool_ids = index.search(q, min(len(index), hubness.K + len(blockers)))
+            found = pool_ids[0] >= 0
+            pool_rows = np.array([cat.row(int(t)) if cat.has(int(t)) else -1
+                                  for t in pool_ids[0][found]], np.int64)
+            query_r = own_radius(pool_rows, pool_sims[0][found])
+        else:
+            query_r = 0.0
+        scores = ranking(rows, sims, query_r)
+        order = rank_order(cat.ids[rows], scores)
+        consume(rows[order], reported(scores[order]))
         return matches
 
     k = min(len(index), max(4 * n + len(blockers) + len(skip), 32))
+    if radius is not None:
+        k = min(len(index), max(k, hubness.candidate_pool(n) + len(blockers) + len(skip)))
     while True:
         sims, ids = index.search(q, k)
         found = ids[0] >= 0
         ids, sims = ids[0][found], sims[0][found]
         known = np.array([cat.has(int(t)) for t in ids], bool)
         ids, sims = ids[known], sims[known]
-        order = rank_order(ids, sims)
-        rows = cat.rows(ids[order]) if len(ids) else np.zeros(0, np.int64)
+        rows = cat.rows(ids) if len(ids) else np.zeros(0, np.int64)
+        scores = ranking(rows, sims, own_radius(rows, sims))
+        order = rank_order(ids, scores)
         # Re-rank the whole pool each round so ties at the old pool edge resolve by id.
         matches.clear()
         builder = PlaylistBuilder(cat, max_per_artist, blockers=blockers,
                                   hide_duplicates=hide_duplicates)
-        consume(rows, sims[order])
+        consume(rows[order], reported(scores[order]))
         if len(matches) >= n or k >= len(index):
             break
         k = min(len(index), k * 4)

@@ -86,7 +86,11 @@ def similar_tracks(
     exclude: Collection[int] = (),
     hide_duplicates: bool = True,
 ) -> list[Match]:
-    """The ``n`` songs closest to the seeds, best first, under the playlist rules."""
+    """The ``n`` songs closest to the seeds, best first, under the playlist rules.
+
+    Ranked by CSLS when the catalogue carries neighbourhood radii (``hubness = csls``,
+    index.hubness): a song close to everything must be closer to these seeds to win.
+    """
     seed_rows, query = seed_query(cat, seed_ids)
     exclude_rows = [cat.row(int(t)) for t in exclude if cat.has(int(t))]
     allowed = mood_mask(cat, mood, mood_tolerance) if mood else None
@@ -100,4 +104,5 @@ def similar_tracks(
         exclude_rows=exclude_rows,
         allowed=allowed,
         hide_duplicates=hide_duplicates,
+        radius=cat.radius,
     )

@@ -191,6 +191,14 @@ FIELDS: tuple[Field, ...] = (
         "'hub' songs) or 'raw' (the embeddings as analysed)",
         choices=("centred", "raw"),
     ),
+    Field(
+        "hubness",
+        str,
+        lambda: "csls",  # index.hubness.DEFAULT_METHOD (bench/heldout.py, "CSLS re-ranking")
+        "how similar songs are ranked: 'csls' (a song close to everything must be closer to "
+        "the seed to win) or 'none' (plain cosine)",
+        choices=("csls", "none"),
+    ),
     Field("playlist_dir", str, lambda: "", "where exported M3U8 playlists go (default DATA_DIR/playlists)"),
     Field(
         "llm_provider",
@@ -325,6 +333,7 @@ class Config:
     hide_duplicates: bool
     hnsw_threshold: int
     geometry: str
+    hubness: str
     playlist_dir: str
     llm_provider: str
     llm_url: str

@@ -23,6 +23,7 @@ from analysis.store import LibraryStore
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
 from index.geometry import same_geometry
+from index.hubness import STALE_SHARE, carry_over, neighbourhood_radius
 from index.projection import project_2d
 from musegate.config import Config
 from musegate.library import analyzer_settings, library_geometry, load_catalogue
@@ -125,6 +126,8 @@ class LibraryService:
         self._refreshing = asyncio.Lock()
         self._projection: tuple[tuple[Any, ...], np.ndarray] | None = None
         self._projecting = asyncio.Lock()
+        # tracks added, changed or removed since every track's CSLS radius was computed
+        self._radius_changes = 0
 
     @property
     def snapshot(self) -> LibrarySnapshot:
@@ -162,6 +165,7 @@ class LibraryService:
                 upstream = dict(zip(catalogue.ids.tolist(), loaded.upstream_ids, strict=True))
             by_upstream = {u: i for i, u in upstream.items()}
             index, status = await self._index_for(old, catalogue, diff)
+            catalogue.radius = await self._radius(old, catalogue, index, diff)
             self._snapshot = LibrarySnapshot(
                 catalogue, index, status, upstream, by_upstream, sig
             )
@@ -247,6 +251,35 @@ class LibraryService:
         if not self.read_only:
             await asyncio.to_thread(_save_quietly, index, path)
         return index, status
+
+    async def _radius(
+        self, old: LibrarySnapshot | None, cat: Catalogue, index: SimilarityIndex,
+        diff: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray | None:
+        """CSLS neighbourhood radii (index.hubness) for the new catalogue, before it is published.
+
+        Every track's r is computed afresh at start, after a geometry refit and once
+        ``STALE_SHARE`` of the library changed since the last time; otherwise only the
+        changed tracks get theirs and the others keep theirs (slightly stale).
+        """
+        if self.config.hubness != "csls":
+            return None
+        if diff is not None:  # an incremental reload knows what moved
+            gone, changed = diff
+        else:
+            gone, changed = (_diff(old.catalogue, cat) if old is not None
+                             else (np.zeros(0, np.int64), cat.ids))
+        changes = self._radius_changes + len(gone) + len(changed)
+        if (old is None or old.catalogue.radius is None
+                or not same_geometry(old.catalogue.geometry, cat.geometry)
+                or changes > STALE_SHARE * len(cat)):
+            self._radius_changes = 0
+            return await asyncio.to_thread(neighbourhood_radius, index, cat.ids, cat.vectors)
+        self._radius_changes = changes
+        fresh = (await asyncio.to_thread(neighbourhood_radius, index, changed,
+                                         cat.vectors[cat.rows(changed)])
+                 if len(changed) else np.zeros(0, np.float32))
+        return carry_over(old.catalogue.ids, old.catalogue.radius, cat.ids, changed, fresh)
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[LibrarySnapshot]:
