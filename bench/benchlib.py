@@ -374,12 +374,17 @@ def percentile_ms(samples: list[float], q: float) -> float:
 async def latency_rounds(targets: Mapping[str, str], path: str, n: int, *,
                          params: Mapping[str, str] | None = None,
                          headers: Mapping[str, str] | None = None,
-                         rounds: int = 5, warm: int = 20) -> dict[str, tuple[float, float]]:
+                         rounds: int = 5, warm: int = 20,
+                         pids: Mapping[str, int] | None = None,
+                         ) -> dict[str, tuple[float, float]]:
     """p50/p99 ms per target of ``n`` sequential requests on one keep-alive connection each.
 
     The ``n`` requests are split into ``rounds`` blocks taken in turn (direct, musegate,
     nginx, direct, …), so a burst of load from other jobs lands on every target alike.
+    With ``pids`` (relay process per target), the relay's CPU ms per request is added as
+    ``"<target> cpu"`` (p50, p50): unlike the wall time it does not grow with the load.
     """
+    cpu: dict[str, float] = {t: 0.0 for t in (pids or {})}
     sessions = {t: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
                 for t in targets}
     samples: dict[str, list[float]] = {t: [] for t in targets}
@@ -397,12 +402,20 @@ async def latency_rounds(targets: Mapping[str, str], path: str, n: int, *,
         per_round = max(1, n // rounds)
         for _ in range(rounds):
             for t in targets:
+                pid = (pids or {}).get(t)
+                cpu0 = cpu_seconds(pid) if pid else 0.0
                 for _ in range(per_round):
                     samples[t].append(await one(t))
+                if pid:
+                    cpu[t] += cpu_seconds(pid) - cpu0
     finally:
         for s in sessions.values():
             await s.close()
-    return {t: (percentile_ms(v, 50), percentile_ms(v, 99)) for t, v in samples.items()}
+    out = {t: (percentile_ms(v, 50), percentile_ms(v, 99)) for t, v in samples.items()}
+    for t, seconds in cpu.items():
+        per = seconds * 1000 / len(samples[t])
+        out[f"{t} cpu"] = (per, per)
+    return out
 
 
 async def stream_rounds(targets: Mapping[str, str], path: str, repeats: int, *,
@@ -445,7 +458,7 @@ async def stream_rounds(targets: Mapping[str, str], path: str, repeats: int, *,
 def passthrough_tables(lat: Mapping[str, tuple[float, float]], stream: Mapping[str, Any],
                        size_mb: int, what: str, stream_what: str) -> list[str]:
     """Markdown: latency with each relay's added p50, and stream MB/s with ratios."""
-    targets = list(lat)
+    targets = [t for t in lat if not t.endswith(" cpu")]
     relays = [t for t in targets if t != "direct"]
     lines = ["| request | " + " | ".join(f"{t} p50 / p99 (ms)" for t in targets)
              + " | " + " | ".join(f"{t} adds at p50" for t in relays)
@@ -456,6 +469,9 @@ def passthrough_tables(lat: Mapping[str, tuple[float, float]], stream: Mapping[s
     if "nginx" in lat:
         adds.append(f"{lat['musegate'][0] - lat['nginx'][0]:+.2f} ms")
     lines.append(f"| {what} | " + " | ".join(cells + adds) + " |")
+    if any(f"{t} cpu" in lat for t in relays):
+        lines += ["", f"Relay CPU per {what} request (ms, /proc): " + ", ".join(
+            f"{t} {lat[f'{t} cpu'][0]:.3f}" for t in relays if f"{t} cpu" in lat) + "."]
     direct = stream["direct"]
     lines += ["", f"| {size_mb} MB {stream_what} | " + " | ".join(targets) + " |",
               "| --- |" + " ---: |" * len(targets),

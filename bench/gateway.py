@@ -327,7 +327,7 @@ async def _measure(upstream: Upstream, gate: Any, nginx: Any, n: int, per_client
     for label, path in (("ping", upstream.ping), ("getAlbum", upstream.album)):
         if label == "getAlbum" and passthrough_only:
             continue
-        results[label] = await latency_rounds(targets, path, n, params=upstream.auth)
+        results[label] = await latency_rounds(targets, path, n, params=upstream.auth, pids=pids)
         print(f"{label:>12}: {results[label]}", flush=True)
     results["stream"] = await stream_rounds(targets, upstream.stream, repeats,
                                             params=upstream.auth, pids=pids)
@@ -377,7 +377,7 @@ def render(r: dict[str, Any]) -> str:
               + " | " + " | ".join(f"{t} adds at p50" for t in targets if t != "direct") + " |",
               "| --- |" + " ---: |" * (2 * len(targets) - 1)]
     for label in ("ping", "getAlbum"):
-        lat = r[label]
+        lat = {t: v for t, v in r[label].items() if not t.endswith(" cpu")}
         cells = [f"{lat[t][0]:.2f} / {lat[t][1]:.2f}" for t in targets]
         adds = [f"{lat[t][0] - lat['direct'][0]:+.2f} ms" for t in targets if t != "direct"]
         lines.append(f"| `{label}` | " + " | ".join(cells + adds) + " |")

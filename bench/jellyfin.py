@@ -179,7 +179,7 @@ async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
                     pids["nginx"] = nginx.pid
                 r["targets"] = list(targets)
                 r["ping"] = await latency_rounds(targets, "/System/Ping", max(n, 200) * 5,
-                                                 headers=headers)
+                                                 headers=headers, pids=pids)
                 print(f"ping: {r['ping']}", flush=True)
                 r["stream"] = await stream_rounds(
                     targets, f"/Audio/{songs[0]['id']}/stream", r["repeats"],
