@@ -27,13 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -45,9 +42,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchlib import gateway_bench_main, machine, stop_process  # noqa: E402
+from benchlib import (  # noqa: E402
+    gateway_bench_main,
+    latency_rounds,
+    machine,
+    passthrough_tables,
+    run_musegate_served,
+    run_nginx,
+    stop_process,
+    stream_rounds,
+)
 
-from tests.upstream_stub import free_port, run_musegate  # noqa: E402
+from tests.upstream_stub import run_musegate  # noqa: E402
 
 BIG = 200 * 1024 * 1024
 SECTION = "## Gateway pass-through"
@@ -121,117 +127,12 @@ def _supysonic_available() -> bool:
     return importlib.util.find_spec("supysonic") is not None
 
 
-# ---------------------------------------------------------------------------- nginx
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-master_process on;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    upstream music {{ server {host}:{port}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{listen};
-        location / {{
-            proxy_pass http://music;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $proxy_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_read_timeout 1d;
-        }}
-    }}
-}}
-"""
-
-
-def nginx_binary() -> str | None:
-    """nginx from PATH or /usr/sbin, installed with apt-get when missing (and allowed)."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if found or not shutil.which("apt-get"):
-        return found
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    print("nginx is missing: installing the Debian package with apt-get", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "nginx"], check=False, env=env)
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-
-
-@contextlib.asynccontextmanager
-async def run_nginx(work: Path, upstream_url: str) -> AsyncIterator[str | None]:
-    binary = nginx_binary()
-    if binary is None:
-        yield None
-        return
-    from yarl import URL
-
-    up = URL(upstream_url)
-    work.mkdir(parents=True, exist_ok=True)
-    listen = free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=work, host=up.host, port=up.port, listen=listen))
-    proc = await asyncio.create_subprocess_exec(binary, "-p", str(work), "-c", str(conf))
-    try:
-        url = f"http://127.0.0.1:{listen}"
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(url + "/") as r:
-                        await r.read()
-                        break
-                await asyncio.sleep(0.1)
-        yield url
-    finally:
-        await stop_process(proc)
-
-
 # ---------------------------------------------------------------------------- measurements
 
 
 def _ms(samples: list[float]) -> tuple[float, float]:
     arr = np.asarray(samples) * 1000
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
-
-
-async def latency(base: str, path: str, auth: dict[str, str], n: int) -> tuple[float, float]:
-    """p50/p99 ms of ``n`` sequential requests on one keep-alive connection."""
-    samples: list[float] = []
-    connector = aiohttp.TCPConnector(limit=1)
-    async with aiohttp.ClientSession(connector=connector) as s:
-        for i in range(n + 20):
-            t0 = time.perf_counter()
-            async with s.get(base + path, params=auth) as r:
-                await r.read()
-                assert r.status == 200, r.status
-            if i >= 20:  # warm-up
-                samples.append(time.perf_counter() - t0)
-    return _ms(samples)
-
-
-async def throughput(base: str, path: str, auth: dict[str, str]) -> float:
-    """MB/s of one full download, reading 1 MiB at a time (the bytes are counted, not kept)."""
-    async with aiohttp.ClientSession(auto_decompress=False) as s:
-        t0 = time.perf_counter()
-        size = 0
-        async with s.get(base + path, params=auth) as r:
-            assert r.status == 200, r.status
-            async for chunk in r.content.iter_chunked(1 << 20):
-                size += len(chunk)
-        elapsed = time.perf_counter() - t0
-    assert size >= BIG * 0.99, size
-    return size / elapsed / 1e6
 
 
 async def concurrent(base: str, path: str, auth: dict[str, str], clients: int,
@@ -403,8 +304,8 @@ def render_similar(sim: dict[str, Any], n: int) -> list[str]:
 # ---------------------------------------------------------------------------- the run
 
 
-async def run(quick: bool) -> dict[str, Any]:
-    n = 100 if quick else 1000
+async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
+    n = 200 if quick else 1000
     per_client = 10 if quick else 40
     with tempfile.TemporaryDirectory(prefix="musegate-bench-gw-") as tmp:
         work = Path(tmp)
@@ -412,38 +313,62 @@ async def run(quick: bool) -> dict[str, Any]:
             supysonic_upstream if _supysonic_available() else stub_upstream)
         async with make_upstream(work / "upstream") as upstream:
             seeds = (await seed_store(work / "musegate", upstream)
-                     if make_upstream is supysonic_upstream else [])
-            async with run_musegate(work / "musegate", upstream.url,
-                                    source="subsonic" if seeds else "folder") as gate, \
-                    run_nginx(work / "nginx", upstream.url) as nginx_url:
-                results = await _measure(upstream, gate, nginx_url, seeds, n, per_client)
+                     if make_upstream is supysonic_upstream and not passthrough_only else [])
+            source = "subsonic" if make_upstream is supysonic_upstream else "folder"
+            async with run_musegate_served(work / "musegate", upstream.url,
+                                           {"source": source}) as gate, \
+                    run_nginx(work / "nginx", upstream.url) as nginx:
+                results = await _measure(upstream, gate, nginx, n, per_client,
+                                         repeats=2 if quick else 3,
+                                         passthrough_only=passthrough_only)
             results["similar"] = (await similar_modes(work / "musegate", upstream, seeds,
                                                       min(n, 100)) if seeds else None)
     return results
 
 
-async def _measure(upstream: Upstream, gate: Any, nginx_url: str | None, seeds: list[str],
-           n: int, per_client: int) -> dict[str, Any]:
+async def _measure(upstream: Upstream, gate: Any, nginx: Any, n: int, per_client: int,
+                   repeats: int, passthrough_only: bool) -> dict[str, Any]:
     targets = {"direct": upstream.url, "musegate": gate.url}
-    if nginx_url:
-        targets["nginx"] = nginx_url
+    pids = {"musegate": gate.pid}
+    if nginx:
+        targets["nginx"] = nginx.url
+        pids["nginx"] = nginx.pid
     results: dict[str, Any] = {"upstream": upstream.name, "targets": list(targets),
-                               "n": n, "per_client": per_client}
+                               "n": n, "per_client": per_client, "repeats": repeats}
+    logged = gate.access_lines()
 
-    async def each(label: str, fn: Callable[[str], Awaitable[Any]]) -> None:
+    for label, path in (("ping", upstream.ping), ("getAlbum", upstream.album)):
+        if label == "getAlbum" and passthrough_only:
+            continue
+        results[label] = await latency_rounds(targets, path, n, params=upstream.auth, pids=pids)
+        print(f"{label:>12}: {results[label]}", flush=True)
+    results["stream"] = await stream_rounds(targets, upstream.stream, repeats,
+                                            params=upstream.auth, pids=pids)
+    print(f"{'stream':>12}: {results['stream']}", flush=True)
+    if not passthrough_only:
         for name, base in targets.items():
-            results[(label, name)] = await fn(base)
-            print(f"{label:>12} {name:>8}: {results[(label, name)]}", flush=True)
-
-    await each("ping", lambda b: latency(b, upstream.ping, upstream.auth, n))
-    await each("getAlbum", lambda b: latency(b, upstream.album, upstream.auth, n))
-    await each("stream", lambda b: throughput(b, upstream.stream, upstream.auth))
-    await each("concurrent", lambda b: concurrent(b, upstream.album, upstream.auth,
-                                                  50, per_client))
+            results[("concurrent", name)] = await concurrent(base, upstream.album, upstream.auth,
+                                                             50, per_client)
+            print(f"{'concurrent':>12} {name:>8}: {results[('concurrent', name)]}", flush=True)
     results["musegate_rss_mib"] = gate.memory_kib()["VmHWM"] / 1024
+    results["access_lines"] = gate.access_lines() - logged
     return results
 
 
+def render_passthrough(r: dict[str, Any]) -> str:
+    """The pass-through tables alone (``--passthrough``): ping latency and the 200 MB stream."""
+    size_mb = round(r["stream"]["direct"]["bytes"] / 1024 / 1024)
+    lines = [f"Measured {date.today().isoformat()} on {machine()}, 2-core VM, 24 GiB, shared "
+             "with other jobs; command: `flock /tmp/musegate-bench.lock .venv/bin/python "
+             "bench/gateway.py --passthrough`.",
+             f"Upstream: {r['upstream']}. musegate run as `musegate serve` runs it (INFO log "
+             f"level, redacting access log: {r['access_lines']} lines written during the run). "
+             f"Latency: {r['n']} sequential requests per target on one keep-alive connection "
+             "after 20 warm-up ones, in 5 blocks taken in turn; stream: "
+             f"{r['repeats']} downloads per target, taken in turn.", "",
+             *passthrough_tables(r["ping"], r["stream"], size_mb, "`ping`",
+                                 "`stream` (format=raw)"), ""]
+    return "\n".join(lines)
 
 
 def render(r: dict[str, Any]) -> str:
@@ -460,21 +385,20 @@ def render(r: dict[str, Any]) -> str:
         "`proxy_buffering off`. Latency: "
         f"{r['n']} sequential requests on one keep-alive connection after 20 warm-up ones.",
         "",
-        "| request | " + " | ".join(f"{t} p50 / p99 (ms)" for t in targets)
-        + " | " + " | ".join(f"{t} adds at p50" for t in targets if t != "direct") + " |",
-        "| --- |" + " ---: |" * (2 * len(targets) - 1),
     ]
+    lines += ["| request | " + " | ".join(f"{t} p50 / p99 (ms)" for t in targets)
+              + " | " + " | ".join(f"{t} adds at p50" for t in targets if t != "direct") + " |",
+              "| --- |" + " ---: |" * (2 * len(targets) - 1)]
     for label in ("ping", "getAlbum"):
-        cells = [f"{r[(label, t)][0]:.2f} / {r[(label, t)][1]:.2f}" for t in targets]
-        adds = [f"{r[(label, t)][0] - r[(label, 'direct')][0]:+.2f} ms"
-                for t in targets if t != "direct"]
+        lat = {t: v for t, v in r[label].items() if not t.endswith(" cpu")}
+        cells = [f"{lat[t][0]:.2f} / {lat[t][1]:.2f}" for t in targets]
+        adds = [f"{lat[t][0] - lat['direct'][0]:+.2f} ms" for t in targets if t != "direct"]
         lines.append(f"| `{label}` | " + " | ".join(cells + adds) + " |")
-    lines += ["", "| 200 MB `stream` (format=raw) | " + " | ".join(targets) + " |",
-              "| --- |" + " ---: |" * len(targets)]
-    direct = r[("stream", "direct")]
-    lines.append("| MB/s | " + " | ".join(f"{r[('stream', t)]:.0f}" for t in targets) + " |")
-    lines.append("| share of direct | " + " | ".join(
-        f"{100 * r[('stream', t)] / direct:.0f}%" for t in targets) + " |")
+    size_mb = round(r["stream"]["direct"]["bytes"] / 1024 / 1024)
+    lines += ["", f"Stream: {r['repeats']} downloads per target, taken in turn; the relay's CPU "
+                  "seconds per download from /proc.", "",
+              *passthrough_tables(r["ping"], r["stream"], size_mb, "`ping`",
+                                  "`stream` (format=raw)")[3:]]
     lines += ["", f"50 concurrent clients, {r['per_client']} `getAlbum` each:", "",
               "| target | requests/s | p50 (ms) | p99 (ms) |", "| --- | ---: | ---: | ---: |"]
     for t in targets:
@@ -498,7 +422,8 @@ def render(r: dict[str, Any]) -> str:
 
 def main() -> int:
     return gateway_bench_main(
-        __doc__.split("\n", 1)[0], SECTION, run, render, quick_help="fewer requests (a smoke run)"
+        __doc__.split("\n", 1)[0], SECTION, run, render, quick_help="fewer requests (a smoke run)",
+        passthrough=(lambda quick: run(quick, passthrough_only=True), render_passthrough),
     )
 
 

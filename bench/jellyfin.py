@@ -4,18 +4,23 @@
 
 Jellyfin cannot be installed here, so the upstream is the test suite's fake
 Jellyfin (tests/fakes/jellyfin.py) in its own process, holding a generated
-library (2,000 songs, 100 artists, 200 albums, 20 genres; one 20 MB song for
+library (2,000 songs, 100 artists, 200 albums, 20 genres; one 200 MB song for
 the stream). musegate runs in front of it in another process (``source =
-"jellyfin"``) with a synthetic analysis for every song (one embedding cluster
-per artist), so the index is full and every mix is answered by musegate.
+"jellyfin"``, run as ``musegate serve`` runs it, access log included) with a
+synthetic analysis for every song (one embedding cluster per artist), so the
+index is full and every mix is answered by musegate; nginx (one worker,
+``proxy_buffering off``) in front of the same fake is the pass-through baseline.
 Measured, in the same run:
 
 1. ``GET /Items/{id}/InstantMix?limit=200`` for a song seed through musegate
    (FAISS neighbours + one ``/Items?Ids=`` call as the caller) versus the
    fake's native mix asked directly (random songs sharing a genre), p50/p99;
    album and genre seeds through musegate as well;
-2. pass-through overhead for ``GET /Items`` (50 songs) versus direct;
-3. throughput of one 20 MB ``/Audio/{id}/stream`` versus direct.
+2. pass-through latency of ``GET /System/Ping`` and ``GET /Items`` (50 songs),
+   direct / musegate / nginx;
+3. throughput of a 200 MB ``/Audio/{id}/stream``, direct / musegate / nginx.
+
+``--passthrough`` measures only 2 (ping) and 3 and prints them.
 
 The fake is Python, so its own answers are slower than Jellyfin's would be;
 the comparison that holds is what musegate adds on top of the same upstream.
@@ -43,17 +48,26 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchlib import gateway_bench_main, machine, stop_process  # noqa: E402
+from benchlib import (  # noqa: E402
+    free_port,
+    gateway_bench_main,
+    latency_rounds,
+    machine,
+    passthrough_tables,
+    run_musegate_served,
+    run_nginx,
+    stop_process,
+    stream_rounds,
+)
 
 from analysis.store import LibraryStore, TrackRecord  # noqa: E402
 from musegate.config import load_config  # noqa: E402
 from musegate.library import analyzer_settings  # noqa: E402
 from tests.store_factory import synthetic_analysis  # noqa: E402
-from tests.upstream_stub import free_port  # noqa: E402
 
 SECTION = "## Jellyfin gateway"
 SONGS, ARTISTS, ALBUMS_PER_ARTIST, GENRES = 2000, 100, 2, 20
-BIG = 20 * 1024 * 1024
+BIG = 200 * 1024 * 1024
 
 # The fake in its own process: builds the library, prints it as JSON, serves until killed.
 _FAKE = """
@@ -104,41 +118,6 @@ async def run_fake(quick: bool) -> AsyncIterator[dict[str, Any]]:
         await stop_process(proc)
 
 
-# musegate in its own process, as `musegate serve` builds it (no scheduler: the store is seeded).
-_MUSEGATE = """
-import sys
-from aiohttp import web
-from gateway.app import create_app
-from musegate.config import load_config
-config = load_config(None, env={}, overrides={
-    "data_dir": sys.argv[1], "upstream_url": sys.argv[2], "port": int(sys.argv[3]),
-    "source": "jellyfin", "upstream_api_key": sys.argv[4], "log_level": "WARNING"})
-web.run_app(create_app(config), host="127.0.0.1", port=config.port, access_log=None,
-            print=lambda *_: print("READY", flush=True))
-"""
-
-
-@contextlib.asynccontextmanager
-async def run_musegate(data_dir: Path, url: str, key: str) -> AsyncIterator[str]:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _MUSEGATE, str(data_dir), url, str(port), key,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(REPO),
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.stdout is not None
-    try:
-        output = b""
-        while b"READY" not in output:
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            if not line:
-                raise RuntimeError(f"musegate did not start:\n{output.decode(errors='replace')}")
-            output += line
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await stop_process(proc)
-
-
 async def seed_store(data_dir: Path, url: str, songs: list[dict[str, Any]]) -> None:
     """A synthetic analysis for every song: one embedding cluster per artist."""
     config = load_config(None, env={}, overrides={"data_dir": str(data_dir), "source": "jellyfin",
@@ -176,18 +155,39 @@ async def timed(call: Callable[[], Awaitable[Any]], n: int, warm: int = 5) -> tu
     return statistics.median(samples), samples[min(len(samples) - 1, int(0.99 * len(samples)))]
 
 
-async def run(quick: bool) -> dict[str, Any]:
+async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
     n = 30 if quick else 200
-    r: dict[str, Any] = {"n": n}
+    r: dict[str, Any] = {"n": n, "repeats": 2 if quick else 3}
     with tempfile.TemporaryDirectory() as tmp:
         async with run_fake(quick) as fake:
             songs = fake["songs"]
             r["songs"] = len(songs)
-            await seed_store(Path(tmp) / "data", fake["url"], songs)
-            async with run_musegate(Path(tmp) / "data", fake["url"], fake["key"]) as mg_url, \
+            if not passthrough_only:
+                await seed_store(Path(tmp) / "data", fake["url"], songs)
+            async with run_musegate_served(Path(tmp) / "data", fake["url"], {
+                        "source": "jellyfin", "upstream_api_key": fake["key"]}) as gate, \
+                    run_nginx(Path(tmp) / "nginx", fake["url"]) as nginx, \
                     aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+                mg_url = gate.url
+                logged = gate.access_lines()
                 headers = {"Authorization": f'MediaBrowser Client="bench", Device="bench", '
                                             f'DeviceId="bench", Version="1", Token="{fake["token"]}"'}
+                targets = {"direct": fake["url"], "musegate": mg_url}
+                pids = {"musegate": gate.pid}
+                if nginx:
+                    targets["nginx"] = nginx.url
+                    pids["nginx"] = nginx.pid
+                r["targets"] = list(targets)
+                r["ping"] = await latency_rounds(targets, "/System/Ping", max(n, 200) * 5,
+                                                 headers=headers, pids=pids)
+                print(f"ping: {r['ping']}", flush=True)
+                r["stream"] = await stream_rounds(
+                    targets, f"/Audio/{songs[0]['id']}/stream", r["repeats"],
+                    params={"static": "true"}, headers=headers, pids=pids)
+                print(f"stream: {r['stream']}", flush=True)
+                r["access_lines"] = gate.access_lines() - logged
+                if passthrough_only:
+                    return r
                 seeds = iter(s["id"] for s in songs[1:] * 10)
                 counts: dict[str, list[int]] = {}
 
@@ -215,24 +215,27 @@ async def run(quick: bool) -> dict[str, Any]:
                     mg_url, f"/MusicGenres/{next(genre_iter)}/InstantMix", "genre",
                     limit=200), n // 4)
                 r["items_counts"] = {k: statistics.mean(v) for k, v in counts.items()}
-                for target, base in (("direct", fake["url"]), ("musegate", mg_url)):
-                    r[("items", target)] = await timed(lambda b=base: get(
-                        b, "/Items", IncludeItemTypes="Audio", Recursive="true", Limit="50"), n)
-                for target, base in (("direct", fake["url"]), ("musegate", mg_url)):
-                    best = 0.0
-                    for _ in range(2 if quick else 5):
-                        t0 = time.perf_counter()
-                        size = 0
-                        async with session.get(f"{base}/Audio/{songs[0]['id']}/stream",
-                                               params={"static": "true"}, headers=headers) as resp:
-                            async for chunk in resp.content.iter_any():
-                                size += len(chunk)
-                        assert size == BIG
-                        best = max(best, size / (time.perf_counter() - t0) / 1e6)
-                    r[("stream", target)] = best
+                r["items"] = await latency_rounds(
+                    targets, "/Items", n, headers=headers,
+                    params={"IncludeItemTypes": "Audio", "Recursive": "true", "Limit": "50"},
+                    warm=5)
     return r
 
 
+def render_passthrough(r: dict[str, Any], command: str = "bench/jellyfin.py --passthrough"
+                       ) -> str:
+    """Ping latency and the 200 MB stream, direct / musegate / nginx (``--passthrough``)."""
+    size_mb = round(r["stream"]["direct"]["bytes"] / 1024 / 1024)
+    return "\n".join([
+        f"Measured {date.today().isoformat()} on {machine()}, 2-core VM, 24 GiB, shared with "
+        f"other jobs; command: `flock /tmp/musegate-bench.lock .venv/bin/python {command}`.",
+        f"Upstream: the fake Jellyfin (aiohttp, its own process). musegate run as `musegate "
+        f"serve` runs it (INFO log level, redacting access log: {r['access_lines']} lines "
+        f"written). Latency: {max(r['n'], 200) * 5} sequential `GET /System/Ping` per target "
+        "on one keep-alive connection after 20 warm-up ones, in 5 blocks taken in turn; "
+        f"stream: {r['repeats']} downloads per target, taken in turn.", "",
+        *passthrough_tables(r["ping"], r["stream"], size_mb, "`GET /System/Ping`",
+                            "`/Audio/{id}/stream`"), ""])
 
 
 def render(r: dict[str, Any]) -> str:
@@ -240,6 +243,7 @@ def render(r: dict[str, Any]) -> str:
         return f"{r[key][0]:.1f} / {r[key][1]:.1f}"
 
     c = r["items_counts"]
+    size_mb = round(r["stream"]["direct"]["bytes"] / 1024 / 1024)
     lines = [
         f"{SECTION} (`make bench` → `bench/jellyfin.py`)",
         "",
@@ -268,14 +272,17 @@ def render(r: dict[str, Any]) -> str:
         "`GET /Items?Ids=…` (200 ids) as the caller; most of its time is the upstream building "
         "those 200 DTOs. Album and genre seeds add two lookups (the seed item, its songs).",
         "",
-        "| pass-through | direct | through musegate | added |",
-        "| --- | ---: | ---: | ---: |",
-        f"| `GET /Items` (50 songs), p50 / p99 ms | {pp(('items', 'direct'))} | "
-        f"{pp(('items', 'musegate'))} | "
-        f"{r[('items', 'musegate')][0] - r[('items', 'direct')][0]:+.2f} ms at p50 |",
-        f"| 20 MB `/Audio/{{id}}/stream`, MB/s (best of runs) | "
-        f"{r[('stream', 'direct')]:.0f} | {r[('stream', 'musegate')]:.0f} | "
-        f"{100 * r[('stream', 'musegate')] / r[('stream', 'direct')]:.0f}% of direct |",
+        "Pass-through, direct / musegate / nginx in the same run:",
+        "",
+        *passthrough_tables(r["items"], r["stream"], size_mb, "`GET /Items` (50 songs)",
+                            "`/Audio/{id}/stream`"),
+        "",
+        *passthrough_tables(r["ping"], r["stream"], size_mb, "`GET /System/Ping`",
+                            "`/Audio/{id}/stream`")[:3],
+        "",
+        f"Ping: {max(r['n'], 200) * 5} requests per target, `/Items`: {r['n']}, in 5 blocks "
+        f"taken in turn; stream: {r['repeats']} downloads per target, taken in turn. musegate "
+        f"runs as `musegate serve` runs it (INFO log level, redacting access log).",
         "",
     ]
     return "\n".join(lines)
@@ -283,7 +290,8 @@ def render(r: dict[str, Any]) -> str:
 
 def main() -> int:
     return gateway_bench_main(
-        __doc__.split("\n", 1)[0], SECTION, run, render, quick_help="fewer songs and requests"
+        __doc__.split("\n", 1)[0], SECTION, run, render, quick_help="fewer songs and requests",
+        passthrough=(lambda quick: run(quick, passthrough_only=True), render_passthrough),
     )
 
 

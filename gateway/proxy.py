@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -64,6 +64,13 @@ _WS_DROP = frozenset({
 # aiohttp adds these to requests when absent; a pass-through must not invent them
 # (an invented Accept-Encoding would make the upstream compress what the caller did not ask for).
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# The drop sets of the common cases, built once instead of per request.
+_DROP_SETS = {extra: HOP_BY_HOP | extra for extra in (
+    frozenset(), _REQUEST_DROP, _REQUEST_DROP | _WS_DROP)}
+# How much one read from the upstream socket may bring (asyncio's default is 256 KiB):
+# fewer, larger reads mean fewer loop iterations and writes per MB of a stream. Memory
+# stays bounded by the client's read buffer (read_bufsize) plus one read.
+UPSTREAM_READ_SIZE = 1 << 20
 
 # Connecting may fail fast (a dead upstream should give a 502 quickly); reading may not
 # (a paused stream or an idle SSE connection is normal). Defaults of the
@@ -153,8 +160,11 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 
 
 def _end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
-                extra_drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | _connection_tokens(headers) | set(extra_drop)
+                extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    # Without a Connection header (the usual keep-alive request) the drop set is a constant.
+    drop = (_DROP_SETS.get(extra_drop) if "Connection" not in headers else None)
+    if drop is None:
+        drop = HOP_BY_HOP | _connection_tokens(headers) | extra_drop
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
@@ -167,7 +177,7 @@ def request_headers(request: web.Request, *, websocket: bool = False) -> CIMulti
     musegate saw otherwise. (From an untrusted caller gateway.forwarding has already
     removed them, so they can never be forged through musegate.)
     """
-    headers = _end_to_end(request.headers, _REQUEST_DROP | (_WS_DROP if websocket else set()))
+    headers = _end_to_end(request.headers, _REQUEST_DROP | _WS_DROP if websocket else _REQUEST_DROP)
     peer = forwarding.peer(request)
     chain = ", ".join(v for v in request.headers.getall("X-Forwarded-For", ()) if v)
     headers.popall("X-Forwarded-For", None)
@@ -292,15 +302,41 @@ def _response_headers(request: web.Request, upstream: aiohttp.ClientResponse,
     return headers
 
 
+class _RelayResponse(web.StreamResponse):
+    """A StreamResponse whose head is held back until the first body bytes are written.
+
+    aiohttp's StreamResponse sends the head on ``prepare`` by itself, so a small answer
+    (a ``ping``, a JSON page) went out as two packets and woke the caller twice; holding
+    it lets head and body leave in one write. ``_relay_response`` flushes the head at once
+    when no body bytes are there yet, so a stream that starts slowly (SSE) is not delayed.
+    """
+
+    _send_headers_immediately = False
+
+
+def _read_in_large_pieces(upstream: aiohttp.ClientResponse) -> None:
+    """Let the upstream socket be read ``UPSTREAM_READ_SIZE`` at a time (asyncio transports)."""
+    conn = upstream.connection
+    transport = conn.transport if conn is not None else None
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = max(transport.max_size, UPSTREAM_READ_SIZE)  # type: ignore[attr-defined]
+
+
 async def _relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
                           upstream_url: str) -> web.StreamResponse:
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                              headers=_response_headers(request, upstream, upstream_url))
+    resp = _RelayResponse(status=upstream.status, reason=upstream.reason,
+                          headers=_response_headers(request, upstream, upstream_url))
     try:
         await resp.prepare(request)
-        if request.method != "HEAD":
-            async for chunk in upstream.content.iter_any():
-                await resp.write(chunk)
+        if request.method == "HEAD":
+            return resp  # the head goes out with aiohttp's write_eof
+        _read_in_large_pieces(upstream)
+        content = upstream.content
+        # What arrived with the upstream's head goes out with ours, in one write (or the
+        # head alone, now, when the body has not started yet).
+        await resp.write(content.read_nowait())
+        async for chunk in content.iter_any():
+            await resp.write(chunk)
     except ConnectionError:
         # The caller went away (skipped track, closed player): stop reading the upstream;
         # closing its response in forward() tells an endless stream to stop too.
