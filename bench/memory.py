@@ -175,7 +175,7 @@ def serve_once(data_dir: Path, music: Path, repo: Path = REPO) -> dict[str, obje
     env.pop("MUSEGATE_CONFIG", None)
     started = time.monotonic()
     env["PYTHONPATH"] = str(repo)  # the checkout under test, ahead of the installed one
-    proc = subprocess.Popen([sys.executable, "-m", "musegate", "serve"], env=env, cwd=repo,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env, cwd=repo,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}{base_path()}"
     try:
