@@ -195,7 +195,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-# musegate the way `musegate serve` runs it (musegate.cli.main + gateway.app.serve): logging
+# musegate the way `musegate serve` runs it (cli.main + gateway.app.serve): logging
 # configured at the configured level (INFO by default) with serve's format, the redacting
 # access logger on every request. Only the scheduler is left out (the benches seed the store,
 # and a library scan would compete for the cores). Logs go to a file in the work directory.
