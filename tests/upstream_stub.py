@@ -387,6 +387,16 @@ web.run_app(create_app(config), host="127.0.0.1", port=config.port, access_log=N
 """
 
 
+def process_memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak resident set) of process ``pid``, in KiB."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
 @dataclass
 class MusegateProcess:
     """A real musegate (create_app under aiohttp's runner) in its own process."""
@@ -404,12 +414,7 @@ class MusegateProcess:
 
     def memory_kib(self) -> dict[str, int]:
         """VmRSS (now) and VmHWM (peak resident set) of the process, in KiB."""
-        out: dict[str, int] = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-        return out
+        return process_memory_kib(self.pid)
 
 
 @contextlib.asynccontextmanager
