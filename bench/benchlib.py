@@ -30,6 +30,7 @@ import aiohttp
 import numpy as np
 
 from analysis.model import MusicnnModel
+from tests.upstream_stub import MusegateProcess
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_SCRIPT = REPO.parent / "shared" / "corpus" / "build-dev-corpus.sh"
@@ -225,26 +226,11 @@ asyncio.run(main())
 
 
 @dataclass
-class Served:
-    """A musegate process started by ``run_musegate_served``."""
+class Served(MusegateProcess):
+    """A musegate process started by ``run_musegate_served``: the test stub's process plus
+    the log file that proves the production access log was on."""
 
-    proc: asyncio.subprocess.Process
-    port: int
     log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def memory_kib(self) -> dict[str, int]:
-        """VmRSS (now) and VmHWM (peak resident set) of the process, in KiB."""
-        from tests.upstream_stub import process_memory_kib
-
-        return process_memory_kib(self.pid)
 
     def access_lines(self) -> int:
         """How many access-log lines were written (proves the access log was on)."""
