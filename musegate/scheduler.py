@@ -23,7 +23,8 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from analysis.analyzer import AnalysisReport
+from adapters.common import SourceError
+from analysis.analyzer import AnalysisReport, SourceDown
 from analysis.store import LibraryStore, StorageFullError
 from musegate import library
 from musegate.config import Config, ConfigError
@@ -176,8 +177,8 @@ class LibraryScheduler:
             st.status, st.message = "analysing", "analysing new and changed tracks"
             st.analysis_started = time.time()
             self._write_state(force=True)
-            locate = getattr(self.adapter, "audio_location", None)
-            report = await library.analyse(self.store, self.config, self._progress, locate=locate)
+            report = await library.analyse(self.store, self.config, self._progress,
+                                           **library.analyse_from(self.adapter))
             self._progress(report)
             st.analysed_total += report.analysed
             st.failed_total += report.failed
@@ -196,16 +197,20 @@ class LibraryScheduler:
             log.error("library scan stopped: %s", exc)
             st.status, st.error = "failed", str(exc)
             st.message = "stopped: the disk is full; will retry at the next scheduled run"
-            if self.on_analysed is not None:
-                # Whatever was saved before the disk filled up is served meanwhile.
-                try:
-                    await self.on_analysed()
-                except Exception:  # noqa: BLE001 - the run is already reported as failed
-                    log.exception("refreshing the library after a full disk failed")
+            await self._serve_what_was_saved()
+        except (SourceError, SourceDown) as exc:
+            # The music server (or the folder) failed: its own words are the whole story,
+            # so one line, no traceback. Messages carry no credentials (adapters redact).
+            during = "analysis" if st.analysis_started else "scan"
+            log.error("library %s failed: %s; will retry at the next scheduled run", during, exc)
+            st.status, st.error = "failed", str(exc)
+            st.message = f"the library {during} failed; will retry at the next scheduled run"
+            await self._serve_what_was_saved()
         except Exception as exc:  # a failed run is reported and retried on the next schedule
             log.exception("library scan failed")
             st.status, st.error = "failed", f"{type(exc).__name__}: {exc}"
             st.message = "failed; will retry at the next scheduled run"
+            await self._serve_what_was_saved()
         finally:
             st.finished = time.time()
             st.history = (st.history + [{
@@ -214,6 +219,15 @@ class LibraryScheduler:
             }])[-10:]
             self._update_next_run()
             self._write_state(force=True)
+
+    async def _serve_what_was_saved(self) -> None:
+        """After a failed run: what it analysed before failing is served meanwhile."""
+        if self.on_analysed is None or self.state.analysis_started is None:
+            return
+        try:
+            await self.on_analysed()
+        except Exception:  # noqa: BLE001 - the run is already reported as failed
+            log.exception("refreshing the library after a failed run failed")
 
     def _progress(self, report: AnalysisReport) -> None:
         st = self.state
