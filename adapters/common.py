@@ -63,7 +63,12 @@ def unreachable(exc: BaseException, read_timeout: float) -> tuple[str, bool]:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return "could not connect in time (setting upstream_connect_timeout)", True
         return (f"did not answer within {read_timeout:g} s (setting upstream_timeout)", True)
-    return f"cannot reach the server ({type(exc).__name__}: {redact_url(str(exc))})", False
+    detail = f"{type(exc).__name__}: {redact_url(str(exc))}".rstrip(": ")
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        return f"the connection was cut before the answer was complete ({detail})", False
+    if isinstance(exc, aiohttp.ClientResponseError):  # a status line that is not HTTP
+        return f"answered with something that is not HTTP ({detail})", False
+    return f"cannot reach the server ({detail})", False
 
 
 class OwnedSession:
