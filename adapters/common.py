@@ -64,6 +64,8 @@ def unreachable(exc: BaseException, read_timeout: float) -> tuple[str, bool]:
             return "could not connect in time (setting upstream_connect_timeout)", True
         return (f"did not answer within {read_timeout:g} s (setting upstream_timeout)", True)
     detail = f"{type(exc).__name__}: {redact_url(str(exc))}".rstrip(": ")
+    if len(detail) > 200:  # aiohttp quotes a bad status line whole: keep the start
+        detail = detail[:197] + "..."
     if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
         return f"the connection was cut before the answer was complete ({detail})", False
     if isinstance(exc, aiohttp.ClientResponseError):  # a status line that is not HTTP

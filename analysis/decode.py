@@ -189,6 +189,12 @@ def fetch(url: str, max_bytes: int = MAX_REMOTE_BYTES, timeout: float = REMOTE_T
                 if buf.tell() + len(chunk) > max_bytes:
                     raise DecodeError(f"remote audio larger than the limit of {max_bytes} bytes: {shown}")
                 buf.write(chunk)
+            # http.client's read(n) ends quietly when the connection closes early; the
+            # decoder would then blame the file for being truncated.
+            if declared and declared.isdigit() and buf.tell() < int(declared):
+                raise DownloadUnavailable(
+                    f"download failed (the connection closed after {buf.tell()} of "
+                    f"{int(declared)} bytes): {shown}")
     except DecodeError:
         raise
     except urllib.error.HTTPError as exc:

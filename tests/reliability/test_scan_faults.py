@@ -278,13 +278,13 @@ def print_seen() -> Iterator[None]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def subsonic(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ScanEnv]:
     tmp = tmp_path_factory.mktemp("scan-faults-ss")
-    music = generate_library(tmp / "music", artists=2, albums=1, tracks=3, seconds=4.0)
+    music = generate_library(tmp / "music", artists=2, albums=1, tracks=2, seconds=4.0)
     async with Supysonic.start(tmp, music, users=ss.USERS) as server, \
             FaultProxy(server.port) as proxy:
         config = ss._config(tmp, proxy.url, upstream_user="alice",
                             upstream_password=ss.USERS["alice"], **TIMEOUTS)
         secrets = [ss.USERS["alice"], ss.USERS["alice"].encode().hex()]
-        async with serving("Subsonic", config, proxy, 6, secrets, b"/rest/download") as env:
+        async with serving("Subsonic", config, proxy, 4, secrets, b"/rest/download") as env:
             env.stop_server, env.start_server = server.stop, server.start
             yield env
 
@@ -311,7 +311,7 @@ async def jellyfin(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sc
     fake = FakeJellyfin()
     fake.add_library("Music")
     key = fake.add_api_key("musegate")
-    for i in range(6):
+    for i in range(4):
         audio = sine_mix([110.0 * (1 + i % 3), 165.0 * (1 + 0.05 * i)], 4.0, seed=i)
         file = write_track(tmp / "media" / f"{i}.flac", audio)
         fake.add_song("Music", f"Song {i}", f"Artist {i % 2}", f"Album {i % 2}", "Ambient",
@@ -322,7 +322,7 @@ async def jellyfin(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sc
             config = load_config(None, env={}, overrides={
                 "data_dir": str(tmp / "data"), "source": "jellyfin", "upstream_url": proxy.url,
                 "upstream_api_key": key, "workers": 1, **TIMEOUTS})
-            async with serving("Jellyfin", config, proxy, 6, [key], b"/Download") as env:
+            async with serving("Jellyfin", config, proxy, 4, [key], b"/Download") as env:
                 yield env
     finally:
         await fake.stop()
@@ -348,9 +348,9 @@ async def test_jellyfin_scan_faults_fail_the_run_clearly_then_the_next_run_is_do
 async def lyrion(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ScanEnv]:
     tmp = tmp_path_factory.mktemp("scan-faults-lms")
     fake = FakeLyrion(user="admin", password=lg.PASSWORD)
-    for i in range(6):
+    for i in range(4):
         audio = sine_mix([110.0 * (1 + i % 3), 165.0 * (1 + 0.05 * i)], 4.0, seed=i)
-        if i == 5:
+        if i == 3:
             audio = audio * 0.5 + 0.1 * sine_mix([3000.0], 4.0, seed=9)
         rel = f"a{i % 2}/song {i}.flac"
         file = write_track(tmp / "media" / rel, audio.astype("float32"), SR)
@@ -360,7 +360,7 @@ async def lyrion(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scan
     try:
         async with FaultProxy(int(upstream.rsplit(":", 1)[1])) as proxy:
             config = lg._config(tmp, proxy.url, **TIMEOUTS)
-            async with serving("Lyrion", config, proxy, 6, [lg.PASSWORD], b"/download") as env:
+            async with serving("Lyrion", config, proxy, 4, [lg.PASSWORD], b"/download") as env:
                 env.first["fake"] = fake
                 yield env
     finally:
@@ -429,3 +429,48 @@ async def test_lyrion_mixes_are_answered_while_lms_fails_and_the_login_says_why(
             env.proxy.set(Fault.PASS)
         status, body = await login()
         assert status == 200 and body["user"] == "admin", body
+
+
+# ---------------------------------------------------------------------------- downloads
+
+
+DOWNLOAD_FAULTS = [Fault.REFUSE, Fault.STALL, Fault.HALF_CLOSE, Fault.TRUNCATE, Fault.GARBAGE,
+                   Fault.HTTP_500, Fault.HTTP_502, Fault.HTTP_503, Fault.WRONG_BODY, Fault.RESET]
+
+
+@pytest.mark.parametrize("fault", DOWNLOAD_FAULTS, ids=[f.value for f in DOWNLOAD_FAULTS])
+async def test_a_download_the_server_fails_is_the_servers_failure_not_the_tracks(
+        fault: Fault, caplog: pytest.LogCaptureFixture) -> None:
+    """What the analysis worker's download meets is sorted: the server's failure (ask it
+    whether it is up) or the track's (a 404, a Subsonic error body). A body cut short or
+    bytes that are not HTTP used to escape as a bare IncompleteRead / BadStatusLine."""
+    from analysis.decode import DecodeError, DownloadUnavailable, fetch
+
+    audio = b"fLaC" + bytes(range(256)) * 64
+
+    async def song(request: web.Request) -> web.Response:
+        return web.Response(body=audio, content_type="audio/flac")
+
+    async def missing(request: web.Request) -> web.Response:
+        return web.json_response({"error": "no such song"}, status=404)
+
+    app = web.Application()
+    app.router.add_get("/rest/download", song)
+    app.router.add_get("/missing", missing)
+    caplog.set_level(logging.DEBUG)
+    async with TestServer(app, host="127.0.0.1") as upstream, FaultProxy(upstream.port) as proxy:
+        url = f"{proxy.url}/rest/download?u=alice&p=enc:{b'alicepw'.hex()}&id=1"
+        assert (await asyncio.to_thread(fetch, url, timeout=1.0)).read() == audio
+        with pytest.raises(DecodeError) as refused:
+            await asyncio.to_thread(fetch, f"{proxy.url}/missing", timeout=1.0)
+        assert not isinstance(refused.value, DownloadUnavailable)  # the track's own failure
+        proxy.set(fault)
+        with pytest.raises(DownloadUnavailable) as failed:
+            await asyncio.to_thread(fetch, url, timeout=1.0)
+        logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+        proxy.release()
+    reason = str(failed.value)
+    assert reason.startswith(("download failed", "server answered with text/html")), reason
+    assert "alicepw" not in reason and b"alicepw".hex() not in reason, reason
+    assert reason.startswith("server answered") or "?<redacted>" in reason, reason
+    assert not logged, [r.getMessage() for r in logged]
