@@ -28,8 +28,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -474,3 +476,29 @@ async def test_a_download_the_server_fails_is_the_servers_failure_not_the_tracks
     assert "alicepw" not in reason and b"alicepw".hex() not in reason, reason
     assert reason.startswith("server answered") or "?<redacted>" in reason, reason
     assert not logged, [r.getMessage() for r in logged]
+
+
+def test_analyze_command_says_the_server_is_down_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`musegate analyze` against a server that is not there: exit 1 and the reason, no
+    traceback (it used to raise out of the command)."""
+    import socket
+
+    from cli.main import main
+
+    with socket.socket() as sock:  # a port nothing listens on once this closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key in list(os.environ):
+        if key.startswith("MUSEGATE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MUSEGATE_SOURCE", "subsonic")
+    monkeypatch.setenv("MUSEGATE_UPSTREAM_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MUSEGATE_UPSTREAM_USER", "alice")
+    monkeypatch.setenv("MUSEGATE_UPSTREAM_PASSWORD", ss.USERS["alice"])
+    code = main(["--data-dir", str(tmp_path / "data"), "analyze", "--no-progress"])
+    _out, err = capsys.readouterr()
+    assert code == 1, err
+    assert "the library scan failed" in err and "cannot reach the server" in err, err
+    assert "Traceback" not in err and ss.USERS["alice"] not in err
