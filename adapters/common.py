@@ -16,8 +16,6 @@ from typing import Any, Self
 
 import aiohttp
 
-from analysis.decode import redact_url
-
 log = logging.getLogger(__name__)
 
 
@@ -59,6 +57,8 @@ def unreachable(exc: BaseException, read_timeout: float) -> tuple[str, bool]:
     aiohttp's own texts say "Timeout on reading data from socket" or nothing at all;
     the setting that bounds the wait is what the user can change.
     """
+    from analysis.decode import redact_url  # here: decode loads PyAV, which serve defers
+
     if isinstance(exc, TimeoutError):
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return "could not connect in time (setting upstream_connect_timeout)", True
