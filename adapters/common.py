@@ -19,7 +19,13 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 
-class ServerError(Exception):
+class SourceError(Exception):
+    """A library source failed in a way its message explains (the server refused, is down,
+    answered nonsense, the folder is missing): a run that meets one is reported with that
+    message alone, since a traceback would say nothing more to the person who must act."""
+
+
+class ServerError(SourceError):
     """A media server answered with an error (or could not be used).
 
     One shape for the HTTP-status servers (Jellyfin, Lyrion) so callers and the
@@ -29,22 +35,60 @@ class ServerError(Exception):
 
     SERVER = "media server"
 
-    def __init__(self, message: str, server: str = "", status: int = 0) -> None:
+    def __init__(self, message: str, server: str = "", status: int = 0,
+                 timed_out: bool = False) -> None:
         self.message = message
         self.server = server
         self.status = status
+        self.timed_out = timed_out
         where = f"{self.SERVER} {server}: " if server else ""
         super().__init__(f"{where}{message}")
+
+
+#: Seconds to connect, and of silence while waiting for (or reading) an answer, when the
+#: configuration does not say (``upstream_connect_timeout``, ``upstream_timeout``).
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 120.0
+
+
+def unreachable(exc: BaseException, read_timeout: float) -> tuple[str, bool]:
+    """What to tell a user about a failed request to the server, and whether it timed out.
+
+    aiohttp's own texts say "Timeout on reading data from socket" or nothing at all;
+    the setting that bounds the wait is what the user can change.
+    """
+    from analysis.decode import redact_url  # here: decode loads PyAV, which serve defers
+
+    if isinstance(exc, TimeoutError):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return "could not connect in time (setting upstream_connect_timeout)", True
+        return (f"did not answer within {read_timeout:g} s (setting upstream_timeout)", True)
+    detail = f"{type(exc).__name__}: {redact_url(str(exc))}".rstrip(": ")
+    if len(detail) > 200:  # aiohttp quotes a bad status line whole: keep the start
+        detail = detail[:197] + "..."
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        return f"the connection was cut before the answer was complete ({detail})", False
+    if isinstance(exc, aiohttp.ClientResponseError):  # a status line that is not HTTP
+        return f"answered with something that is not HTTP ({detail})", False
+    return f"cannot reach the server ({detail})", False
 
 
 class OwnedSession:
     """An aiohttp session created on first use (inside the running loop) and closed with us.
 
     A caller may pass its own session instead; that one is left open on close.
+    ``connect_timeout``/``read_timeout`` bound connecting and every silence of the
+    server (not a whole download, which may rightly take long).
     """
 
     _session: aiohttp.ClientSession | None
     _own_session: bool
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+
+    def set_timeouts(self, connect: float, read: float) -> None:
+        """The configured bounds (``upstream_connect_timeout``, ``upstream_timeout``)."""
+        self.connect_timeout, self.read_timeout = float(connect), float(read)
 
     def _init_session(self, session: aiohttp.ClientSession | None) -> None:
         self._session = session
@@ -63,8 +107,9 @@ class OwnedSession:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # No total timeout: a large download may take long; stalls are caught by sock_read.
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+            # No total timeout: a large answer may take long; stalls are caught by sock_read.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout,
+                                            sock_read=self.read_timeout)
             self._session = aiohttp.ClientSession(timeout=timeout)
             self._own_session = True
         return self._session

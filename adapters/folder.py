@@ -17,9 +17,14 @@ from typing import Any
 import mutagen
 
 from adapters.base import HistoryEntry, NoListeningHistory
+from adapters.common import SourceError
 from analysis.store import TrackRecord
 
 log = logging.getLogger(__name__)
+
+
+class FolderMissing(SourceError, FileNotFoundError):
+    """The music folder is not there (an unmounted disk): the message says which."""
 
 AUDIO_EXTENSIONS = frozenset(
     [".mp3", ".flac", ".ogg", ".oga", ".opus", ".wav", ".wave", ".m4a", ".mp4", ".aac", ".alac", ".wma", ".aif", ".aiff", ".wv", ".ape", ".mpc"]
@@ -167,5 +172,5 @@ class FolderAdapter:
 
     async def list_tracks(self, known: Mapping[str, TrackRecord]) -> list[TrackRecord]:
         if not self.root.is_dir():
-            raise FileNotFoundError(f"music folder {self.root} does not exist or is not a folder")
+            raise FolderMissing(f"music folder {self.root} does not exist or is not a folder")
         return await asyncio.to_thread(scan_folder, self.root, self.source, known)

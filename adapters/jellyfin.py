@@ -46,8 +46,8 @@ from adapters.common import (
     epoch,
     parse_path_map,
     to_int,
+    unreachable,
 )
-from analysis.decode import redact_url
 from analysis.store import TrackRecord
 
 log = logging.getLogger(__name__)
@@ -201,9 +201,9 @@ class JellyfinClient(OwnedSession):
                 status = resp.status
                 text = await resp.text()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise JellyfinUnavailable(
-                f"cannot reach the server ({type(exc).__name__}: {redact_url(str(exc))})", self.url
-            ) from None
+            reason, timed_out = unreachable(exc, self.read_timeout)
+            raise JellyfinUnavailable(f"{method} {path}: {reason}", self.url,
+                                      timed_out=timed_out) from None
         if status in allow:
             return None
         if status == 401:
@@ -217,6 +217,8 @@ class JellyfinClient(OwnedSession):
                 f"{method} {path} is forbidden for the service account "
                 f"{self.user or '(API key)'!r}; it may need to be an administrator", self.url, status,
             )
+        if status >= 500:  # the server (or a proxy before it) is failing, not refusing us
+            raise JellyfinUnavailable(f"{method} {path} answered HTTP {status}", self.url, status)
         if status >= 400:
             raise JellyfinError(f"{method} {path} answered HTTP {status}", self.url, status)
         if not text:
@@ -307,7 +309,7 @@ class JellyfinAdapter(MappedOrDownloaded):
 
     @classmethod
     def from_config(cls, config: Any) -> JellyfinAdapter:
-        return cls(
+        adapter = cls(
             config.upstream_url,
             api_key=config.upstream_api_key,
             user=config.upstream_user,
@@ -315,6 +317,13 @@ class JellyfinAdapter(MappedOrDownloaded):
             path_map=config.path_map,
             libraries=config.libraries,
         )
+        adapter.client.set_timeouts(config.upstream_connect_timeout, config.upstream_timeout)
+        return adapter
+
+    async def check_reachable(self) -> None:
+        """Raise JellyfinError unless ``/System/Info`` answers now (is the server down, or
+        was it one track?)."""
+        await self.client.get("/System/Info")
 
     async def close(self) -> None:
         await self.client.close()

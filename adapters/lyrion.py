@@ -42,8 +42,8 @@ from adapters.common import (
     ServerError,
     parse_path_map,
     to_int,
+    unreachable,
 )
-from analysis.decode import redact_url
 from analysis.store import TrackRecord
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,8 @@ class LyrionClient(OwnedSession):
                 status = resp.status
                 text = await resp.text()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise LyrionUnavailable(
-                f"cannot reach the server ({type(exc).__name__}: {redact_url(str(exc))})", self.url
-            ) from None
+            reason, timed_out = unreachable(exc, self.read_timeout)
+            raise LyrionUnavailable(reason, self.url, timed_out=timed_out) from None
         if status == 401:
             who = f"user {self.user!r}" if self.user else "no user name"
             raise LyrionAuthError(
@@ -149,6 +148,8 @@ class LyrionClient(OwnedSession):
                 "LMS refused this host (HTTP 403): add musegate's address to the allowed IP "
                 "addresses in LMS's Settings → Advanced → Security", self.url, status,
             )
+        if status >= 500:  # LMS (or a proxy before it) is failing, not refusing us
+            raise LyrionUnavailable(f"/jsonrpc.js answered HTTP {status}", self.url, status)
         if status >= 400:
             raise LyrionError(f"/jsonrpc.js answered HTTP {status}", self.url, status)
         try:
@@ -230,19 +231,32 @@ class LyrionAdapter(MappedOrDownloaded):
 
     @classmethod
     def from_config(cls, config: Any) -> LyrionAdapter:
-        return cls(
+        adapter = cls(
             config.upstream_url,
             user=config.upstream_user,
             password=config.upstream_password,
             path_map=config.path_map,
         )
+        adapter.client.set_timeouts(config.upstream_connect_timeout, config.upstream_timeout)
+        return adapter
+
+    def _probe_client(self, user: str = "", password: str = "") -> LyrionClient:
+        """A one-off client with this adapter's timeouts (a credential check, a probe)."""
+        probe = LyrionClient(self.url, user, password)
+        probe.set_timeouts(self.client.connect_timeout, self.client.read_timeout)
+        return probe
+
+    async def check_reachable(self) -> None:
+        """Raise LyrionError unless LMS answers ``version ?`` now (is it down, or was it
+        one track?)."""
+        await self.client.connect()
 
     async def close(self) -> None:
         await self.client.close()
 
     async def password_protected(self) -> bool:
         """Whether LMS demands credentials at all (only then can it check a password)."""
-        anonymous = LyrionClient(self.url)
+        anonymous = self._probe_client()
         try:
             await anonymous.connect()
         except LyrionAuthError as exc:
@@ -254,7 +268,7 @@ class LyrionAdapter(MappedOrDownloaded):
     async def check_credentials(self, user: str, password: str) -> bool:
         """Whether LMS accepts ``user``/``password`` (True when it has no password protection:
         ask :meth:`password_protected` first when the answer must prove who the caller is)."""
-        probe = LyrionClient(self.url, user, password)
+        probe = self._probe_client(user, password)
         try:
             await probe.connect()
         except LyrionAuthError:

@@ -44,8 +44,15 @@ from urllib.parse import urlencode
 import aiohttp
 
 from adapters.base import HistoryEntry, NoListeningHistory
-from adapters.common import OwnedSession, epoch, parse_path_map, to_int, verified_local_copy
-from analysis.decode import redact_url
+from adapters.common import (
+    OwnedSession,
+    SourceError,
+    epoch,
+    parse_path_map,
+    to_int,
+    unreachable,
+    verified_local_copy,
+)
 from analysis.store import TrackRecord
 
 log = logging.getLogger(__name__)
@@ -76,13 +83,15 @@ FOLDER_KEY = "musegateFolderId"
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]]
 
 
-class SubsonicError(Exception):
+class SubsonicError(SourceError):
     """The server answered ``status="failed"`` (or could not be used); ``code`` is Subsonic's."""
 
-    def __init__(self, code: int, message: str, server: str = "") -> None:
+    def __init__(self, code: int, message: str, server: str = "", timed_out: bool = False
+                 ) -> None:
         self.code = code
         self.message = message
         self.server = server
+        self.timed_out = timed_out
         where = f"Subsonic server {server}: " if server else ""
         super().__init__(f"{where}{message} (error {code})")
 
@@ -229,10 +238,8 @@ class SubsonicClient(OwnedSession):
                 except (ValueError, aiohttp.ContentTypeError):
                     body = None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise SubsonicUnavailable(
-                0, f"cannot reach the server ({type(exc).__name__}: {redact_url(str(exc))})",
-                self.url,
-            ) from None
+            reason, timed_out = unreachable(exc, self.read_timeout)
+            raise SubsonicUnavailable(0, f"{endpoint}: {reason}", self.url, timed_out) from None
         answer = body.get("subsonic-response") if isinstance(body, dict) else None
         if not isinstance(answer, dict):
             raise SubsonicUnavailable(
@@ -316,7 +323,7 @@ class SubsonicAdapter:
 
     @classmethod
     def from_config(cls, config: Any) -> SubsonicAdapter:
-        return cls(
+        adapter = cls(
             config.upstream_url,
             config.upstream_user,
             config.upstream_password,
@@ -324,6 +331,13 @@ class SubsonicAdapter:
             config.upstream_auth,
             config.path_map,
         )
+        adapter.client.set_timeouts(config.upstream_connect_timeout, config.upstream_timeout)
+        return adapter
+
+    async def check_reachable(self) -> None:
+        """Raise SubsonicError unless the server answers ``ping`` now (is it down, or was it
+        one track?)."""
+        await self.client.call("ping")
 
     async def close(self) -> None:
         await self.client.close()

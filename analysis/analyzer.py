@@ -10,6 +10,13 @@ Where a track's audio lives is the adapter's business: ``locate`` (for example
 ``SubsonicAdapter.audio_location``) turns a track into a local path or an
 ``http(s)`` URL in the parent process, and the worker reads either. URLs carry
 credentials, so they are only ever logged or reported through ``redact_url``.
+
+A download the server failed is not yet the track's fault: ``check_source`` (the
+adapter's ``check_reachable``) asks the server whether it is up. If it is, the
+failure is the track's, counted like any other; if not, the server went down
+mid-run: nothing more is started, what is in flight finishes (its analyses are
+saved), the tracks that met the outage stay pending without a failed attempt,
+and the run ends with :class:`SourceDown` so that it is reported as failed.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from analysis.executors import AnalysisExecutor, AnalysisTask, TaskResult, executor_for
@@ -31,6 +38,13 @@ FLUSH_SECONDS = 2.0
 
 
 Locator = Callable[[TrackRecord], str]
+#: Returns when the source's server answers; raises (its reason in the message) when not.
+SourceCheck = Callable[[], Awaitable[None]]
+
+
+class SourceDown(Exception):
+    """The music server stopped delivering audio during the run; the message says why and
+    what was kept."""
 
 
 def _location(track: TrackRecord, locate: Locator | None) -> str:
@@ -53,6 +67,7 @@ class AnalysisReport:
     failed: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: int = 0  # met the server's outage: still pending, no attempt counted
 
     @property
     def tracks_per_second(self) -> float:
@@ -72,6 +87,7 @@ class AnalyzerSettings:
     max_attempts: int = 3
     max_duration: float = 0.0  # seconds; longer tracks fail with a reason (0: no limit)
     timeout: float = 0.0  # seconds per track in the local pool (0: none)
+    download_timeout: float = 60.0  # seconds a download may stay silent (upstream_timeout)
     model_path: str | None = None
     scheduler_address: str = ""  # a Dask scheduler; empty: the local process pool
 
@@ -125,12 +141,15 @@ async def run_analysis(
     limit: int | None = None,
     locate: Locator | None = None,
     executor: AnalysisExecutor | None = None,
+    check_source: SourceCheck | None = None,
 ) -> AnalysisReport:
     """Analyse every pending track (at most ``limit``) and return what happened.
 
     ``locate`` maps a track to the path or URL its audio is read from (default:
     ``track.path``); it runs here, in the parent, so workers need no adapter.
     ``executor`` overrides the one the settings choose (tests, benchmarks).
+    ``check_source`` tells a server outage from a bad track (module docstring);
+    without it a failed download is the track's failure. Raises SourceDown.
     """
     todo = await store.pending(settings.version, settings.max_attempts, limit)
     report = AnalysisReport(total=len(todo))
@@ -142,20 +161,27 @@ async def run_analysis(
     paths = {t.id: t.path or "" for t in todo}
     executor = executor if executor is not None else _executor(settings)
     in_flight: dict[asyncio.Future[TaskResult], TrackRecord] = {}
+    down: str | None = None  # why the server is down, once a check said so
     try:
         await executor.start()
-        while queue or in_flight:
+        while (queue and down is None) or in_flight:
             capacity = executor.capacity()
-            while queue and len(in_flight) < capacity:
+            while queue and down is None and len(in_flight) < capacity:
                 track = queue.pop()
                 task = AnalysisTask(int(track.id or 0), _location(track, locate), settings.plan,
                                     settings.model_path, settings.model_threads,
-                                    settings.max_duration)
+                                    settings.max_duration, settings.download_timeout)
                 in_flight[executor.submit(task)] = track
             finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:
                 in_flight.pop(fut)
                 result = _checked(fut.result(), settings.version)
+                if result.source_down and check_source is not None:
+                    if down is None:
+                        down = await _server_down(check_source, result.reason or "")
+                    if down is not None:
+                        report.interrupted += 1
+                        continue
                 if result.analysis is None:
                     report.failed += 1
                     report.failures.append((paths.get(result.track_id, ""), result.reason or ""))
@@ -165,6 +191,11 @@ async def run_analysis(
             report.seconds = time.monotonic() - started
             if progress is not None:
                 progress(report)
+        if down is not None:
+            left = report.total - report.analysed - report.failed
+            raise SourceDown(
+                f"the music server stopped delivering audio ({down}); the {report.analysed} "
+                f"tracks analysed before that are saved, {left} stay pending for the next run")
     finally:
         for fut in in_flight:
             fut.cancel()
@@ -172,3 +203,17 @@ async def run_analysis(
         await executor.close()
         report.seconds = time.monotonic() - started
     return report
+
+
+async def _server_down(check: SourceCheck, download_reason: str) -> str | None:
+    """Why the server is down (its check's message), or None when it answers: then the
+    failed download was the track's own."""
+    try:
+        await check()
+    except Exception as exc:  # noqa: BLE001 - any failure of the check means "not up"
+        from analysis.decode import redact_url
+
+        log.warning("a download failed (%s) and the server does not answer: %s",
+                    download_reason, redact_url(str(exc)))
+        return redact_url(str(exc))
+    return None

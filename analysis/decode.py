@@ -20,12 +20,16 @@ endpoint when the library is not mounted locally).  It is fetched into memory
 with a size cap - never a temp file, so nothing is left behind by a killed
 worker - and both backends decode the in-memory copy.  Such URLs carry
 credentials in their query string, so reasons and logs only ever show them
-through :func:`redact_url`.
+through :func:`redact_url`. A download the *server* failed (no connection, no
+answer in time, the connection cut, its own 5xx, an HTML page where audio was
+due) is a :class:`DownloadUnavailable`: the analyzer then asks the server whether
+it is up before it blames the track.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import os
 import re
@@ -45,6 +49,7 @@ import soxr
 __all__ = [
     "AudioInfo",
     "DecodeError",
+    "DownloadUnavailable",
     "MAX_REMOTE_BYTES",
     "fetch",
     "is_url",
@@ -114,6 +119,12 @@ class DecodeError(Exception):
     """A track could not be decoded; ``str(err)`` is a short human reason."""
 
 
+class DownloadUnavailable(DecodeError):
+    """The server did not deliver a download (unreachable, silent, cut off, its own 5xx or
+    an HTML page): maybe the track's fault, maybe the whole server's, which only asking
+    the server can tell."""
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """What is known about a file before decoding it."""
@@ -178,17 +189,37 @@ def fetch(url: str, max_bytes: int = MAX_REMOTE_BYTES, timeout: float = REMOTE_T
                 if buf.tell() + len(chunk) > max_bytes:
                     raise DecodeError(f"remote audio larger than the limit of {max_bytes} bytes: {shown}")
                 buf.write(chunk)
+            # http.client's read(n) ends quietly when the connection closes early; the
+            # decoder would then blame the file for being truncated.
+            if declared and declared.isdigit() and buf.tell() < int(declared):
+                raise DownloadUnavailable(
+                    f"download failed (the connection closed after {buf.tell()} of "
+                    f"{int(declared)} bytes): {shown}")
     except DecodeError:
         raise
     except urllib.error.HTTPError as exc:
-        raise DecodeError(f"download failed with HTTP {exc.code}: {shown}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DecodeError(f"download failed ({redact_url(_reason_text(reason))}): {shown}") from None
+        failed = DownloadUnavailable if exc.code >= 500 else DecodeError
+        raise failed(f"download failed with HTTP {exc.code}: {shown}") from None
+    except TimeoutError:
+        raise DownloadUnavailable(
+            f"download failed (the server sent nothing for {timeout:g} s): {shown}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        # No connection, a reset, bytes that are not HTTP, a body cut short.
+        reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, TimeoutError):
+            raise DownloadUnavailable(
+                f"download failed (the server sent nothing for {timeout:g} s): {shown}") from None
+        raise DownloadUnavailable(
+            f"download failed ({type(exc).__name__}: {redact_url(_reason_text(reason))}): "
+            f"{shown}") from None
+    except ValueError as exc:
+        raise DecodeError(f"download failed ({redact_url(_reason_text(exc))}): {shown}") from None
     if ctype.startswith(("text/xml", "application/xml", "application/json", "text/html")):
-        # A Subsonic server answers errors (bad credentials, unknown id) with 200 + XML/JSON.
+        # A Subsonic server answers errors (bad credentials, unknown id) with 200 + XML/JSON;
+        # an HTML page is a proxy's or a portal's, not the music server's verdict on the track.
+        failed = DownloadUnavailable if ctype.startswith("text/html") else DecodeError
         snippet = redact_url(buf.getvalue()[:200].decode("utf-8", errors="replace"))
-        raise DecodeError(f"server answered with {ctype.split(';')[0]} instead of audio: {snippet}")
+        raise failed(f"server answered with {ctype.split(';')[0]} instead of audio: {snippet}")
     if buf.tell() == 0:
         raise DecodeError("empty audio file")
     buf.seek(0)

@@ -52,6 +52,7 @@ class AnalysisTask:
     model_path: str | None = None  # None: the model bundled with musegate
     model_threads: int = 1
     max_duration: float = 0.0  # seconds; 0: no limit
+    download_timeout: float = 60.0  # seconds of silence before a download is abandoned
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class TaskResult:
     track_id: int
     analysis: TrackAnalysis | None
     reason: str | None = None  # why it failed, credentials already redacted
+    # The server did not deliver the audio (decode.DownloadUnavailable): the analyzer asks
+    # the server whether it is up before it counts this against the track.
+    source_down: bool = False
 
 
 class AnalysisExecutor(Protocol):
@@ -116,16 +120,18 @@ def worker_model(model_path: str | None, threads: int, plan: SamplingPlan) -> An
 
 def analyse_task(task: AnalysisTask) -> TaskResult:
     """Analyse one track; never raises for a bad file (the reason is returned instead)."""
-    from analysis.decode import DecodeError, fetch, is_url, redact_url
+    from analysis.decode import DecodeError, DownloadUnavailable, fetch, is_url, redact_url
     from analysis.pipeline import analyse_file
 
     model = worker_model(task.model_path, task.model_threads, task.plan)
     path = task.location
     try:
         # Fetched once here: probe and read_excerpts then both read the in-memory copy.
-        source = fetch(path) if is_url(path) else path
+        source = fetch(path, timeout=task.download_timeout) if is_url(path) else path
         analysis = analyse_file(source, model, task.plan, task.max_duration)  # type: ignore[arg-type]
         return TaskResult(task.track_id, analysis)
+    except DownloadUnavailable as exc:
+        return TaskResult(task.track_id, None, redact_url(str(exc)), source_down=True)
     except DecodeError as exc:
         return TaskResult(task.track_id, None, redact_url(str(exc)))
     except MemoryError:

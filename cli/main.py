@@ -185,7 +185,14 @@ async def cmd_analyze(config: Config, args: argparse.Namespace) -> int:
         return 2
 
     async def run(store: Any) -> int:
-        sync = await library.scan(store, adapter)
+        from adapters.common import SourceError
+        from analysis.analyzer import SourceDown
+
+        try:
+            sync = await library.scan(store, adapter)
+        except SourceError as exc:  # the server's or folder's own words say it all
+            print(f"musegate analyze: the library scan failed: {exc}", file=sys.stderr)
+            return 1
         print(
             f"scanned {adapter.source}: {sync.added} new, {sync.changed} changed, "
             f"{sync.removed} removed, {sync.unchanged} unchanged"
@@ -193,7 +200,10 @@ async def cmd_analyze(config: Config, args: argparse.Namespace) -> int:
         update, close = _progress_bar(not args.no_progress and sys.stderr.isatty())
         try:
             report = await library.analyse(store, config, update, args.limit,
-                                           locate=getattr(adapter, "audio_location", None))
+                                           **library.analyse_from(adapter))
+        except SourceDown as exc:
+            print(f"musegate analyze: {exc}", file=sys.stderr)
+            return 1
         finally:
             close()
         print(

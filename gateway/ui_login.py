@@ -102,8 +102,11 @@ async def _lyrion(request: web.Request, user: str, password: str) -> Login:
                                "log in with musegate's API key")
         if not await adapter.check_credentials(user, password):
             raise LoginRefused("wrong user name or password")
-    except LyrionError:
-        raise LoginUnavailable("the music server is not reachable") from None
+    except LyrionError as exc:
+        # Its own words for why, like the other servers' (the message names LMS, never a
+        # credential): 504 when it stayed silent, 503 when it said so, else 502.
+        status = 504 if exc.timed_out else 503 if exc.status == 503 else 502
+        raise _unavailable(UpstreamDown(exc.message, status)) from None
     return Login(user, ADMIN)
 
 

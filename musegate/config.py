@@ -254,6 +254,9 @@ FIELDS: tuple[Field, ...] = (
         "by ',' (default: only this machine)",
     ),
     Field("scan_cron", str, lambda: "0 3 * * *", "when the library is rescanned (cron, local time)"),
+    Field("scan_retry_minutes", int, lambda: 5,
+          "after a run the music server failed, try again this many minutes later, doubling "
+          "for each failure in a row up to 6 hours (0: wait for scan_cron)", minimum=0),
     Field("auth_cache_seconds", int, lambda: 60, "how long a successful credential check is reused", minimum=0),
     Field(
         "upstream_connect_timeout",
@@ -349,6 +352,7 @@ class Config:
     libraries: str
     lms_clients: str
     scan_cron: str
+    scan_retry_minutes: int
     auth_cache_seconds: int
     upstream_connect_timeout: float
     upstream_timeout: float

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from adapters.base import LibraryAdapter
-from analysis.analyzer import AnalysisReport, AnalyzerSettings, ProgressCallback, run_analysis
+from analysis.analyzer import (
+    AnalysisReport,
+    AnalyzerSettings,
+    ProgressCallback,
+    SourceCheck,
+    run_analysis,
+)
 from analysis.labels import MSD_LABELS
 from analysis.model import model_version
 from analysis.sampling import plan_for_mode
@@ -75,6 +81,7 @@ def analyzer_settings(config: Config) -> AnalyzerSettings:
         max_attempts=config.max_attempts,
         max_duration=config.max_duration,
         timeout=config.analysis_timeout,
+        download_timeout=config.upstream_timeout,
         scheduler_address=config.scheduler_address,
     )
 
@@ -91,10 +98,19 @@ async def analyse(
     progress: ProgressCallback | None = None,
     limit: int | None = None,
     locate: Callable[[TrackRecord], str] | None = None,
+    check_source: SourceCheck | None = None,
 ) -> AnalysisReport:
-    """Analyse pending tracks; ``locate`` says where a track's audio is (default: its path)."""
+    """Analyse pending tracks; ``locate`` says where a track's audio is (default: its path),
+    ``check_source`` whether its server is up when a download fails (analysis.analyzer)."""
     extra = {"locate": locate} if locate is not None else {}
-    return await run_analysis(store, analyzer_settings(config), progress, limit, **extra)
+    return await run_analysis(store, analyzer_settings(config), progress, limit,
+                              check_source=check_source, **extra)
+
+
+def analyse_from(adapter: Any) -> dict[str, Any]:
+    """The adapter's answers to "where is the audio" and "is the server up", for analyse()."""
+    return {"locate": getattr(adapter, "audio_location", None),
+            "check_source": getattr(adapter, "check_reachable", None)}
 
 
 async def resolve_track(store: LibraryStore, query: str) -> TrackRecord:

@@ -17,13 +17,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from analysis.analyzer import AnalysisReport
+from adapters.common import SourceError
+from analysis.analyzer import AnalysisReport, SourceDown
 from analysis.store import LibraryStore, StorageFullError
 from musegate import library
 from musegate.config import Config, ConfigError
@@ -31,6 +34,9 @@ from musegate.config import Config, ConfigError
 log = logging.getLogger(__name__)
 
 JOB_ID = "library-scan"
+RETRY_ID = f"{JOB_ID}-retry"
+#: The longest wait between retries after failures in a row (scan_retry_minutes doubles).
+MAX_RETRY_MINUTES = 360
 STATE_FILE = "jobs.json"
 # Progress is written to disk at most this often.
 _STATE_WRITE_SECONDS = 2.0
@@ -56,6 +62,7 @@ class RunState:
     started: float | None = None
     finished: float | None = None
     next_run: float | None = None
+    retry_at: float | None = None  # an early retry after the music server failed a run
     analysis_started: float | None = None  # when the analysis part of the run began
     added: int = 0
     changed: int = 0
@@ -106,6 +113,7 @@ class LibraryScheduler:
         self._background: set[asyncio.Task[bool]] = set()
         self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         self._last_write = 0.0
+        self._source_failures = 0  # runs in a row the music server (or folder) failed
 
     def start(self, run_now: bool = True) -> None:
         self._scheduler.add_job(
@@ -155,7 +163,10 @@ class LibraryScheduler:
             return False
         async with self._lock:
             self._task = asyncio.current_task()
-            await self._run()
+            try:
+                await self._run()
+            finally:
+                self._task = None  # shutdown() must never cancel a caller that awaited us
             return True
 
     async def _run(self) -> None:
@@ -176,8 +187,8 @@ class LibraryScheduler:
             st.status, st.message = "analysing", "analysing new and changed tracks"
             st.analysis_started = time.time()
             self._write_state(force=True)
-            locate = getattr(self.adapter, "audio_location", None)
-            report = await library.analyse(self.store, self.config, self._progress, locate=locate)
+            report = await library.analyse(self.store, self.config, self._progress,
+                                           **library.analyse_from(self.adapter))
             self._progress(report)
             st.analysed_total += report.analysed
             st.failed_total += report.failed
@@ -189,6 +200,7 @@ class LibraryScheduler:
             )
             if self.on_analysed is not None:
                 await self.on_analysed()
+            self._cancel_retry()
         except asyncio.CancelledError:
             st.status, st.message = "idle", "stopped"
             raise
@@ -196,16 +208,23 @@ class LibraryScheduler:
             log.error("library scan stopped: %s", exc)
             st.status, st.error = "failed", str(exc)
             st.message = "stopped: the disk is full; will retry at the next scheduled run"
-            if self.on_analysed is not None:
-                # Whatever was saved before the disk filled up is served meanwhile.
-                try:
-                    await self.on_analysed()
-                except Exception:  # noqa: BLE001 - the run is already reported as failed
-                    log.exception("refreshing the library after a full disk failed")
+            await self._serve_what_was_saved()
+        except (SourceError, SourceDown) as exc:
+            # The music server (or the folder) failed: its own words are the whole story,
+            # so one line, no traceback. Messages carry no credentials (adapters redact).
+            during = "analysis" if st.analysis_started else "scan"
+            retry = self._schedule_retry()
+            when = (f"will retry in {retry:g} min (setting scan_retry_minutes)" if retry
+                    else "will retry at the next scheduled run")
+            log.error("library %s failed: %s; %s", during, exc, when)
+            st.status, st.error = "failed", str(exc)
+            st.message = f"the library {during} failed; {when}"
+            await self._serve_what_was_saved()
         except Exception as exc:  # a failed run is reported and retried on the next schedule
             log.exception("library scan failed")
             st.status, st.error = "failed", f"{type(exc).__name__}: {exc}"
             st.message = "failed; will retry at the next scheduled run"
+            await self._serve_what_was_saved()
         finally:
             st.finished = time.time()
             st.history = (st.history + [{
@@ -214,6 +233,48 @@ class LibraryScheduler:
             }])[-10:]
             self._update_next_run()
             self._write_state(force=True)
+
+    def _schedule_retry(self) -> float | None:
+        """Minutes until an early retry after the source failed, or None when there is none.
+
+        A server that was down at start (a pod whose music server boots later) or over
+        night would otherwise leave new songs unanalysed until the next ``scan_cron``.
+        The wait doubles with each failure in a row, so a long outage costs a handful of
+        log lines, and a retry that would come after the next scheduled run is not made.
+        """
+        self._source_failures += 1
+        base = self.config.scan_retry_minutes
+        if base <= 0 or not self._scheduler.running:
+            return None
+        minutes = min(base * 2 ** (self._source_failures - 1), MAX_RETRY_MINUTES)
+        when = datetime.now(UTC) + timedelta(minutes=minutes)
+        job = self._scheduler.get_job(JOB_ID)
+        upcoming = getattr(job, "next_run_time", None)
+        if upcoming is not None and upcoming <= when:
+            self._cancel_retry(keep_count=True)
+            return None
+        self._scheduler.add_job(self.run_once, "date", run_date=when, id=RETRY_ID,
+                                max_instances=1, misfire_grace_time=3600,
+                                replace_existing=True)
+        self.state.retry_at = when.timestamp()
+        return float(minutes)
+
+    def _cancel_retry(self, keep_count: bool = False) -> None:
+        if not keep_count:
+            self._source_failures = 0
+        self.state.retry_at = None
+        if self._scheduler.running:
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.remove_job(RETRY_ID)
+
+    async def _serve_what_was_saved(self) -> None:
+        """After a failed run: what it analysed before failing is served meanwhile."""
+        if self.on_analysed is None or self.state.analysis_started is None:
+            return
+        try:
+            await self.on_analysed()
+        except Exception:  # noqa: BLE001 - the run is already reported as failed
+            log.exception("refreshing the library after a failed run failed")
 
     def _progress(self, report: AnalysisReport) -> None:
         st = self.state

@@ -144,3 +144,48 @@ async def test_full_disk_fails_the_run_but_serves_what_was_saved(
         assert refreshed, "the two analyses saved before the disk filled up are served"
         version = library.analyzer_settings(config).version
         assert (await store.status(version, max_attempts=3)).analysed == 2
+
+
+async def test_a_source_failure_is_retried_early_with_a_growing_wait(tmp_path: Path) -> None:
+    """A folder (or server) that is not there yet: retried after scan_retry_minutes, then
+    twice as long each time, not only at the next scan_cron; a run that works ends that."""
+    from musegate.scheduler import RETRY_ID
+
+    music = tmp_path / "music"
+    config = _config(tmp_path, music, scan_cron="0 3 1 1 *", scan_retry_minutes=5)
+    async with await LibraryStore.open(config.db_path) as store:
+        sched = LibraryScheduler(store, config, FolderAdapter(music))
+        sched.start(run_now=False)
+        try:
+            waits = []
+            for _ in range(3):
+                before = time.time()
+                assert await sched.run_once()
+                state = sched.state
+                assert state.status == "failed" and "does not exist" in (state.error or "")
+                assert "scan_retry_minutes" in state.message and state.retry_at is not None
+                job = sched._scheduler.get_job(RETRY_ID)
+                assert job is not None and job.next_run_time.timestamp() == pytest.approx(
+                    state.retry_at)
+                waits.append(round((state.retry_at - before) / 60))
+            assert waits == [5, 10, 20]
+            assert read_state(config.data_dir)["retry_at"] == state.retry_at  # musegate status
+            music.mkdir()
+            assert await sched.run_once()
+            assert sched.state.status == "done" and sched.state.retry_at is None
+            assert sched._scheduler.get_job(RETRY_ID) is None
+        finally:
+            await sched.shutdown()
+    # No retry when it is off, or when the next scheduled run comes first anyway.
+    for changes in ({"scan_retry_minutes": 0}, {"scan_cron": "* * * * *"}):
+        async with await LibraryStore.open(config.db_path) as store:
+            sched = LibraryScheduler(store, config.replace(library_path=str(tmp_path / "no"),
+                                                           **changes),
+                                     FolderAdapter(tmp_path / "no"))
+            sched.start(run_now=False)
+            try:
+                assert await sched.run_once() and sched.state.status == "failed"
+                assert sched.state.retry_at is None and sched._scheduler.get_job(RETRY_ID) is None
+                assert "next scheduled run" in sched.state.message
+            finally:
+                await sched.shutdown()

@@ -244,6 +244,30 @@ def test_status_updates_live_while_analysing(served: Any, browser: Any) -> None:
     page.context.close()
 
 
+def test_status_shows_why_a_run_failed_and_the_next_one_is_done(served: Any, browser: Any) -> None:
+    """The music server is down when a scan is asked for: the Status page says failed and
+    shows the server's reason; with the server back, the next run is done."""
+    gate, server, music, loop = served
+    page = _page(browser)
+    login(page, gate.url)
+    page.goto(gate.url + "/#status")
+    page.wait_for_selector("body[data-run-status='done']")
+    loop.run(server.stop())
+    try:
+        page.get_by_role("button", name="Scan and analyse now").click()
+        page.wait_for_selector("body[data-run-status='failed']")
+        error = page.locator("#run-error").inner_text()
+        assert "Subsonic server" in error and USERS["alice"] not in error, error
+        shot(page, "status-failed-desktop")
+    finally:
+        loop.run(server.start())
+    page.get_by_role("button", name="Scan and analyse now").click()
+    page.wait_for_selector("body[data-run-status='done']")
+    assert page.locator("#run-error").count() == 0
+    assert not page.js_errors, page.js_errors
+    page.context.close()
+
+
 # ---------------------------------------------------------------------------- sub-path
 
 

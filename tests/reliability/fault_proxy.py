@@ -32,7 +32,13 @@ connection to musegate too.
 Tests switch faults with ``set()`` and synchronise on events, never on sleeps:
 ``await proxy.requests_seen(n)`` returns once n requests reached the proxy;
 ``STALL`` holds answers on an event that ``release()`` (or the next ``set()``)
-fires. Everything listens on 127.0.0.1.
+fires. A fault can also be armed to strike in the middle of a run of requests
+(a server that dies during a library scan): ``set(mode, trigger=b"download",
+skip=2)`` lets requests pass until the third one whose request line contains
+``download``; from that one on every request gets ``mode`` (with ``REFUSE`` the
+listener closes then and every open connection, that one's included, is cut),
+and ``await proxy.struck.wait()`` returns once it happened. Everything listens
+on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -167,6 +173,8 @@ class FaultProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._release = asyncio.Event()
         self._seen_changed = asyncio.Condition()
+        self.struck = asyncio.Event()
+        self._armed: tuple[Fault, bytes | None, int] | None = None
 
     @property
     def url(self) -> str:
@@ -174,18 +182,46 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ control
 
-    def set(self, mode: Fault, delay: float = 0.0) -> None:
-        """Apply ``mode`` to every request that arrives from now on (stalled ones are released)."""
+    def set(self, mode: Fault, delay: float = 0.0, *, trigger: bytes | None = None,
+            skip: int | None = None) -> None:
+        """Apply ``mode`` to every request that arrives from now on (stalled ones are released).
+
+        With ``trigger`` or ``skip`` the fault is only armed: requests pass until the
+        (``skip`` + 1)-th one whose request line contains ``trigger`` (any request when
+        None), and from that one on every request gets ``mode``; ``struck`` is set then.
+        """
         self.release()
         self._release = asyncio.Event()
-        self.mode = mode
         self.delay = delay
+        self.struck = asyncio.Event()
+        if mode is not Fault.REFUSE and self._server is None and self.port:
+            raise RuntimeError("call restart() to listen again after REFUSE")
+        if trigger is not None or skip is not None:
+            self.mode, self._armed = Fault.PASS, (mode, trigger, skip or 0)
+            return
+        self._armed = None
+        self._strike(mode)
+
+    def _strike(self, mode: Fault) -> None:
+        self.mode = mode
+        if mode is not Fault.PASS:
+            self.struck.set()
         if mode is Fault.REFUSE and self._server is not None:
             self._server.close()
             self._server = None
             self._drop_connections()
-        elif mode is not Fault.REFUSE and self._server is None and self.port:
-            raise RuntimeError("call restart() to listen again after REFUSE")
+
+    def _mode_for(self, request: Message) -> Fault:
+        """The fault this request gets, striking an armed fault when this is its request."""
+        if self._armed is not None:
+            mode, trigger, skip = self._armed
+            if trigger is None or trigger in request.start:
+                if skip > 0:
+                    self._armed = (mode, trigger, skip - 1)
+                else:
+                    self._armed = None
+                    self._strike(mode)
+        return self.mode
 
     def release(self) -> None:
         """Let stalled requests go on (they are then relayed as in PASS)."""
@@ -197,7 +233,7 @@ class FaultProxy:
             self._server.close()
             self._server = None
         self._drop_connections()
-        self.mode = Fault.PASS
+        self.mode, self._armed = Fault.PASS, None
         await self._listen()
         self.set(mode)
 
@@ -271,7 +307,10 @@ class FaultProxy:
 
     async def _answer(self, request: Message, body: bytes, client: asyncio.StreamWriter) -> bool:
         """Relay (or break) one exchange; False when the connection to musegate must end."""
-        mode = self.mode
+        mode = self._mode_for(request)
+        if mode is Fault.REFUSE:  # struck by this very request: the server died under it
+            _reset(client)
+            return False
         if mode is not Fault.PASS:
             self.faulted += 1
         if mode is Fault.STALL:

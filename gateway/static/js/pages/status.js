@@ -57,6 +57,8 @@ export async function render(root) {
       const active = r.status === "scanning" || r.status === "analysing";
       scanBtn.disabled = active;
       const parts = [h("p", {}, h("strong", {}, r.status), " — ", r.message || "")];
+      // Why the last run failed (the music server's or the folder's own words).
+      if (r.status === "failed" && r.error) parts.push(h("p", { class: "error", id: "run-error", role: "alert" }, r.error));
       if (active) {
         parts.push(h("progress", { max: 1, value: r.progress || 0, "aria-label": "Analysis progress" }));
         const rate = r.rate ? `${r.rate.toFixed(2)} tracks/s` : "measuring speed…";
