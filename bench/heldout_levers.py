@@ -77,6 +77,12 @@ def load_set(paths: list[Path], labels: list[str]) -> PatchSet:
     return PatchSet(np.asarray(labels)[keep], samp, full)
 
 
+def joined(a: PatchSet, b: PatchSet) -> PatchSet:
+    """One library holding both sets (b's labels prefixed, so no soundtrack is shared)."""
+    return PatchSet(np.concatenate([a.labels, np.char.add("other:", b.labels.astype(str))]),
+                    a.sampled + b.sampled, a.full + b.full)
+
+
 def tuning_set() -> PatchSet:
     held = read_heldout(heldout_dir())
     return load_set([p for p, _, s in held if s == "tuning"],
@@ -259,9 +265,9 @@ def families() -> dict[str, dict[str, Score]]:
     }
     default = ref["centred + CSLS k=10 (shipped)"]
     hub: dict[str, Score] = {"centred + CSLS k=10 (shipped)": default}
-    for k in (5, 20):
+    for k in (5, 15, 20, 30, 40):
         hub[f"centred + CSLS k={k}"] = lambda ps, k=k: csls(cos(base(ps)), k)
-    for k in (3, 5, 7, 10, 15):
+    for k in (3, 5, 7, 10, 15, 20):
         hub[f"centred + local scaling k={k}"] = lambda ps, k=k: local_scaling(cos(base(ps)), k)
     for k in (5, 10, 20):
         hub[f"centred + NICDM k={k}"] = lambda ps, k=k: nicdm(cos(base(ps)), k)
@@ -274,6 +280,8 @@ def families() -> dict[str, dict[str, Score]]:
     for a in (0.25, 0.5, 0.75):
         white[f"whiten α={a:g}"] = lambda ps, a=a: cos(base(ps, geom=f"alpha {a}"))
         white[f"whiten α={a:g} + CSLS"] = lambda ps, a=a: csls(cos(base(ps, geom=f"alpha {a}")))
+        white[f"whiten α={a:g} + CSLS k=20"] = (
+            lambda ps, a=a: csls(cos(base(ps, geom=f"alpha {a}")), 20))
     for d in (1, 2, 3, 5, 8, 12):
         white[f"all-but-the-top D={d}"] = lambda ps, d=d: cos(base(ps, geom=f"abtt {d}"))
         white[f"all-but-the-top D={d} + CSLS"] = lambda ps, d=d: csls(cos(base(ps, geom=f"abtt {d}")))
@@ -283,6 +291,8 @@ def families() -> dict[str, dict[str, Score]]:
         if name == "mean":
             continue
         pool[f"{name}, centred + CSLS"] = lambda ps, name=name: csls(cos(base(ps, name)))
+    for name in ("median", "trimmed 10%"):
+        pool[f"{name}, centred + CSLS k=20"] = lambda ps, name=name: csls(cos(base(ps, name)), 20)
     for name in ("mean", "max", "mean of ReLU", "GeM p=3 (ReLU)"):
         pool[f"full track {name}, centred + CSLS"] = (
             lambda ps, name=name: csls(cos(base(ps, name, "full"))))
@@ -327,16 +337,32 @@ def measure(s: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, dict
     return pq, {"p": float(pq.mean()), "skew5": s5, "never5": n5, "skew10": s10, "never10": n10}
 
 
-def loso(pq: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, int]]:
+def loso(pq: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, int], np.ndarray]:
     """pq [configs, queries]: mean over soundtracks of the left-out soundtrack's precision
-    under the configuration best on the others (first maximum: ties go to the earlier)."""
-    got, picks = [], {}
+    under the configuration best on the others (first maximum: ties go to the earlier);
+    also how often each was chosen and the per-query precision LOSO gives."""
+    got = np.zeros(pq.shape[1])
+    picks: dict[int, int] = {}
     for lab in np.unique(labels):
         inside = labels == lab
         best = int(np.argmax(pq[:, ~inside].mean(1)))
         picks[best] = picks.get(best, 0) + 1
-        got.append(pq[best, inside].mean())
-    return float(np.mean(got)), picks
+        got[inside] = pq[best, inside]
+    return float(got.mean()), picks, got
+
+
+def paired(got: np.ndarray, ref: np.ndarray, labels: np.ndarray, seed: int = 11) -> str:
+    """Soundtracks better / equal / worse than ``ref``, and a 90 % bootstrap interval
+    (soundtracks resampled) of the ratio of the means: how much of a gain is noise."""
+    labs = np.unique(labels)
+    g = np.array([got[labels == lab].mean() for lab in labs])
+    r = np.array([ref[labels == lab].mean() for lab in labs])
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(labs), (5000, len(labs)))
+    ratio = g[pick].mean(1) / np.maximum(r[pick].mean(1), 1e-12) - 1
+    lo, hi = np.quantile(ratio, [0.05, 0.95])
+    return (f"{int((g > r).sum())}/{int((g == r).sum())}/{int((g < r).sum())} soundtracks "
+            f"better/equal/worse than full-track, 90 % interval of the gain {lo:+.0%} … {hi:+.0%}")
 
 
 def main() -> int:
@@ -346,46 +372,54 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     tune, dev = tuning_set(), dev_set()
-    print(f"tuning {len(tune.labels)} tracks / {len(set(tune.labels))} soundtracks, "
+    mixed = joined(tune, dev)
+    nt = len(tune.labels)
+    print(f"tuning {nt} tracks / {len(set(tune.labels))} soundtracks, "
           f"dev {len(dev.labels)} tracks", flush=True)
     fams = families()
     ref_full = fams["references"]["full-track musicnn, raw (AudioMuse-AI)"]
     full_pq, full_m = measure(ref_full(tune), tune.labels, 5)
-    full_p = full_m["p"]
+    full_mixed = measure(ref_full(mixed), mixed.labels, 5)[0][:nt]
+    full_p, full_pm = full_m["p"], float(full_mixed.mean())
     lines = [
         "| family | configuration | tuning p@5 | vs full-track | skew@5 | never top 5 | "
-        "dev p@10 | dev skew@10 | dev never top 10 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "tuning in tuning+dev p@5 | vs full-track | dev p@10 | dev skew@10 | dev never top 10 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     summary = []
     all_pq, all_names = [], []
     for fam, members in fams.items():
         if args.only and args.only not in fam and fam != "references":
             continue
-        pqs = []
+        pqs, pqm = [], []
         for name, fn in members.items():
             pq, m = measure(fn(tune), tune.labels, 5)
             _, dm = measure(fn(dev), dev.labels, 10)
+            mq = measure(fn(mixed), mixed.labels, 5)[0][:nt]
             pqs.append(pq)
+            pqm.append(mq)
             if fam == "references" or name != "centred + CSLS k=10 (shipped)":
                 all_pq.append(pq)
                 all_names.append(name)
             lines.append(f"| {fam} | {name} | {m['p']:.3f} | {m['p'] / full_p - 1:+.1%} | "
-                         f"{m['skew5']:.2f} | {m['never5']:.1%} | {dm['p']:.3f} | "
+                         f"{m['skew5']:.2f} | {m['never5']:.1%} | {mq.mean():.3f} | "
+                         f"{mq.mean() / full_pm - 1:+.1%} | {dm['p']:.3f} | "
                          f"{dm['skew10']:.2f} | {dm['never10']:.1%} |")
             print(lines[-1], flush=True)
         if fam != "references":
-            lo, picks = loso(np.stack(pqs), tune.labels)
+            lo, picks, got = loso(np.stack(pqs), tune.labels)
+            lom, _, _ = loso(np.stack(pqm), tune.labels)
             names = list(members)
             summary.append(
                 f"- {fam}: LOSO p@5 **{lo:.3f}** ({lo / full_p - 1:+.1%} over full-track "
-                f"{full_p:.3f}); chosen: " + "; ".join(
-                    f"{names[i]} ×{n}" for i, n in sorted(picks.items(), key=lambda x: -x[1])))
+                f"{full_p:.3f}; {paired(got, full_pq, tune.labels)}); in the tuning+dev "
+                f"library {lom:.3f} ({lom / full_pm - 1:+.1%} over {full_pm:.3f}); chosen: "
+                + "; ".join(f"{names[i]} ×{n}" for i, n in sorted(picks.items(), key=lambda x: -x[1])))
             print(summary[-1], flush=True)
-    lo, picks = loso(np.stack(all_pq), tune.labels)
+    lo, picks, got = loso(np.stack(all_pq), tune.labels)
     summary.append(
         f"- every configuration above ({len(all_pq)}): LOSO p@5 **{lo:.3f}** "
-        f"({lo / full_p - 1:+.1%}); chosen: " + "; ".join(
+        f"({lo / full_p - 1:+.1%}; {paired(got, full_pq, tune.labels)}); chosen: " + "; ".join(
             f"{all_names[i]} ×{n}" for i, n in sorted(picks.items(), key=lambda x: -x[1])))
     print(summary[-1])
     total = time.monotonic() - started
@@ -398,10 +432,13 @@ def main() -> int:
         f"Measured {date.today().isoformat()} on {machine()} (2-core VM, 24 GiB, shared with "
         f"other jobs); command: `.venv/bin/python bench/heldout_levers.py` ({total:.0f} s, "
         "analyses cached by `bench/heldout_analyses.py`). Only the tuning split "
-        f"({len(tune.labels)} tracks, {len(set(tune.labels))} soundtracks, p@5) and the dev "
+        f"({nt} tracks, {len(set(tune.labels))} soundtracks, p@5) and the dev "
         f"corpus ({len(dev.labels)} tracks, p@10) are scored; the final split is not read. "
         "Every row ranks all other tracks of the set (plain top 10, no playlist rules); "
-        "the geometry is fitted on the set itself, without labels.",
+        "the geometry is fitted on the set itself, without labels. \"tuning in tuning+dev\": "
+        "the tuning queries searched in one library of both sets (188 tracks, the dev "
+        "soundtracks as distractors), so a neighbourhood size k is tried on a second "
+        "library size.",
         "",
         *lines,
         "",
