@@ -254,11 +254,16 @@ def base(ps: PatchSet, pool: str = "mean", patches: str = "sampled", geom: str =
     return all_but_the_top(x, int(value))
 
 
+def full_track_reference(ps: PatchSet) -> np.ndarray:
+    """AudioMuse-AI's way: the mean of every patch of the track, raw cosine."""
+    return cos(base(ps, patches="full", geom="raw"))
+
+
 def families() -> dict[str, dict[str, Score]]:
     """Lever family -> {member label: score function}. The first member of every family
     after the references is the shipped default (centred + CSLS k=10)."""
     ref = {
-        "full-track musicnn, raw (AudioMuse-AI)": lambda ps: cos(base(ps, patches="full", geom="raw")),
+        "full-track musicnn, raw (AudioMuse-AI)": full_track_reference,
         "musegate raw (32 sampled patches)": lambda ps: cos(base(ps, geom="raw")),
         "centred": lambda ps: cos(base(ps)),
         "centred + CSLS k=10 (shipped)": lambda ps: csls(cos(base(ps))),
