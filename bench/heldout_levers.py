@@ -370,6 +370,37 @@ def paired(got: np.ndarray, ref: np.ndarray, labels: np.ndarray, seed: int = 11)
             f"better/equal/worse than full-track, 90 % interval of the gain {lo:+.0%} … {hi:+.0%}")
 
 
+def product_k(ks: tuple[int, ...] = (10, 15, 20)) -> list[str]:
+    """CSLS neighbourhood sizes through the product's own similar songs (bench/csls.py's
+    catalogues: the shrunk-mean geometry, the FAISS index, index.hubness radii, copies
+    hidden, no artist cap): the one lever above that is a constant of the shipped code."""
+    import importlib.util
+
+    from index.faiss_index import SimilarityIndex
+    from index.hubness import neighbourhood_radius
+
+    spec = importlib.util.spec_from_file_location("bench_csls", REPO / "bench" / "csls.py")
+    assert spec is not None and spec.loader is not None
+    bc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bc)
+    out = ["| set | CSLS k | similar_tracks precision | k-occurrence skewness | never in a list |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+    for name, (cat, labels, n) in (("held-out tuning, p@5", (*bc.heldout_catalogue(), 5)),
+                                   ("dev corpus, p@10", (*bc.dev_catalogue(), 10))):
+        index = SimilarityIndex.build(cat.ids, cat.vectors)
+        for k in ks:
+            cat.radius = neighbourhood_radius(index, cat.ids, cat.vectors, k)
+            nn = bc.neighbour_lists(cat, index, n)
+            p = float(np.mean([np.mean([labels[j] == labels[i] for j in row])
+                               for i, row in enumerate(nn)]))
+            skew, never, _ = bc.bench_index.hubness(nn, len(labels))
+            out.append(f"| {name} | {k}{' (shipped)' if k == 10 else ''} | {p:.3f} | "
+                       f"{skew:.2f} | {never:.1%} |")
+            print(out[-1], flush=True)
+        cat.radius = None
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
@@ -427,6 +458,7 @@ def main() -> int:
         f"({lo / full_p - 1:+.1%}; {paired(got, full_pq, tune.labels)}); chosen: " + "; ".join(
             f"{all_names[i]} ×{n}" for i, n in sorted(picks.items(), key=lambda x: -x[1])))
     print(summary[-1])
+    product = product_k() if not args.only else []
     total = time.monotonic() - started
     print(f"total {total:.0f} s")
     if args.no_write or args.only:
@@ -451,6 +483,11 @@ def main() -> int:
         "best on the other 15):",
         "",
         *summary,
+        "",
+        "CSLS's neighbourhood size through the product's own similar songs (`similar_tracks`, "
+        "as in \"CSLS re-ranking\"):",
+        "",
+        *product,
     ])
     write_section(REPO / "docs" / "benchmarks.md", MARKER, section)
     print("written to docs/benchmarks.md")
