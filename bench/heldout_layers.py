@@ -1,14 +1,13 @@
 """The network's pooled layer (before the 200-d dense one) for the held-out tuning split
 and the dev corpus, cached per track, and its similarity quality.
 
-    .venv/bin/pip install onnx   # bench-only: to expose an inner node of the model
     nice -n 10 .venv/bin/python bench/heldout_layers.py [--workers 2]
 
 MSD-musicnn's back end max- and mean-pools the 753 mid-end feature maps over time
 (``pool_max``, ``pool_mean``: 1,506 values per patch); the 200-d embedding musegate
 stores is one dense layer on them. The bundled ONNX graph keeps those nodes but does
-not output them, so this bench adds them as outputs (in memory; the model file is not
-changed) and runs the 32 patches of musegate's sampled plan (the rows
+not output them, so this bench adds them as outputs with the ``onnx`` package (the
+test extra's; in memory, the model file is not changed) and runs the 32 patches of musegate's sampled plan (the rows
 bench/heldout_analyses.py cached) again. The final split is not analysed or scored.
 
 Quality as bench/heldout_levers.py measures it (same-soundtrack p@5 on the tuning
