@@ -22,7 +22,7 @@ Levers, each one family of configurations:
 * set-to-set similarity of the patches (mean best-match patch cosine, both ways);
 * query expansion (α-QE: the query averaged with its top-k, weighted by cos^α) and
   database-side augmentation (every track replaced by the same average), before
-  CSLS.
+  CSLS; diffusion (manifold ranking) on the kNN graph.
 
 Every family is scored leave-one-soundtrack-out (LOSO): each tuning soundtrack is
 scored with the family member that did best on the other 15 soundtracks' queries.
@@ -322,8 +322,30 @@ def families() -> dict[str, dict[str, Score]]:
                 lambda ps, k=k, a=a: csls(_qe_scores(base(ps), k, a)))
             expand[f"DBA k={k} α={a:g} + CSLS"] = (
                 lambda ps, k=k, a=a: csls(cos(qe(base(ps), k, a))))
+    for k in (5, 10, 20):
+        for a in (0.5, 0.9, 0.99):
+            expand[f"diffusion k={k} α={a:g}"] = (
+                lambda ps, k=k, a=a: diffusion(cos(base(ps)), k, a))
+    expand["diffusion k=10 α=0.9 + CSLS"] = lambda ps: csls(diffusion(cos(base(ps)), 10, 0.9))
     return {"references": ref, "hubness reduction": hub, "partial whitening": white,
             "pooling": pool, "patch set-to-set": sets, "query expansion": expand}
+
+
+def diffusion(s: np.ndarray, k: int, alpha: float) -> np.ndarray:
+    """Manifold ranking on the kNN graph (Zhou et al.; Iscen et al. for retrieval):
+    W = max(cos, 0)^3 between mutual-or-one-way k nearest, symmetrised;
+    F = (I − α D^-½ W D^-½)^-1, row i = query i's diffused scores."""
+    n = len(s)
+    t = s.copy()
+    np.fill_diagonal(t, -np.inf)
+    nn = np.argsort(-t, axis=1)[:, :k]
+    w = np.zeros_like(s)
+    rows = np.repeat(np.arange(n), k)
+    w[rows, nn.ravel()] = np.maximum(s[rows, nn.ravel()], 0.0) ** 3
+    w = np.maximum(w, w.T)
+    d = w.sum(1)
+    d = np.where(d > 0, d, 1.0) ** -0.5
+    return np.linalg.inv(np.eye(n) - alpha * (d[:, None] * w * d[None, :]))
 
 
 def _qe_scores(v: np.ndarray, k: int, alpha: float) -> np.ndarray:
