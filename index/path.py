@@ -158,9 +158,7 @@ def _fill(
     chosen: list[int] = []
     if len(targets):
         _, ids = index.search(targets, k)
-        for j in range(len(targets)):
-            found = ids[j][(ids[j] >= 0)]
-            rows = np.array([cat.row(int(t)) for t in found if cat.has(int(t))], np.int64)
+        for j, rows in enumerate(_known_rows(cat, ids)):
             pool_rows.append(rows[:pool_size])
             pick = next((int(r) for r in rows if builder.offer(int(r))), None)
             if pick is None:
@@ -182,8 +180,26 @@ def _fill(
     return path, np.unique(np.concatenate(pool_rows + [np.array(path, np.int64)]))
 
 
+def _known_rows(cat: Catalogue, ids: np.ndarray) -> list[np.ndarray]:
+    """Catalogue rows of each line of index hits, in order, without the ones the catalogue
+    lacks (empty slots, or a track removed between the index and the catalogue swap)."""
+    found = ids >= 0
+    try:
+        rows = np.full(ids.shape, -1, np.int64)
+        rows[found] = cat.rows(ids[found])
+        return [line[line >= 0] for line in rows]
+    except KeyError:  # rare: map the hits one by one
+        return [np.array([cat.row(int(t)) for t in line[line >= 0] if cat.has(int(t))], np.int64)
+                for line in ids]
+
+
 class _Improver:
-    """Local search over a fixed candidate pool with all distances precomputed."""
+    """Local search over a fixed candidate pool with all distances precomputed.
+
+    The playlist rules are checked for a whole ranked candidate list at once
+    (:meth:`_allowed`) over integer codes per pool row, so a move costs a few
+    array operations instead of a Python loop over candidates and path songs.
+    """
 
     def __init__(
         self, cat: Catalogue, pool: np.ndarray, fixed_rows: set[int], max_per_artist: int,
@@ -195,70 +211,93 @@ class _Improver:
         vp = cat.vectors[pool].astype(np.float64)
         gram = np.clip(vp @ vp.T, -1.0, 1.0)
         self.dist = 1.0 - gram
+        # copies are judged lazily per pair; without hiding, only a song blocks itself,
+        # which the "already in the path" rule covers
+        self.copies = DuplicateLookup(cat, pool, gram) if hide_duplicates else None
+        # pool rows with any close (raw cosine) partner: the only ones a copy check can reject
+        self.close = (self.copies.pending.any(axis=1) if self.copies is not None
+                      else np.zeros(len(pool), bool))
         texts = _text_keys(cat)
-        artists = artist_keys(cat)
-        if hide_duplicates:
-            self.dup_vec: DuplicateLookup | np.ndarray = DuplicateLookup(cat, pool, gram)
-            self.text = [texts[int(r)] for r in pool]
-        else:  # only a song itself blocks itself; empty title keys never match
-            self.dup_vec = np.eye(len(pool), dtype=bool)
-            self.text = [""] * len(pool)
-        self.artist = [artists[int(r)] for r in pool]
+        self.text = _codes([texts[int(r)] for r in pool] if hide_duplicates else [""] * len(pool))
+        self.n_texts = int(self.text.max()) + 1 if len(pool) else 0
+        self.artist = _codes([artist_keys(cat)[int(r)] for r in pool])
+        self.n_artists = int(self.artist.max()) + 1 if len(pool) else 0
         self.duration = cat.duration[pool].astype(np.float64)
         self.fixed = {self.where[r] for r in fixed_rows}
         self.cap = max_per_artist
 
-    def _valid(self, c: int, path: list[int], replaced: Sequence[int]) -> bool:
-        if c in path:
-            return False
-        others = [p for p in path if p not in replaced]
-        if others and bool(self.dup_vec[c, others].any()):
-            return False
-        key = self.text[c]
-        if key and any(
-            self.text[p] == key and abs(self.duration[p] - self.duration[c]) <= DUPLICATE_SECONDS
-            for p in others
-        ):
-            return False
-        artist = self.artist[c]
-        return not (
-            artist
-            and self.cap > 0
-            and sum(1 for p in others if self.artist[p] == artist) >= self.cap
-        )
+    def _others(self, path: list[int], replaced: Sequence[int]) -> np.ndarray:
+        here = np.asarray(path, np.int64)
+        keep = np.ones(len(here), bool)
+        for r in replaced:
+            keep &= here != r
+        return here[keep]
 
-    def _valid_pair(self, a: int, b: int, path: list[int], replaced: Sequence[int]) -> bool:
-        """Pair-specific rules only: each of ``a`` and ``b`` already passed ``_valid`` alone."""
-        if a == b:
-            return False
-        if self.dup_vec[a, b] or (
-            self.text[a]
-            and self.text[a] == self.text[b]
-            and abs(self.duration[a] - self.duration[b]) <= DUPLICATE_SECONDS
-        ):
-            return False
-        artist = self.artist[a]
-        if artist and self.cap > 0 and artist == self.artist[b]:
-            others = [p for p in path if p not in replaced]
-            if sum(1 for p in others if self.artist[p] == artist) + 2 > self.cap:
-                return False
-        return True
+    def _artist_counts(self, others: np.ndarray) -> np.ndarray:
+        mine = self.artist[others]
+        return np.bincount(mine[mine >= 0], minlength=self.n_artists)
+
+    def _allowed(self, cands: np.ndarray, path: list[int], replaced: Sequence[int]) -> np.ndarray:
+        """Which of ``cands`` (pool rows) may take the place of ``replaced`` in ``path``."""
+        cands = np.asarray(cands, np.int64)
+        in_path = np.zeros(len(self.pool), bool)
+        in_path[path] = True
+        ok = ~in_path[cands]
+        others = self._others(path, replaced)
+        if not len(others):
+            return ok
+        if self.cap > 0:
+            art = self.artist[cands]
+            ok &= ~((art >= 0) & (self._artist_counts(others)[np.maximum(art, 0)] >= self.cap))
+        if self.n_texts:
+            taken = np.zeros(self.n_texts + 1, bool)  # the last slot is "no title" (-1)
+            taken[self.text[others]] = True
+            taken[-1] = False
+            for i in np.flatnonzero(taken[self.text[cands]] & ok):
+                c = int(cands[i])
+                same = others[self.text[others] == self.text[c]]
+                if bool((np.abs(self.duration[same] - self.duration[c]) <= DUPLICATE_SECONDS).any()):
+                    ok[i] = False
+        if self.copies is not None and bool(ok.any()):
+            keep = np.flatnonzero(ok & self.close[cands])
+            if len(keep):
+                ok[keep] = ~self.copies.copies_among(cands[keep], others)
+        return ok
+
+    def _pairs_allowed(self, a: np.ndarray, b: np.ndarray, path: list[int],
+                       replaced: Sequence[int]) -> np.ndarray:
+        """Pair-specific rules only, for pairs whose members each passed ``_allowed`` alone;
+        copies are left to the caller (judged lazily, pair by pair, in rank order)."""
+        ok = a != b
+        same_text = (self.text[a] >= 0) & (self.text[a] == self.text[b])
+        ok &= ~(same_text & (np.abs(self.duration[a] - self.duration[b]) <= DUPLICATE_SECONDS))
+        if self.cap > 0:
+            counts = self._artist_counts(self._others(path, replaced))
+            art = self.artist[a]
+            ok &= ~((art >= 0) & (art == self.artist[b]) & (counts[np.maximum(art, 0)] + 2 > self.cap))
+        return ok
 
     def jumps(self, path: list[int]) -> np.ndarray:
         p = np.asarray(path)
         return self.dist[p[:-1], p[1:]] if len(p) > 1 else np.zeros(0)
 
+    def _first(self, cands: np.ndarray, path: list[int], replaced: Sequence[int]) -> int | None:
+        """The first allowed of ``cands`` (in rank order), if any."""
+        if not len(cands):
+            return None
+        hit = np.flatnonzero(self._allowed(cands, path, replaced))
+        return int(cands[hit[0]]) if len(hit) else None
+
     def _single(self, path: list[int], s: int, gmax: float) -> bool:
         prev, nxt = path[s - 1], path[s + 1]
         old = max(self.dist[prev, path[s]], self.dist[path[s], nxt])
         local = np.maximum(self.dist[:, prev], self.dist[:, nxt])
-        for c in np.lexsort((self.pool, local)):
-            if local[c] >= old - _EPS or local[c] > gmax + _EPS:
-                return False
-            if self._valid(int(c), path, (path[s],)):
-                path[s] = int(c)
-                return True
-        return False
+        better = np.flatnonzero((local < old - _EPS) & (local <= gmax + _EPS))
+        pick = self._first(better[np.lexsort((self.pool[better], local[better]))], path, (path[s],))
+        if pick is None:
+            return False
+        path[s] = pick
+        return True
 
     def _pair(self, path: list[int], s: int, gmax: float) -> bool:
         """Replace path[s] and path[s+1] together when no single swap can shorten their jump."""
@@ -268,9 +307,8 @@ class _Improver:
         near = min(len(self.pool), 96)
 
         def shortlist(anchor: int) -> np.ndarray:
-            ranked = np.argsort(self.dist[:, anchor], kind="stable")
-            ok = [int(c) for c in ranked[: 4 * near] if self._valid(int(c), path, replaced)]
-            return np.array(ok[:near], np.int64)
+            ranked = np.argsort(self.dist[:, anchor], kind="stable")[: 4 * near]
+            return ranked[self._allowed(ranked, path, replaced)][:near]
 
         first, second = shortlist(prev), shortlist(nxt)
         if not len(first) or not len(second):
@@ -278,14 +316,13 @@ class _Improver:
         cost = np.maximum(
             np.maximum(self.dist[first, prev][:, None], self.dist[np.ix_(first, second)]),
             self.dist[second, nxt][None, :],
-        )
-        for f in np.argsort(cost, axis=None, kind="stable"):
-            i, j = divmod(int(f), len(second))
-            if cost[i, j] >= old - _EPS or cost[i, j] > gmax + _EPS:
-                return False
-            a, b = int(first[i]), int(second[j])
-            if self._valid_pair(a, b, path, replaced):
-                path[s], path[s + 1] = a, b
+        ).ravel()
+        flat = np.flatnonzero((cost < old - _EPS) & (cost <= gmax + _EPS))
+        flat = flat[np.argsort(cost[flat], kind="stable")]
+        a, b = first[flat // len(second)], second[flat % len(second)]
+        for i in np.flatnonzero(self._pairs_allowed(a, b, path, replaced)):
+            if self.copies is None or not self.copies[int(a[i]), int(b[i])]:
+                path[s], path[s + 1] = int(a[i]), int(b[i])
                 return True
         return False
 
@@ -336,15 +373,19 @@ class _Improver:
                 old = self.dist[prev, path[s]] + self.dist[path[s], nxt]
                 total = self.dist[:, prev] + self.dist[:, nxt]
                 worst = np.maximum(self.dist[:, prev], self.dist[:, nxt])
-                for c in np.lexsort((self.pool, total)):
-                    if total[c] >= old - _EPS:
-                        break
-                    if worst[c] <= gmax + _EPS and self._valid(int(c), path, (path[s],)):
-                        path[s] = int(c)
-                        changed = True
-                        break
+                better = np.flatnonzero((total < old - _EPS) & (worst <= gmax + _EPS))
+                pick = self._first(better[np.lexsort((self.pool[better], total[better]))], path, (path[s],))
+                if pick is not None:
+                    path[s] = pick
+                    changed = True
             if not changed:
                 break
+
+
+def _codes(keys: list[str]) -> np.ndarray:
+    """One integer per distinct non-empty key, -1 for "" (unknown: never matches anything)."""
+    seen: dict[str, int] = {}
+    return np.array([seen.setdefault(k, len(seen)) if k else -1 for k in keys], np.int64)
 
 
 def _song_path(cat: Catalogue, rows: list[int]) -> SongPath:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -152,3 +153,66 @@ def test_slerp_stays_on_the_great_circle() -> None:
     assert np.allclose(angles, angles[0], atol=1e-4)  # evenly spaced
     anti = slerp(a, -a, np.array([0.5]))
     assert np.isclose(np.linalg.norm(anti), 1.0, atol=1e-5)
+
+
+def _allowed_one_by_one(cat, improver, c: int, path: list[int], replaced, cap: int,
+                        hide: bool) -> bool:
+    """The playlist rules for one candidate, straight from their definition (index.results)."""
+    if c in path:
+        return False
+    rows = [int(improver.pool[p]) for p in path if p not in replaced]
+    row = int(improver.pool[c])
+    if hide and any(duplicate_of(cat, row, r) for r in rows):
+        return False
+    artist = cat.artists[row]
+    return not (cap > 0 and sum(cat.artists[r] == artist for r in rows) >= cap)
+
+
+@pytest.fixture(scope="module")
+def retitled(lib):
+    """The library with every near-duplicate copy under a title of its own and its original's
+    key, so only the embedding rule (index.duplicates' fallback) can tell it is a copy."""
+    cat = lib.cat
+    titles, key = list(cat.titles), cat.key.copy()
+    for copy, original in lib.originals.items():
+        r, o = cat.row(copy), cat.row(original)
+        if "Remastered" in titles[r]:
+            titles[r] = f"Another name {r}"
+            key[r] = key[o]
+    return replace(cat, titles=titles, key=key)
+
+
+@pytest.mark.parametrize("hide", [True, False])
+@pytest.mark.parametrize("cap", [2, 0])
+@pytest.mark.parametrize("which", ["copies by title", "copies by embedding"])
+def test_vectorised_rules_agree_with_the_rules_one_candidate_at_a_time(
+    lib, retitled, index, hide, cap, which
+) -> None:
+    """The improver checks a whole candidate list in one go; every verdict must be the one
+    the plain rules give, on a library full of copies, same-title cuts and capped artists."""
+    cat = lib.cat if which == "copies by title" else retitled
+    anchors = _anchors(cat, int(cat.ids[0]), int(cat.ids[299]), 25, ())
+    targets, layout = _targets(cat, anchors, 25, spherical=True)
+    rows, _ = _fill(cat, index, anchors, targets, layout, cap, 30, hide_duplicates=hide)
+    pool = np.arange(len(cat))  # every song, so every copy of a path song is a candidate
+    improver = _Improver(cat, pool, {int(r) for r in anchors}, cap, hide_duplicates=hide)
+    # put originals of copies (and a same-title cut) into the path, so their copies are candidates
+    pairs = [(cat.row(c), cat.row(o)) for c, o in sorted(lib.originals.items())]
+    pairs = [(c, o) for c, o in pairs if c not in rows and o not in rows]
+    pairs = pairs[:3] + pairs[-3:]  # copies first, then cuts (make_library's order)
+    for slot, (_, o) in zip(range(2, len(rows) - 1, 3), pairs, strict=False):
+        rows[slot] = o
+    path = [improver.where[r] for r in rows]
+    for s in (1, len(path) // 2, len(path) - 2):
+        replaced = (path[s],)
+        got = improver._allowed(pool, path, replaced)
+        want = [_allowed_one_by_one(cat, improver, int(c), path, replaced, cap, hide)
+                for c in pool]
+        assert got.tolist() == want
+        if cap or hide:  # the rules did reject songs besides the path's own
+            assert int(np.sum(~got)) > len(path)
+    copies = np.array([c for c, o in pairs if o in rows])
+    assert len(copies) == 6
+    if cap == 0:  # nothing but the copy rule can turn these away
+        assert not improver._allowed(copies, path, ()).any() if hide else (
+            improver._allowed(copies, path, ()).all())
