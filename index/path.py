@@ -220,9 +220,15 @@ class _Improver:
         texts = _text_keys(cat)
         self.text = _codes([texts[int(r)] for r in pool] if hide_duplicates else [""] * len(pool))
         self.n_texts = int(self.text.max()) + 1 if len(pool) else 0
+        self.duration = cat.duration[pool].astype(np.float64)
+        # same title+artist within 3 s: one pool x pool table, as the rule does not change
+        self.clash = (
+            (self.text[:, None] == self.text[None, :])
+            & (self.text >= 0)[:, None]
+            & (np.abs(self.duration[:, None] - self.duration[None, :]) <= DUPLICATE_SECONDS)
+        )
         self.artist = _codes([artist_keys(cat)[int(r)] for r in pool])
         self.n_artists = int(self.artist.max()) + 1 if len(pool) else 0
-        self.duration = cat.duration[pool].astype(np.float64)
         self.fixed = {self.where[r] for r in fixed_rows}
         self.cap = max_per_artist
 
@@ -288,16 +294,49 @@ class _Improver:
         hit = np.flatnonzero(self._allowed(cands, path, replaced))
         return int(cands[hit[0]]) if len(hit) else None
 
-    def _single(self, path: list[int], s: int, gmax: float) -> bool:
-        prev, nxt = path[s - 1], path[s + 1]
-        old = max(self.dist[prev, path[s]], self.dist[path[s], nxt])
-        local = np.maximum(self.dist[:, prev], self.dist[:, nxt])
-        better = np.flatnonzero((local < old - _EPS) & (local <= gmax + _EPS))
-        pick = self._first(better[np.lexsort((self.pool[better], local[better]))], path, (path[s],))
-        if pick is None:
-            return False
-        path[s] = pick
-        return True
+    def _moves(self, path: list[int], movable: list[bool], key: np.ndarray,
+               better: np.ndarray) -> np.ndarray:
+        """Per path position, the pool row a single swap there would take (-1: none).
+
+        ``key`` and ``better`` are [pool, interior positions]: the rank of each candidate
+        there (lowest first, ties by pool order) and whether it would improve the path.
+        The rules are evaluated for every position at once from counts over the whole path,
+        minus what the song being replaced contributes, so one position's answer is what
+        ``_allowed`` gives for it alone.
+        """
+        here = np.asarray(path, np.int64)
+        inner = here[1:-1]
+        ok = better & np.asarray(movable[1:-1], bool)[None, :]
+        in_path = np.zeros(len(self.pool), bool)
+        in_path[here] = True
+        ok &= ~in_path[:, None]
+        if self.cap > 0:
+            art = self.artist
+            counts = self._artist_counts(here)[np.maximum(art, 0)]
+            same_artist = counts[:, None] - (art[:, None] == art[inner][None, :])
+            ok &= ~((art >= 0)[:, None] & (same_artist >= self.cap))
+        if self.n_texts:
+            hits = self.clash[:, here]
+            ok &= (hits.sum(axis=1)[:, None] - self.clash[:, inner]) == 0
+        if self.copies is not None:
+            rows = np.flatnonzero(ok.any(axis=1) & self.close)
+            if len(rows):
+                self.copies.judge(rows, here)
+                same = self.copies.same[np.ix_(rows, here)].sum(axis=1)[:, None]
+                ok[rows] &= (same - self.copies.same[np.ix_(rows, inner)]) == 0
+        ranked = np.where(ok, key, np.inf)
+        best = np.argmin(ranked, axis=0)
+        out = np.full(len(path), -1, np.int64)
+        found = np.isfinite(ranked[best, np.arange(len(inner))])
+        out[1:-1][found] = best[found]
+        return out
+
+    def _single_moves(self, path: list[int], movable: list[bool], gmax: float) -> np.ndarray:
+        """``_moves`` for lowering the larger of the two jumps around each position."""
+        here = np.asarray(path, np.int64)
+        old = np.maximum(self.dist[here[:-2], here[1:-1]], self.dist[here[1:-1], here[2:]])
+        local = np.maximum(self.dist[:, here[:-2]], self.dist[:, here[2:]])
+        return self._moves(path, movable, local, (local < old - _EPS) & (local <= gmax + _EPS))
 
     def _pair(self, path: list[int], s: int, gmax: float) -> bool:
         """Replace path[s] and path[s+1] together when no single swap can shorten their jump."""
@@ -335,10 +374,12 @@ class _Improver:
                 break
             gmax = float(d.max())
             moved = False
+            singles = self._single_moves(path, movable, gmax) if len(path) > 2 else None
             for i in np.argsort(-d, kind="stable"):
                 i = int(i)
                 for s in (i, i + 1):
-                    if 0 < s < len(path) - 1 and movable[s] and self._single(path, s, gmax):
+                    if 0 < s < len(path) - 1 and singles is not None and singles[s] >= 0:
+                        path[s] = int(singles[s])
                         moved = True
                         break
                 if not moved and d[i] >= gmax - _EPS:
@@ -360,24 +401,32 @@ class _Improver:
         return [int(self.pool[p]) for p in path]
 
     def _polish(self, path: list[int], movable: list[bool], sweeps: int = 3) -> None:
-        """Lower the mean jump with single swaps that keep every jump under the current maximum."""
+        """Lower the mean jump with single swaps that keep every jump under the current maximum.
+
+        Positions are visited in order and each sees the swaps made before it; the table of
+        best swaps is recomputed only after a swap (until then it is exact for the rest).
+        """
         if len(path) < 3:
             return
         gmax = float(self.jumps(path).max())
         for _ in range(sweeps):
             changed = False
-            for s in range(1, len(path) - 1):
-                if not movable[s]:
-                    continue
-                prev, nxt = path[s - 1], path[s + 1]
-                old = self.dist[prev, path[s]] + self.dist[path[s], nxt]
-                total = self.dist[:, prev] + self.dist[:, nxt]
-                worst = np.maximum(self.dist[:, prev], self.dist[:, nxt])
-                better = np.flatnonzero((total < old - _EPS) & (worst <= gmax + _EPS))
-                pick = self._first(better[np.lexsort((self.pool[better], total[better]))], path, (path[s],))
-                if pick is not None:
-                    path[s] = pick
-                    changed = True
+            s = 1
+            while s < len(path) - 1:
+                here = np.asarray(path, np.int64)
+                old = self.dist[here[:-2], here[1:-1]] + self.dist[here[1:-1], here[2:]]
+                total = self.dist[:, here[:-2]] + self.dist[:, here[2:]]
+                worst = np.maximum(self.dist[:, here[:-2]], self.dist[:, here[2:]])
+                later = np.arange(1, len(path) - 1) >= s
+                better = (total < old - _EPS) & (worst <= gmax + _EPS) & later[None, :]
+                moves = self._moves(path, movable, total, better)
+                hit = np.flatnonzero(moves >= 0)
+                if not len(hit):
+                    break
+                s = int(hit[0])
+                path[s] = int(moves[s])
+                changed = True
+                s += 1
             if not changed:
                 break
 

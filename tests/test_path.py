@@ -216,3 +216,30 @@ def test_vectorised_rules_agree_with_the_rules_one_candidate_at_a_time(
     if cap == 0:  # nothing but the copy rule can turn these away
         assert not improver._allowed(copies, path, ()).any() if hide else (
             improver._allowed(copies, path, ()).all())
+
+
+@pytest.mark.parametrize("hide", [True, False])
+def test_move_table_is_the_best_allowed_swap_at_each_position(lib, retitled, index, hide) -> None:
+    """The improver's per-round table of single swaps, computed for all positions at once,
+    names at each position the candidate a one-position search would pick."""
+    cat = retitled
+    anchors = _anchors(cat, int(cat.ids[10]), int(cat.ids[260]), 25, ())
+    targets, layout = _targets(cat, anchors, 25, spherical=False)
+    rows, pool = _fill(cat, index, anchors, targets, layout, 2, 30, hide_duplicates=hide)
+    improver = _Improver(cat, pool, {int(r) for r in anchors}, 2, hide_duplicates=hide)
+    path = [improver.where[r] for r in rows]
+    movable = [True] * len(path)
+    gmax = float(improver.jumps(path).max())
+    table = improver._single_moves(path, movable, gmax)
+    found = 0
+    for s in range(1, len(path) - 1):
+        prev, cur, nxt = path[s - 1], path[s], path[s + 1]
+        local = np.maximum(improver.dist[:, prev], improver.dist[:, nxt])
+        old = max(improver.dist[prev, cur], improver.dist[cur, nxt])
+        order = [c for c in np.lexsort((pool, local)) if local[c] < old - 1e-7]
+        ok = improver._allowed(np.array(order, np.int64), path, (cur,)) if order else []
+        want = next((int(c) for c, good in zip(order, ok, strict=True) if good), -1)
+        assert int(table[s]) == want
+        found += int(want >= 0)
+    assert found  # the greedy fill leaves swaps to make
+    assert table[0] == table[-1] == -1
