@@ -230,6 +230,7 @@ class _Improver:
         self.artist = _codes([artist_keys(cat)[int(r)] for r in pool])
         self.n_artists = int(self.artist.max()) + 1 if len(pool) else 0
         self.fixed = {self.where[r] for r in fixed_rows}
+        self._floors: dict[tuple[int, int], float] = {}
         self.cap = max_per_artist
 
     def _others(self, path: list[int], replaced: Sequence[int]) -> np.ndarray:
@@ -338,10 +339,25 @@ class _Improver:
         local = np.maximum(self.dist[:, here[:-2]], self.dist[:, here[2:]])
         return self._moves(path, movable, local, (local < old - _EPS) & (local <= gmax + _EPS))
 
+    def _pair_floor(self, prev: int, nxt: int) -> float:
+        """The smallest largest jump any two distinct pool songs between ``prev`` and ``nxt``
+        could give, whatever the rules: a pair search that cannot beat it is skipped. The
+        same gap is attacked round after round, so the answer is kept."""
+        key = (prev, nxt)
+        floor = self._floors.get(key)
+        if floor is None:
+            cost = np.maximum(np.maximum(self.dist[:, prev][:, None], self.dist),
+                              self.dist[:, nxt][None, :])
+            np.fill_diagonal(cost, np.inf)
+            floor = self._floors[key] = float(cost.min()) if cost.size else np.inf
+        return floor
+
     def _pair(self, path: list[int], s: int, gmax: float) -> bool:
         """Replace path[s] and path[s+1] together when no single swap can shorten their jump."""
         prev, nxt = path[s - 1], path[s + 2]
         old = max(self.jumps(path[s - 1 : s + 3]))
+        if self._pair_floor(prev, nxt) >= old - _EPS:
+            return False  # no two songs of the pool, allowed or not, bridge this tighter
         replaced = (path[s], path[s + 1])
         near = min(len(self.pool), 96)
 

@@ -243,3 +243,16 @@ def test_move_table_is_the_best_allowed_swap_at_each_position(lib, retitled, ind
         found += int(want >= 0)
     assert found  # the greedy fill leaves swaps to make
     assert table[0] == table[-1] == -1
+
+
+def test_pair_floor_is_the_best_any_two_pool_songs_could_do(lib, index) -> None:
+    """Pair searches are skipped when this bound cannot beat the gap: it must be the true
+    minimum over every ordered pair of distinct pool songs, rules ignored."""
+    cat = lib.cat
+    pool = np.arange(0, len(cat), 7)
+    improver = _Improver(cat, pool, set(), 3)
+    d = improver.dist
+    for prev, nxt in [(0, 5), (3, 40), (12, 12)]:
+        brute = min(max(d[prev, a], d[a, b], d[b, nxt])
+                    for a in range(len(pool)) for b in range(len(pool)) if a != b)
+        assert np.isclose(improver._pair_floor(prev, nxt), brute, atol=1e-12)
