@@ -36,8 +36,6 @@ from index.results import (
 )
 
 _EPS = 1e-7
-
-
 @dataclass(frozen=True)
 class PathStep:
     track_id: int
@@ -149,16 +147,19 @@ def _fill(
     max_per_artist: int,
     pool_size: int,
     hide_duplicates: bool = True,
+    span: _Span | None = None,
 ) -> tuple[list[int], np.ndarray]:
-    """Nearest allowed unused song per target; returns the path rows and the candidate pool."""
+    """Nearest allowed unused song per target; returns the path rows and the candidate pool.
+    ``span``: the library projected onto the anchors' span, when the caller has it."""
     builder = PlaylistBuilder(cat, max_per_artist, counted=[int(r) for r in anchor_rows],
                               hide_duplicates=hide_duplicates)
     k = min(len(index), pool_size + len(layout))
     pool_rows: list[np.ndarray] = [np.asarray(anchor_rows, np.int64)]
     chosen: list[int] = []
     if len(targets):
-        _, ids = index.search(targets, k)
-        for j, rows in enumerate(_known_rows(cat, ids)):
+        if span is None:
+            span = _span(cat, index, anchor_rows)
+        for j, rows in enumerate(_nearest_rows(cat, index, targets, k, span)):
             pool_rows.append(rows[:pool_size])
             pick = next((int(r) for r in rows if builder.offer(int(r))), None)
             if pick is None:
@@ -178,6 +179,71 @@ def _fill(
             if nxt is not None:
                 path.append(nxt)
     return path, np.unique(np.concatenate(pool_rows + [np.array(path, np.int64)]))
+
+
+#: songs scored against every target when the targets' plane is scanned (_nearest_rows)
+PLANE_SHORTLIST = 2048
+
+
+@dataclass(frozen=True)
+class _Span:
+    """The library projected onto the span of a path's anchors (see :func:`_nearest_rows`)."""
+
+    basis: np.ndarray  # float64 [dim, anchors], orthonormal columns
+    proj: np.ndarray  # float64 [N, anchors], every song's coordinates in the span
+    reach: np.ndarray  # float64 [N], the projection's length: no target is closer than this
+
+
+def _span(cat: Catalogue, index: SimilarityIndex, anchor_rows: np.ndarray) -> _Span | None:
+    """The projection, where it beats asking the index (which it answers exactly as);
+    None for an HNSW index (large libraries: a graph search beats any scan) or a flat
+    index that does not hold exactly the catalogue's songs."""
+    if index.kind != "flat" or len(index) != len(cat) or not len(cat):
+        return None
+    basis, _ = np.linalg.qr(cat.vectors[np.asarray(anchor_rows)].astype(np.float64).T)
+    p64 = (cat.vectors @ basis.astype(np.float32)).astype(np.float64)
+    return _Span(basis, p64, np.sqrt(np.einsum("ij,ij->i", p64, p64)))
+
+
+def _nearest_rows(cat: Catalogue, index: SimilarityIndex, targets: np.ndarray, k: int,
+                  span: _Span | None) -> list[np.ndarray]:
+    """Per target, the catalogue rows of its ``k`` nearest songs, best first.
+
+    Every target lies in the span of the anchors' vectors (slerp and lerp only mix
+    consecutive anchors), so a song's cosine to a target is its projection onto that
+    span dotted with the target's coordinates there: one thin product over the library
+    (N x a few, shared by both fills) replaces a full scan per target. The projection's
+    length bounds the cosine to every target, so only the ``PLANE_SHORTLIST`` songs
+    reaching furthest into the span are scored, and a target whose k-th best could be
+    beaten from outside them is scored over the whole library: the answer is the exact
+    search's (up to float rounding between near-equal songs). Without a ``span`` the
+    index is asked.
+    """
+    t64 = np.asarray(targets, np.float64)
+    coords = t64 @ span.basis if span is not None else None
+    if (span is None or k <= 0 or coords is None
+            or float(np.abs(t64 - coords @ span.basis.T).max()) > 1e-5):  # off the span: antipodes
+        _, ids = index.search(targets, k)
+        return _known_rows(cat, ids)
+    m = min(len(cat), max(PLANE_SHORTLIST, 4 * k))
+    if m < len(cat):
+        part = np.argpartition(-span.reach, m)
+        short, beyond = part[:m], float(span.reach[part[m]]) + 1e-5
+    else:
+        short, beyond = np.arange(len(cat)), -np.inf
+    sims = span.proj[short] @ coords.T  # [m, targets]
+    kk = min(k, len(short))
+    out = []
+    for j in range(len(t64)):
+        col = sims[:, j]
+        top = np.argpartition(-col, kk - 1)[:kk] if kk < len(col) else np.arange(len(col))
+        rows, scores = short[top], col[top]
+        if float(scores.min()) < beyond:  # a song outside the shortlist might be nearer
+            full = span.proj @ coords[j]
+            rows = np.argpartition(-full, k - 1)[:k] if k < len(full) else np.arange(len(full))
+            scores = full[rows]
+        out.append(rows[np.lexsort((rows, -scores))].astype(np.int64))
+    return out
 
 
 def _known_rows(cat: Catalogue, ids: np.ndarray) -> list[np.ndarray]:
@@ -490,11 +556,12 @@ def _baseline_rows(
     max_per_artist: int,
     pool_size: int,
     hide_duplicates: bool = True,
+    span: _Span | None = None,
 ) -> tuple[list[int], np.ndarray]:
     anchor_rows = _anchors(cat, start_id, end_id, length, waypoints)
     targets, layout = _targets(cat, anchor_rows, length, spherical=False)
     return _fill(cat, index, anchor_rows, targets, layout, max_per_artist, pool_size,
-                 hide_duplicates)
+                 hide_duplicates, span)
 
 
 def song_path(
@@ -516,11 +583,12 @@ def song_path(
     """
     anchor_rows = _anchors(cat, start_id, end_id, length, waypoints)
     targets, layout = _targets(cat, anchor_rows, length, spherical=True)
+    span = _span(cat, index, anchor_rows) if len(targets) else None
     rows, pool = _fill(cat, index, anchor_rows, targets, layout, max_per_artist, pool_size,
-                       hide_duplicates)
+                       hide_duplicates, span)
     base_rows, base_pool = _baseline_rows(
         cat, index, start_id, end_id, length, waypoints, max_per_artist, pool_size,
-        hide_duplicates,
+        hide_duplicates, span,
     )
     improver = _Improver(
         cat, np.union1d(pool, base_pool), {int(r) for r in anchor_rows}, max_per_artist,

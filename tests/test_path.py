@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import index.path as path_module
 from index.faiss_index import SimilarityIndex
 from index.path import (
     PathStep,
@@ -15,6 +16,8 @@ from index.path import (
     _anchors,
     _fill,
     _Improver,
+    _nearest_rows,
+    _span,
     _targets,
     greedy_path_baseline,
     slerp,
@@ -243,6 +246,55 @@ def test_move_table_is_the_best_allowed_swap_at_each_position(lib, retitled, ind
         found += int(want >= 0)
     assert found  # the greedy fill leaves swaps to make
     assert table[0] == table[-1] == -1
+
+
+def _same_neighbours(got: list[np.ndarray], cat, index, targets, k: int) -> None:
+    sims, ids = index.search(targets, k)
+    for j, rows in enumerate(got):
+        want = cat.rows(ids[j])
+        assert len(rows) == len(want) == len(set(rows.tolist()))
+        assert set(rows.tolist()) == set(want.tolist())
+        # best first: the order may differ only between songs within float rounding
+        mine = cat.vectors[rows].astype(np.float64) @ targets[j].astype(np.float64)
+        assert np.all(np.diff(mine) <= 1e-6)
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_scanning_the_anchors_span_finds_what_the_index_finds(lib, index, spherical,
+                                                              monkeypatch) -> None:
+    """The targets' nearest songs come from the library projected onto the anchors' span;
+    they must be the flat index's answer, also with waypoints (one span for several arcs)
+    and when the shortlist is so short that most targets need the whole-library rescue."""
+    cat = lib.cat
+    for ends in [(0, 299), (10, 160, 260), (3, 70, 140, 210, 280)]:
+        anchors = _anchors(cat, int(cat.ids[ends[0]]), int(cat.ids[ends[-1]]), 25,
+                           [int(cat.ids[w]) for w in ends[1:-1]])
+        targets, _ = _targets(cat, anchors, 25, spherical=spherical)
+        span = _span(cat, index, anchors)
+        assert span is not None
+        _same_neighbours(_nearest_rows(cat, index, targets, 40, span), cat, index, targets, 40)
+        monkeypatch.setattr(path_module, "PLANE_SHORTLIST", 1)  # 4 k = 160 songs scored
+        _same_neighbours(_nearest_rows(cat, index, targets, 40, span), cat, index, targets, 40)
+        monkeypatch.undo()
+
+
+def test_the_index_is_asked_where_a_scan_would_not_be_exact_or_fast(lib, index) -> None:
+    cat = lib.cat
+    anchors = _anchors(cat, int(cat.ids[0]), int(cat.ids[299]), 12, ())
+    hnsw = SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=10)
+    assert _span(cat, hnsw, anchors) is None  # HNSW: a graph search beats a scan
+    partial = SimilarityIndex.build(cat.ids[:-5], cat.vectors[:-5])
+    assert _span(cat, partial, anchors) is None  # the index lacks songs the catalogue has
+    # a target off the span (antipodal endpoints: slerp picks a third direction) is searched
+    span = _span(cat, index, anchors)
+    off = np.zeros((1, cat.vectors.shape[1]), np.float32)
+    off[0, 0] = 1.0
+    got = _nearest_rows(cat, index, off, 10, span)
+    _same_neighbours(got, cat, index, off, 10)
+    # and the path built on the index alone is a path by the same rules
+    path = song_path(cat, hnsw, int(cat.ids[0]), int(cat.ids[299]), length=20)
+    assert len(path.steps) == 20 and path.track_ids[0] == int(cat.ids[0])
+    _check_rules(cat, path)
 
 
 def test_pair_floor_is_the_best_any_two_pool_songs_could_do(lib, index) -> None:
