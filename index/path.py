@@ -36,6 +36,25 @@ from index.results import (
 )
 
 _EPS = 1e-7
+#: OpenBLAS spreads a product over every core above about 2^18 multiply-adds
+#: (GEMM_MULTITHREAD_THRESHOLD 4 x 65536), and its threads then spin waiting for more
+#: work. A path's products are thin (the library against a few vectors, a pool of ~100
+#: songs against itself) and on a busy two-core box those threads cost a path ~3x its
+#: single-threaded time (bench/path_speed.py), so they are cut into row blocks below that.
+_SERIAL_PRODUCT = 1 << 18
+
+
+def _serial_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in row blocks small enough for OpenBLAS to run each on the calling thread."""
+    rows = max(1, _SERIAL_PRODUCT // max(1, a.shape[1] * b.shape[1]))
+    if rows >= len(a):
+        return a @ b
+    out = np.empty((len(a), b.shape[1]), np.result_type(a, b))
+    for i in range(0, len(a), rows):
+        np.matmul(a[i : i + rows], b, out=out[i : i + rows])
+    return out
+
+
 @dataclass(frozen=True)
 class PathStep:
     track_id: int
@@ -164,7 +183,7 @@ def _fill(
             pick = next((int(r) for r in rows if builder.offer(int(r))), None)
             if pick is None:
                 # the index pool ran dry under the rules: scan the whole library for this slot
-                sims = cat.vectors @ targets[j]
+                sims = _serial_matmul(cat.vectors, targets[j][:, None])[:, 0]
                 order = np.lexsort((cat.ids, -sims))
                 pick = next((int(r) for r in order if builder.offer(int(r))), None)
             if pick is not None:
@@ -201,7 +220,7 @@ def _span(cat: Catalogue, index: SimilarityIndex, anchor_rows: np.ndarray) -> _S
     if index.kind != "flat" or len(index) != len(cat) or not len(cat):
         return None
     basis, _ = np.linalg.qr(cat.vectors[np.asarray(anchor_rows)].astype(np.float64).T)
-    p64 = (cat.vectors @ basis.astype(np.float32)).astype(np.float64)
+    p64 = _serial_matmul(cat.vectors, basis.astype(np.float32)).astype(np.float64)
     return _Span(basis, p64, np.sqrt(np.einsum("ij,ij->i", p64, p64)))
 
 
@@ -239,7 +258,7 @@ def _nearest_rows(cat: Catalogue, index: SimilarityIndex, targets: np.ndarray, k
         top = np.argpartition(-col, kk - 1)[:kk] if kk < len(col) else np.arange(len(col))
         rows, scores = short[top], col[top]
         if float(scores.min()) < beyond:  # a song outside the shortlist might be nearer
-            full = span.proj @ coords[j]
+            full = _serial_matmul(span.proj, coords[j][:, None])[:, 0]
             rows = np.argpartition(-full, k - 1)[:k] if k < len(full) else np.arange(len(full))
             scores = full[rows]
         out.append(rows[np.lexsort((rows, -scores))].astype(np.int64))
@@ -275,7 +294,7 @@ class _Improver:
         self.pool = pool
         self.where = {int(r): i for i, r in enumerate(pool)}
         vp = cat.vectors[pool].astype(np.float64)
-        gram = np.clip(vp @ vp.T, -1.0, 1.0)
+        gram = np.clip(_serial_matmul(vp, vp.T), -1.0, 1.0)
         self.dist = 1.0 - gram
         # copies are judged lazily per pair; without hiding, only a song blocks itself,
         # which the "already in the path" rule covers
