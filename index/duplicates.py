@@ -324,4 +324,24 @@ class DuplicateLookup:
         found = self.same[i, cols]
         return bool(found[0]) if np.ndim(j) == 0 else found
 
+    def judge(self, cands: np.ndarray, others: np.ndarray) -> None:
+        """Settle every still-pending close pair between pool rows ``cands`` and ``others``
+        (``same`` is then exact on that submatrix)."""
+        cands, others = np.asarray(cands, np.int64), np.asarray(others, np.int64)
+        if not len(cands) or not len(others):
+            return
+        for i, j in zip(*np.nonzero(self.pending[np.ix_(cands, others)]), strict=True):
+            a, b = int(cands[i]), int(others[j])
+            if self.pending[a, b]:  # a repeated candidate may have been judged just now
+                verdict = same_recording(self.cat, int(self.rows[a]), int(self.rows[b])).duplicate
+                self.same[a, b] = self.same[b, a] = verdict
+                self.pending[a, b] = self.pending[b, a] = False
 
+    def copies_among(self, cands: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Per pool row in ``cands``: is it a copy of any pool row in ``others`` (a row is its
+        own copy)? One submatrix for a whole candidate list; only its pending pairs are judged."""
+        cands, others = np.asarray(cands, np.int64), np.asarray(others, np.int64)
+        if not len(cands) or not len(others):
+            return np.zeros(len(cands), bool)
+        self.judge(cands, others)
+        return self.same[np.ix_(cands, others)].any(axis=1)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+import index.path as path_module
 from index.faiss_index import SimilarityIndex
 from index.path import (
     PathStep,
@@ -14,6 +16,8 @@ from index.path import (
     _anchors,
     _fill,
     _Improver,
+    _nearest_rows,
+    _span,
     _targets,
     greedy_path_baseline,
     slerp,
@@ -152,3 +156,155 @@ def test_slerp_stays_on_the_great_circle() -> None:
     assert np.allclose(angles, angles[0], atol=1e-4)  # evenly spaced
     anti = slerp(a, -a, np.array([0.5]))
     assert np.isclose(np.linalg.norm(anti), 1.0, atol=1e-5)
+
+
+def _allowed_one_by_one(cat, improver, c: int, path: list[int], replaced, cap: int,
+                        hide: bool) -> bool:
+    """The playlist rules for one candidate, straight from their definition (index.results)."""
+    if c in path:
+        return False
+    rows = [int(improver.pool[p]) for p in path if p not in replaced]
+    row = int(improver.pool[c])
+    if hide and any(duplicate_of(cat, row, r) for r in rows):
+        return False
+    artist = cat.artists[row]
+    return not (cap > 0 and sum(cat.artists[r] == artist for r in rows) >= cap)
+
+
+@pytest.fixture(scope="module")
+def retitled(lib):
+    """The library with every near-duplicate copy under a title of its own and its original's
+    key, so only the embedding rule (index.duplicates' fallback) can tell it is a copy."""
+    cat = lib.cat
+    titles, key = list(cat.titles), cat.key.copy()
+    for copy, original in lib.originals.items():
+        r, o = cat.row(copy), cat.row(original)
+        if "Remastered" in titles[r]:
+            titles[r] = f"Another name {r}"
+            key[r] = key[o]
+    return replace(cat, titles=titles, key=key)
+
+
+@pytest.mark.parametrize("hide", [True, False])
+@pytest.mark.parametrize("cap", [2, 0])
+@pytest.mark.parametrize("which", ["copies by title", "copies by embedding"])
+def test_vectorised_rules_agree_with_the_rules_one_candidate_at_a_time(
+    lib, retitled, index, hide, cap, which
+) -> None:
+    """The improver checks a whole candidate list in one go; every verdict must be the one
+    the plain rules give, on a library full of copies, same-title cuts and capped artists."""
+    cat = lib.cat if which == "copies by title" else retitled
+    anchors = _anchors(cat, int(cat.ids[0]), int(cat.ids[299]), 25, ())
+    targets, layout = _targets(cat, anchors, 25, spherical=True)
+    rows, _ = _fill(cat, index, anchors, targets, layout, cap, 30, hide_duplicates=hide)
+    pool = np.arange(len(cat))  # every song, so every copy of a path song is a candidate
+    improver = _Improver(cat, pool, {int(r) for r in anchors}, cap, hide_duplicates=hide)
+    # put originals of copies (and a same-title cut) into the path, so their copies are candidates
+    pairs = [(cat.row(c), cat.row(o)) for c, o in sorted(lib.originals.items())]
+    pairs = [(c, o) for c, o in pairs if c not in rows and o not in rows]
+    pairs = pairs[:3] + pairs[-3:]  # copies first, then cuts (make_library's order)
+    for slot, (_, o) in zip(range(2, len(rows) - 1, 3), pairs, strict=False):
+        rows[slot] = o
+    path = [improver.where[r] for r in rows]
+    for s in (1, len(path) // 2, len(path) - 2):
+        replaced = (path[s],)
+        got = improver._allowed(pool, path, replaced)
+        want = [_allowed_one_by_one(cat, improver, int(c), path, replaced, cap, hide)
+                for c in pool]
+        assert got.tolist() == want
+        if cap or hide:  # the rules did reject songs besides the path's own
+            assert int(np.sum(~got)) > len(path)
+    copies = np.array([c for c, o in pairs if o in rows])
+    assert len(copies) == 6
+    if cap == 0:  # nothing but the copy rule can turn these away
+        assert not improver._allowed(copies, path, ()).any() if hide else (
+            improver._allowed(copies, path, ()).all())
+
+
+@pytest.mark.parametrize("hide", [True, False])
+def test_move_table_is_the_best_allowed_swap_at_each_position(lib, retitled, index, hide) -> None:
+    """The improver's per-round table of single swaps, computed for all positions at once,
+    names at each position the candidate a one-position search would pick."""
+    cat = retitled
+    anchors = _anchors(cat, int(cat.ids[10]), int(cat.ids[260]), 25, ())
+    targets, layout = _targets(cat, anchors, 25, spherical=False)
+    rows, pool = _fill(cat, index, anchors, targets, layout, 2, 30, hide_duplicates=hide)
+    improver = _Improver(cat, pool, {int(r) for r in anchors}, 2, hide_duplicates=hide)
+    path = [improver.where[r] for r in rows]
+    movable = [True] * len(path)
+    gmax = float(improver.jumps(path).max())
+    table = improver._single_moves(path, movable, gmax)
+    found = 0
+    for s in range(1, len(path) - 1):
+        prev, cur, nxt = path[s - 1], path[s], path[s + 1]
+        local = np.maximum(improver.dist[:, prev], improver.dist[:, nxt])
+        old = max(improver.dist[prev, cur], improver.dist[cur, nxt])
+        order = [c for c in np.lexsort((pool, local)) if local[c] < old - 1e-7]
+        ok = improver._allowed(np.array(order, np.int64), path, (cur,)) if order else []
+        want = next((int(c) for c, good in zip(order, ok, strict=True) if good), -1)
+        assert int(table[s]) == want
+        found += int(want >= 0)
+    assert found  # the greedy fill leaves swaps to make
+    assert table[0] == table[-1] == -1
+
+
+def _same_neighbours(got: list[np.ndarray], cat, index, targets, k: int) -> None:
+    sims, ids = index.search(targets, k)
+    for j, rows in enumerate(got):
+        want = cat.rows(ids[j])
+        assert len(rows) == len(want) == len(set(rows.tolist()))
+        assert set(rows.tolist()) == set(want.tolist())
+        # best first: the order may differ only between songs within float rounding
+        mine = cat.vectors[rows].astype(np.float64) @ targets[j].astype(np.float64)
+        assert np.all(np.diff(mine) <= 1e-6)
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_scanning_the_anchors_span_finds_what_the_index_finds(lib, index, spherical,
+                                                              monkeypatch) -> None:
+    """The targets' nearest songs come from the library projected onto the anchors' span;
+    they must be the flat index's answer, also with waypoints (one span for several arcs)
+    and when the shortlist is so short that most targets need the whole-library rescue."""
+    cat = lib.cat
+    for ends in [(0, 299), (10, 160, 260), (3, 70, 140, 210, 280)]:
+        anchors = _anchors(cat, int(cat.ids[ends[0]]), int(cat.ids[ends[-1]]), 25,
+                           [int(cat.ids[w]) for w in ends[1:-1]])
+        targets, _ = _targets(cat, anchors, 25, spherical=spherical)
+        span = _span(cat, index, anchors)
+        assert span is not None
+        _same_neighbours(_nearest_rows(cat, index, targets, 40, span), cat, index, targets, 40)
+        monkeypatch.setattr(path_module, "PLANE_SHORTLIST", 1)  # 4 k = 160 songs scored
+        _same_neighbours(_nearest_rows(cat, index, targets, 40, span), cat, index, targets, 40)
+        monkeypatch.undo()
+
+
+def test_the_index_is_asked_where_a_scan_would_not_be_exact_or_fast(lib, index) -> None:
+    cat = lib.cat
+    anchors = _anchors(cat, int(cat.ids[0]), int(cat.ids[299]), 12, ())
+    hnsw = SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=10)
+    assert _span(cat, hnsw, anchors) is None  # HNSW: a graph search beats a scan
+    partial = SimilarityIndex.build(cat.ids[:-5], cat.vectors[:-5])
+    assert _span(cat, partial, anchors) is None  # the index lacks songs the catalogue has
+    # a target off the span (antipodal endpoints: slerp picks a third direction) is searched
+    span = _span(cat, index, anchors)
+    off = np.zeros((1, cat.vectors.shape[1]), np.float32)
+    off[0, 0] = 1.0
+    got = _nearest_rows(cat, index, off, 10, span)
+    _same_neighbours(got, cat, index, off, 10)
+    # and the path built on the index alone is a path by the same rules
+    path = song_path(cat, hnsw, int(cat.ids[0]), int(cat.ids[299]), length=20)
+    assert len(path.steps) == 20 and path.track_ids[0] == int(cat.ids[0])
+    _check_rules(cat, path)
+
+
+def test_pair_floor_is_the_best_any_two_pool_songs_could_do(lib, index) -> None:
+    """Pair searches are skipped when this bound cannot beat the gap: it must be the true
+    minimum over every ordered pair of distinct pool songs, rules ignored."""
+    cat = lib.cat
+    pool = np.arange(0, len(cat), 7)
+    improver = _Improver(cat, pool, set(), 3)
+    d = improver.dist
+    for prev, nxt in [(0, 5), (3, 40), (12, 12)]:
+        brute = min(max(d[prev, a], d[a, b], d[b, nxt])
+                    for a in range(len(pool)) for b in range(len(pool)) if a != b)
+        assert np.isclose(improver._pair_floor(prev, nxt), brute, atol=1e-12)
