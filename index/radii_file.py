@@ -64,8 +64,9 @@ def radii_signature(
     v = np.ascontiguousarray(vectors, dtype="<f4")
     library = hashlib.sha256()
     library.update(struct.pack("<QQ", len(ids), v.shape[1] if v.ndim == 2 else 0))
-    library.update(memoryview(ids).cast("B"))
-    library.update(memoryview(v).cast("B"))
+    for column in (ids, v):
+        if column.size:  # an empty library has no bytes (and memoryview cannot cast it)
+            library.update(memoryview(column).cast("B"))
     fit = hashlib.sha256(geometry.method.encode())
     if geometry.mean is not None:
         fit.update(np.ascontiguousarray(geometry.mean, dtype="<f4").tobytes())

@@ -99,3 +99,13 @@ def test_radii_of_another_length_are_not_saved(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="49 radii"):
         save_radii(tmp_path / "r", np.zeros(49, np.float32), sig, 0)
     assert not (tmp_path / "r").exists() and not (tmp_path / "r.tmp").exists()
+
+
+def test_an_empty_library_has_radii_too(tmp_path: Path) -> None:
+    """A server started before anything was analysed saves (no) radii like any other."""
+    ids, v = np.zeros(0, np.int64), np.zeros((0, 200), np.float32)
+    sig = radii_signature(ids, v, fit_geometry(v), VERSION, 10)
+    assert sig != radii_signature(*library(1), fit_geometry(v), VERSION, 10)
+    save_radii(tmp_path / "r", np.zeros(0, np.float32), sig, 0)
+    saved, reason = load_radii(tmp_path / "r", sig)
+    assert reason == "loaded" and saved is not None and saved.radius.shape == (0,)
