@@ -200,8 +200,10 @@ def serve_once(data_dir: Path, music: Path, repo: Path = REPO) -> dict[str, obje
                 break
             time.sleep(0.2)
         mem = proc_status(proc.pid)
+        _, status = _get(f"{base}/api/status")  # how the index and CSLS radii were obtained
         return {"rss": mem["VmRSS"], "hwm": mem["VmHWM"], "ready_s": ready_s,
-                "indexed": body.get("index_tracks"), "heavy": heavy_modules(proc.pid)}
+                "indexed": body.get("index_tracks"), "heavy": heavy_modules(proc.pid),
+                "index": status.get("index", {})}
     finally:
         proc.terminate()
         try:

@@ -14,8 +14,9 @@ mostly cancels out.
 real store. It measures the index the branch builds at that size (kind chosen
 by ``hnsw_threshold``): build time, memory, single-query latency and recall
 against exact search; and the store side: writing the library, an unchanged
-rescan (the nightly case), the change check a server polls, and the full
-reload the server (or a replica) does when analyses change.
+rescan (the nightly case), the change check a server polls, the writer's start
+(CSLS radii computed), restart (radii loaded from their file) and incremental
+reload, and a replica's start and incremental reload.
 
 Both print their section and write it to docs/benchmarks.md (``--no-write``: print only).
 """
@@ -36,6 +37,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -210,13 +212,13 @@ def _records(n: int) -> list[TrackRecord]:
             for i in range(n)]
 
 
-async def _store_side(n: int, vectors: np.ndarray, tmp: Path) -> dict[str, float]:
+async def _store_side(n: int, vectors: np.ndarray, tmp: Path) -> dict[str, Any]:
     from analysis.types import TrackAnalysis
     from musegate.services import LibraryService
 
     config = load_config(None, env={}, overrides={"data_dir": str(tmp)})
     version = library.analyzer_settings(config).version
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     records = _records(n)
     tags = np.full(50, 0.05, np.float32)
     async with await LibraryStore.open(config.db_path) as store:
@@ -243,7 +245,14 @@ async def _store_side(n: int, vectors: np.ndarray, tmp: Path) -> dict[str, float
     del records
     gc.collect()
     # The server's and a replica's load: every analysis into the catalogue, the index from
-    # the file the writer saved.
+    # the file the writer saved; the CSLS radii computed at the first start (what every
+    # start did before they were saved) and loaded from their file after that.
+    def changed(track: int, tempo: float) -> list[tuple[int, TrackAnalysis]]:
+        return [(track, TrackAnalysis(
+            embedding=vectors[track % n], tags=tags, tempo=tempo, key="A", scale="minor",
+            key_strength=0.5, energy=0.5, loudness=-12.0, duration=200.0, patches=32,
+            version=version))]
+
     async with await LibraryStore.open(config.db_path) as store:
         service = LibraryService(store, config)
         rss = _rss_mib()
@@ -252,44 +261,69 @@ async def _store_side(n: int, vectors: np.ndarray, tmp: Path) -> dict[str, float
         out["first_load"] = time.perf_counter() - t
         out["service_mib"] = _rss_mib() - rss
         assert service.snapshot.index_status == "loaded", service.snapshot.index_status
+        print(f"  writer start: {out['first_load']:.0f} s, radii {service.snapshot.radius_status}",
+              flush=True)
+        del service
+        gc.collect()
+    async with await LibraryStore.open(config.db_path) as store:
+        service = LibraryService(store, config)
+        t = time.perf_counter()
+        await service.refresh(force=True)
+        out["restart"] = time.perf_counter() - t
+        assert service.snapshot.radius_status == "loaded", service.snapshot.radius_status
+        print(f"  writer restart: {out['restart']:.0f} s, radii loaded", flush=True)
+        await store.write_results(changed(int(ids[0]), 121.0))
+        t = time.perf_counter()
+        assert await service.refresh()
+        out["writer_reload"] = time.perf_counter() - t
+        out["writer_reload_status"] = (f"{service.snapshot.index_status}; radii "
+                                       f"{service.snapshot.radius_status}")
+        print(f"  writer reload: {out['writer_reload']:.1f} s, {out['writer_reload_status']}",
+              flush=True)
+        del service
+        gc.collect()
     async with await LibraryStore.open(config.db_path, read_only=True) as store:
         replica = LibraryService(store, config.replace(role="replica"))
         t = time.perf_counter()
         await replica.refresh(force=True)
         out["replica_start"] = time.perf_counter() - t
         assert replica.snapshot.index_status == "loaded", replica.snapshot.index_status
+        assert replica.snapshot.radius_status == "loaded", replica.snapshot.radius_status
         t = time.perf_counter()
         moved = await replica.refresh()
         out["idle_poll_ms"] = (time.perf_counter() - t) * 1000
         assert not moved
         async with await LibraryStore.open(config.db_path) as writer:
-            new_id = int(ids[0])
-            await writer.write_results([(new_id, TrackAnalysis(
-                embedding=vectors[1], tags=tags, tempo=121.0, key="A", scale="minor",
-                key_strength=0.5, energy=0.5, loudness=-12.0, duration=200.0, patches=32,
-                version=version))])
+            await writer.write_results(changed(int(ids[1]), 122.0))
         t = time.perf_counter()
         moved = await replica.refresh()
         out["replica_reload"] = time.perf_counter() - t
         assert moved
-        print(f"  replica reload: {replica.snapshot.index_status}", flush=True)
+        out["replica_reload_status"] = (f"{replica.snapshot.index_status}; radii "
+                                        f"{replica.snapshot.radius_status}")
+        print(f"  replica reload: {out['replica_reload']:.1f} s, {out['replica_reload_status']}",
+              flush=True)
     return out
 
 
 def million(n: int) -> str:
     from index.faiss_index import DEFAULT_HNSW_THRESHOLD, SimilarityIndex
+    from index.geometry import fit_geometry
 
     t = time.perf_counter()
-    vectors = clustered_vectors(n)
+    vectors = clustered_vectors(n)  # the raw embeddings the store holds
+    # what the index holds: the vectors in the geometry the server fits on the same
+    # embeddings (index.geometry), so the file saved below is the one it loads
+    searched = fit_geometry(vectors).apply(vectors)
     gen = time.perf_counter() - t
     ids = np.arange(1, n + 1, dtype=np.int64)
     rng = np.random.default_rng(1)
-    queries = vectors[rng.choice(n, 200, replace=False)]
+    queries = searched[rng.choice(n, 200, replace=False)]
     print(f"{n:,} vectors in {gen:.1f} s", flush=True)
 
     rss = _rss_mib()
     t = time.perf_counter()
-    exact = SimilarityIndex.build(ids, vectors, hnsw_threshold=n + 1)
+    exact = SimilarityIndex.build(ids, searched, hnsw_threshold=n + 1)
     flat_build = time.perf_counter() - t
     flat_mib = _rss_mib() - rss
     flat_p50, flat_p95, truth = _latency(exact, queries, 20)
@@ -300,7 +334,7 @@ def million(n: int) -> str:
 
     rss = _rss_mib()
     t = time.perf_counter()
-    index = SimilarityIndex.build(ids, vectors)  # the kind the branch picks at this size
+    index = SimilarityIndex.build(ids, searched)  # the kind the branch picks at this size
     build = time.perf_counter() - t
     mib = _rss_mib() - rss
     p50, p95, found = _latency(index, queries, 20)
@@ -314,7 +348,7 @@ def million(n: int) -> str:
         t = time.perf_counter()
         index.save(Path(tmpdir) / "musegate.index")
         save = time.perf_counter() - t
-        del index
+        del index, searched
         gc.collect()
         store = asyncio.run(_store_side(n, vectors, Path(tmpdir)))
         db_mib = (Path(tmpdir) / "musegate.db").stat().st_size / 2**20
@@ -325,7 +359,8 @@ def million(n: int) -> str:
 Command: `flock /tmp/musegate-bench.lock .venv/bin/python bench/scale.py million --tracks {n}`
 
 {n:,} synthetic tracks: unit 200-d vectors around 2,000 cluster centres (no
-audio), in a real store with neutral features. Measured with the index code
+audio), in a real store with neutral features; the index holds them in the
+centred geometry the server fits on them (`geometry = centred`). Measured with the index code
 on this branch (`index/faiss_index.py`: HNSW M=32, efConstruction 80,
 efSearch 96 above `hnsw_threshold` = {DEFAULT_HNSW_THRESHOLD:,}); single-query
 latency over 200 queries, k = 20, first with FAISS's default OpenMP threads (one
@@ -349,9 +384,11 @@ jobs: one thread per single query is faster here.
 | change check the writer polls (`signature`: counts analyses) | {store['signature_ms']:.0f} ms |
 | change check a replica polls (`PRAGMA data_version`) | {store['data_version_ms']:.2f} ms; idle refresh {store['idle_poll_ms']:.2f} ms |
 | index file: save | {save:.1f} s |
-| writer start (every analysis into the catalogue, index loaded from its file) | {store['first_load']:.0f} s, +{store['service_mib']:.0f} MiB RSS |
-| replica start (catalogue, index loaded from the writer's file) | {store['replica_start']:.0f} s |
-| replica reload after the writer changed one analysis | {store['replica_reload']:.0f} s |
+| writer start, CSLS radii computed (every analysis into the catalogue, index loaded from its file; what every start cost before the radii were saved) | {store['first_load']:.0f} s, +{store['service_mib']:.0f} MiB RSS |
+| writer restart (catalogue; index and CSLS radii loaded from their files) | {store['restart']:.0f} s ({store['restart'] / store['first_load']:.2f}× the start above) |
+| writer reload after one changed analysis (incremental; index and radii files saved) | {store['writer_reload']:.1f} s — {store['writer_reload_status']} |
+| replica start (catalogue; index and radii loaded from the writer's files) | {store['replica_start']:.0f} s |
+| replica reload after the writer changed one analysis (incremental) | {store['replica_reload']:.1f} s — {store['replica_reload_status']} |
 
 Peak RSS of the whole bench process: {peak:,.0f} MiB (it holds {n:,} vectors,
 {n * 200 * 4 / 2**20:.0f} MiB, throughout; RSS growth figures are against that).

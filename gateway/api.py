@@ -493,6 +493,7 @@ async def status(request: web.Request) -> web.Response:
             "tracks": len(snap.index),
             "memory_bytes": snap.index.memory_bytes(),
             "status": snap.index_status,
+            "radii": snap.radius_status,
         },
         "jobs_running": request.app[keys.JOBS].running(),
     })

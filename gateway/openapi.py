@@ -382,7 +382,8 @@ def _operations(api: str) -> dict[str, dict[str, Any]]:
                         "outdated": INT, "analysis_version": STR, "jobs_running": INT,
                         "index": {"type": "object", "properties": {
                             "kind": {"type": "string", "enum": ["flat", "hnsw"]},
-                            "tracks": INT, "memory_bytes": INT, "status": STR}}}})},
+                            "tracks": INT, "memory_bytes": INT, "status": STR,
+                            "radii": STR}}}})},
         },
         f"{api}/jobs": {
             "get": {"summary": "Recent background jobs, newest first", "tags": ["jobs"],

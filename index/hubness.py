@@ -20,6 +20,8 @@ r is computed for every track with the FAISS index itself, in batches
 (:func:`carry_over`): the others keep the r they had, slightly stale (a new
 neighbour could raise it, a removed one lower it) until a geometry refit or
 until ``STALE_SHARE`` of the library has changed since the last full computation.
+The writer saves them beside the index with a signature of what they were computed
+from (index.radii_file), so a restart or a replica loads them instead.
 
 Measured (docs/benchmarks.md, "CSLS re-ranking"): held-out soundtracks
 precision@5 0.296 → 0.321 over centring alone; dev corpus unchanged.

@@ -23,8 +23,9 @@ from analysis.store import LibraryStore
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
 from index.geometry import same_geometry
-from index.hubness import STALE_SHARE, carry_over, neighbourhood_radius
+from index.hubness import STALE_SHARE, K, carry_over, neighbourhood_radius
 from index.projection import project_2d
+from index.radii_file import load_radii, radii_path, radii_signature, save_radii
 from musegate.config import Config
 from musegate.library import analyzer_settings, library_geometry, load_catalogue
 
@@ -48,6 +49,7 @@ class LibrarySnapshot:
     upstream_ids: dict[int, str] = field(default_factory=dict)  # musegate id -> source's id
     by_upstream: dict[str, int] = field(default_factory=dict)  # source's id -> musegate id
     signature: tuple[Any, ...] = ()
+    radius_status: str = ""  # where the CSLS radii came from: loaded, computed, carried over
 
     def ids_of_album(self, album: str, artist: str | None = None) -> list[int]:
         """Analysed tracks of an album (matched loosely: case, accents and '(Remastered)' ignored)."""
@@ -165,14 +167,15 @@ class LibraryService:
                 upstream = dict(zip(catalogue.ids.tolist(), loaded.upstream_ids, strict=True))
             by_upstream = {u: i for i, u in upstream.items()}
             index, status = await self._index_for(old, catalogue, diff)
-            catalogue.radius = await self._radius(old, catalogue, index, diff)
+            catalogue.radius, radius_status = await self._radius(old, catalogue, index, diff)
             self._snapshot = LibrarySnapshot(
-                catalogue, index, status, upstream, by_upstream, sig
+                catalogue, index, status, upstream, by_upstream, sig, radius_status
             )
             geometry = catalogue.geometry
-            log.info("library %s: %d analysed tracks, index %s (%s), %s geometry fitted on %d",
-                     "updated" if changes is not None else "loaded",
-                     len(catalogue), index.kind, status, geometry.method, geometry.fitted_on)
+            log.info("library %s: %d analysed tracks, index %s (%s), %s geometry fitted on %d, "
+                     "CSLS radii %s", "updated" if changes is not None else "loaded",
+                     len(catalogue), index.kind, status, geometry.method, geometry.fitted_on,
+                     radius_status or "off")
             return True
 
     async def _changes(
@@ -255,15 +258,39 @@ class LibraryService:
     async def _radius(
         self, old: LibrarySnapshot | None, cat: Catalogue, index: SimilarityIndex,
         diff: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> np.ndarray | None:
-        """CSLS neighbourhood radii (index.hubness) for the new catalogue, before it is published.
+    ) -> tuple[np.ndarray | None, str]:
+        """CSLS neighbourhood radii (index.hubness) for the new catalogue, before it is
+        published, and where they came from.
 
-        Every track's r is computed afresh at start, after a geometry refit and once
-        ``STALE_SHARE`` of the library changed since the last time; otherwise only the
-        changed tracks get theirs and the others keep theirs (slightly stale).
+        At start, the radii saved beside the index when their signature is this library's
+        (index.radii_file); a replica looks there on every reload too, so it takes the
+        writer's whenever the writer saved them for the library it now has. Otherwise every
+        track's r is computed afresh at start, after a geometry refit and once
+        ``STALE_SHARE`` of the library changed since the last time; in between only the
+        changed tracks get theirs and the others keep theirs (slightly stale). The writer
+        saves what it computed, with the count of changes since the last full computation.
         """
         if self.config.hubness != "csls":
-            return None
+            return None, ""
+        signature = await asyncio.to_thread(radii_signature, cat.ids, cat.vectors, cat.geometry,
+                                            self.version, K)
+        path = radii_path(self.config.index_path)
+        why = ""
+        if old is None or self.read_only:
+            saved, why = await asyncio.to_thread(load_radii, path, signature)
+            if saved is not None:
+                self._radius_changes = saved.changes
+                return saved.radius, "loaded"
+        radius, status = await self._computed_radius(old, cat, index, diff)
+        if not self.read_only:
+            await asyncio.to_thread(_save_radii_quietly, path, radius, signature,
+                                    self._radius_changes)
+        return radius, f"{status} (saved radii {why})" if old is None else status
+
+    async def _computed_radius(
+        self, old: LibrarySnapshot | None, cat: Catalogue, index: SimilarityIndex,
+        diff: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray, str]:
         if diff is not None:  # an incremental reload knows what moved
             gone, changed = diff
         else:
@@ -274,12 +301,14 @@ class LibraryService:
                 or not same_geometry(old.catalogue.geometry, cat.geometry)
                 or changes > STALE_SHARE * len(cat)):
             self._radius_changes = 0
-            return await asyncio.to_thread(neighbourhood_radius, index, cat.ids, cat.vectors)
+            radius = await asyncio.to_thread(neighbourhood_radius, index, cat.ids, cat.vectors, K)
+            return radius, "computed"
         self._radius_changes = changes
         fresh = (await asyncio.to_thread(neighbourhood_radius, index, changed,
-                                         cat.vectors[cat.rows(changed)])
+                                         cat.vectors[cat.rows(changed)], K)
                  if len(changed) else np.zeros(0, np.float32))
-        return carry_over(old.catalogue.ids, old.catalogue.radius, cat.ids, changed, fresh)
+        radius = carry_over(old.catalogue.ids, old.catalogue.radius, cat.ids, changed, fresh)
+        return radius, f"{len(changed)} computed, the rest carried over"
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[LibrarySnapshot]:
@@ -340,6 +369,15 @@ def _save_quietly(index: SimilarityIndex, path: Any) -> None:
         index.save(path)
     except OSError as exc:
         log.warning("could not save the index to %s: %s (it will be rebuilt next start)", path, exc)
+
+
+def _save_radii_quietly(path: Any, radius: np.ndarray, signature: dict[str, Any],
+                        changes: int) -> None:
+    try:
+        save_radii(path, radius, signature, changes)
+    except OSError as exc:
+        log.warning("could not save the CSLS radii to %s: %s (they will be computed next start)",
+                    path, exc)
 
 
 async def open_service(store: LibraryStore, config: Config) -> LibraryService:

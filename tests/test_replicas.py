@@ -18,11 +18,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 
+import musegate.services as services
 from analysis.store import LibraryStore
 from gateway.health import library_version
+from index.radii_file import radii_path
 from musegate.library import analyzer_settings
+from musegate.services import LibraryService
 from tests.store_factory import PER_STYLE, STYLES, add_track, fill_store, make_config
 from tests.test_reverse_proxy import _binary, _free_port, _nginx_main
 
@@ -92,6 +96,8 @@ async def test_two_replicas_behind_nginx_follow_the_writer(tmp_path: Path) -> No
     version = analyzer_settings(config).version
     # The writer keeps its store open for the whole test, as a running writer does.
     writer = await LibraryStore.open(config.db_path)
+    # A writer's load saves the index and the CSLS radii the replicas then start from.
+    await LibraryService(writer, config).refresh(force=True)
     ports = [_free_port(), _free_port()]
     listen = _free_port()
     logs = [tmp_path / f"replica-{p}.log" for p in ports]
@@ -104,6 +110,9 @@ async def test_two_replicas_behind_nginx_follow_the_writer(tmp_path: Path) -> No
             session = await stack.enter_async_context(aiohttp.ClientSession(headers=headers))
             await _until_version(session, direct,
                                  library_version(await writer.signature(version)), procs, logs)
+            for url in direct:  # the writer's radii: same signature in another process
+                async with session.get(f"{url}/musegate/api/status") as resp:
+                    assert (await resp.json())["index"]["radii"] == "loaded"
 
             nginx_dir = tmp_path / "nginx"
             nginx_dir.mkdir()
@@ -156,6 +165,59 @@ async def test_two_replicas_behind_nginx_follow_the_writer(tmp_path: Path) -> No
     finally:
         await writer.close()
     assert all(p.returncode == 0 for p in procs), [p.read_text()[-1500:] for p in logs]
+
+
+async def test_a_replica_follows_the_writers_radii_and_never_writes_them(tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    config = make_config(tmp_path)
+    lib = await fill_store(config)
+    replica_config = config.replace(role="replica")
+    path = radii_path(config.index_path)
+
+    # no radii saved yet: the replica computes its own and leaves the file to the writer
+    store = await LibraryStore.open(config.db_path, read_only=True)
+    try:
+        alone = LibraryService(store, replica_config)
+        await alone.refresh(force=True)
+        assert alone.snapshot.radius_status == "computed (saved radii missing)"
+    finally:
+        await store.close()
+    assert not path.exists() and not config.index_path.exists()
+
+    writer_store = await LibraryStore.open(config.db_path)
+    replica_store = await LibraryStore.open(config.db_path, read_only=True)
+    try:
+        writer = LibraryService(writer_store, config)
+        await writer.refresh(force=True)
+
+        def no_search(*_args: object) -> None:
+            raise AssertionError("the replica searched for radii the writer saved")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(services, "neighbourhood_radius", no_search)
+            replica = LibraryService(replica_store, replica_config)
+            await replica.refresh(force=True)
+        assert replica.snapshot.radius_status == "loaded"
+        assert np.array_equal(replica.snapshot.catalogue.radius, writer.snapshot.catalogue.radius)
+
+        # a new analysis: until the writer has saved its radii, the replica carries its own over
+        await add_track(config, lib, 1, "Brand new techno")
+        saved = path.read_bytes()
+        assert await replica.refresh()
+        assert replica.snapshot.radius_status == "1 computed, the rest carried over"
+        assert path.read_bytes() == saved  # the replica wrote nothing
+        # once the writer saved them, the replica's next reload takes the writer's
+        assert await writer.refresh()
+        await add_track(config, lib, 3, "Brand new metal")
+        assert await writer.refresh()
+        with monkeypatch.context() as patched:
+            patched.setattr(services, "neighbourhood_radius", no_search)
+            assert await replica.refresh()
+        assert replica.snapshot.radius_status == "loaded"
+        assert np.array_equal(replica.snapshot.catalogue.radius, writer.snapshot.catalogue.radius)
+    finally:
+        await replica_store.close()
+        await writer_store.close()
 
 
 @pytest.mark.parametrize("mode", ["missing", "delete"])

@@ -6,7 +6,7 @@ rewritten, no track or analysis is duplicated, and no worker process is left beh
 After the last run every track is analysed exactly once, none is recorded as failed,
 and the index a restart loads is the store's. The index file itself is also killed
 mid-save: whatever moment the kill lands on, the file on disk is the old or the new
-index, never a torn one.
+index, never a torn one; the same holds for the CSLS radii file saved beside it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 
 from analysis.store import LibraryStore
 from index.faiss_index import _load_checked, load_or_build
+from index.radii_file import load_radii
 from musegate.config import load_config
 from musegate.library import analyzer_settings
 from tests.reliability.crash_harness import CrashReport, crash_run
@@ -134,3 +135,72 @@ def test_index_file_survives_a_kill_mid_save(tmp_path: Path) -> None:
 @pytest.mark.reliability
 def test_index_file_survives_twenty_kills_mid_save(tmp_path: Path) -> None:
     assert set(_kill_saves(tmp_path, 20, seed=2012)) == {"loaded"}
+
+
+# Two libraries whose radii the saver writes in turn; large enough (8-10 MB) that a kill
+# often lands inside a write or its fsync, not between two saves.
+_RADII_SAVER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from index.radii_file import save_radii
+    from tests.reliability.test_crash import radii_signatures
+    path = sys.argv[1]
+    signatures = radii_signatures()
+    n = 0
+    while True:
+        n += 1
+        sig = signatures[n % 2]
+        save_radii(path, np.full(sig["count"], 0.25 + n % 2, np.float32), sig, changes=n % 2)
+        print(sig["count"], flush=True)
+""")
+
+
+def radii_signatures() -> list[dict]:
+    """The signatures of the saver's two libraries (only their sizes and digests differ)."""
+    from index.geometry import RAW
+    from index.radii_file import radii_signature
+
+    out = []
+    for count in (2_000_000, 2_500_000):
+        ids = np.arange(count, dtype=np.int64)
+        out.append(radii_signature(ids, np.zeros((count, 1), np.float32), RAW, "v", 10))
+    return out
+
+
+def _kill_radii_saves(tmp: Path, kills: int, seed: int) -> list[str]:
+    path = tmp / "musegate.index.radii"
+    signatures = radii_signatures()
+    rng = np.random.default_rng(seed)
+    reasons = []
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(kills):
+        proc = subprocess.Popen([sys.executable, "-c", _RADII_SAVER, str(path)], cwd=root,
+                                env={**os.environ, "PYTHONPATH": str(root)},
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline()  # one save finished: the next one is under way
+            time.sleep(float(rng.uniform(0.0, 0.2)))  # scatter the kill over the next saves
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+        loaded = [load_radii(path, sig) for sig in signatures]
+        whole = [(saved, sig) for (saved, _), sig in zip(loaded, signatures, strict=True)
+                 if saved is not None]
+        reasons.append(" / ".join(reason for _, reason in loaded))
+        # exactly one library's radii, whole: every value and the change count of that save
+        assert len(whole) == 1, reasons[-1]
+        saved, sig = whole[0]
+        odd = sig is signatures[1]
+        assert saved.changes == int(odd) and np.all(saved.radius == 0.25 + int(odd))
+        assert all(r == "loaded" or r.startswith("stale") for _, r in loaded), reasons[-1]
+    return reasons
+
+
+def test_radii_file_survives_a_kill_mid_save(tmp_path: Path) -> None:
+    _kill_radii_saves(tmp_path, 3, seed=7)
+
+
+@pytest.mark.reliability
+def test_radii_file_survives_twenty_kills_mid_save(tmp_path: Path) -> None:
+    _kill_radii_saves(tmp_path, 20, seed=2012)
