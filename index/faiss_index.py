@@ -11,6 +11,13 @@ them); HNSW cannot delete from its graph, so removed positions become
 tombstones that searches skip through an ``IDSelector`` until enough pile up to
 justify a rebuild.
 
+The vectors are kept once. Once built or loaded, the index can read them
+straight from the catalogue's matrix (:meth:`SimilarityIndex.use_vectors`):
+FAISS's flat storage becomes a view of that numpy array instead of a second
+copy (76 MiB at 100k tracks). That holds while index positions are the
+catalogue's rows, in its order, with no tombstones; before FAISS would write
+to its storage (add, remove) the index takes its own copy again.
+
 The index is derived data. Its file is a small header, the id column and the
 serialised FAISS index, closed by a SHA-256 of everything before it, so a
 truncated or damaged file is detected and the caller rebuilds from the store.
@@ -88,6 +95,9 @@ class SimilarityIndex:
         self._alive = np.zeros(0, bool)
         self._pos: dict[int, int] = {}
         self._index: faiss.Index = self._empty("flat")
+        # The matrix FAISS's storage is a view of (use_vectors), kept alive here; None:
+        # FAISS owns its copy.
+        self._borrowed: np.ndarray | None = None
 
     # construction -----------------------------------------------------------------
 
@@ -121,6 +131,7 @@ class SimilarityIndex:
     def _reset(self, ids: np.ndarray, matrix: np.ndarray) -> None:
         kind = "hnsw" if len(ids) > self.hnsw_threshold else "flat"
         self._index = self._empty(kind)
+        self._borrowed = None
         if len(ids):
             self._index.add(matrix)
         self._ids = ids.copy()
@@ -133,6 +144,61 @@ class SimilarityIndex:
             return self._ids[:0], np.zeros((0, self.dim), np.float32)
         everything = self._index.reconstruct_n(0, self._index.ntotal)
         return self._ids[live], np.ascontiguousarray(everything[live])
+
+    def _storage(self) -> faiss.IndexFlatCodes:
+        if isinstance(self._index, faiss.IndexHNSWFlat):
+            return faiss.downcast_index(self._index.storage)
+        return self._index
+
+    def use_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
+        """Read the stored vectors from ``vectors`` from now on and free FAISS's own copy.
+
+        Only when ``ids`` are this index's positions (same order, no tombstones) and
+        ``vectors`` is bit for bit what FAISS holds (float32, C order), so every
+        answer stays exactly what it was. The array is made read-only: the index
+        reads it until it next changes. Returns whether the copy was dropped.
+        """
+        ids = np.asarray(ids)
+        if self._borrowed is vectors:
+            return True
+        if (not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32
+                or not vectors.flags.c_contiguous or vectors.ndim != 2
+                or vectors.shape != (self._index.ntotal, self.dim)
+                or not len(vectors) or not bool(self._alive.all())
+                or not np.array_equal(ids, self._ids)):
+            return False
+        storage = self._storage()
+        held = faiss.rev_swig_ptr(storage.codes.data(), vectors.nbytes).view(np.float32)
+        step = 8192  # row blocks: no [N, D] temporary for the comparison
+        for start in range(0, len(vectors), step):
+            block = slice(start, start + step)
+            if not np.array_equal(held[start * self.dim : (start + step) * self.dim],
+                                  vectors[block].reshape(-1)):
+                return False
+        vectors.flags.writeable = False
+        flat = vectors.reshape(-1).view(np.uint8)
+        # A view with no owner: the numpy array is kept alive by self._borrowed.
+        storage.codes = faiss.MaybeOwnedVectorUInt8.create_view(
+            faiss.swig_ptr(flat), vectors.nbytes, faiss.MaybeOwnedVectorUInt8().owner)
+        self._borrowed = vectors
+        return True
+
+    def _own_vectors(self) -> None:
+        """Copy borrowed vectors back into FAISS before it writes to its storage
+        (writing to a view aborts the process)."""
+        if self._borrowed is None:
+            return
+        storage = self._storage()
+        borrowed = self._borrowed
+        storage.codes = faiss.MaybeOwnedVectorUInt8()
+        storage.ntotal = 0
+        storage.add(borrowed)  # storage only: the HNSW graph keeps its nodes
+        self._borrowed = None
+
+    @property
+    def shares_vectors(self) -> bool:
+        """Whether the stored vectors are a view of the caller's matrix (use_vectors)."""
+        return self._borrowed is not None
 
     # properties -------------------------------------------------------------------
 
@@ -162,7 +228,7 @@ class SimilarityIndex:
     def memory_bytes(self) -> int:
         """Approximate resident size, for the status page and the docs' sizing table."""
         n = self._index.ntotal
-        size = n * self.dim * 4 + n * 8
+        size = (0 if self._borrowed is not None else n * self.dim * 4) + n * 8
         if self.kind == "hnsw":
             # level-0 links are 2*M int32 per node, upper levels add ~1/M of that again
             size += int(n * self.hnsw_m * 2 * 4 * (1 + 1 / self.hnsw_m)) + n * 8
@@ -225,6 +291,7 @@ class SimilarityIndex:
             old_ids, old_vectors = self._live_vectors()
             self._reset(np.concatenate([old_ids, ids]), np.concatenate([old_vectors, matrix]))
             return
+        self._own_vectors()
         start = self._index.ntotal
         self._index.add(matrix)
         self._ids = np.concatenate([self._ids, ids])
@@ -240,6 +307,7 @@ class SimilarityIndex:
         if not len(positions):
             return 0
         if self.kind == "flat":
+            self._own_vectors()
             self._index.remove_ids(faiss.IDSelectorBatch(positions))
             keep = np.ones(len(self._ids), bool)
             keep[positions] = False

@@ -219,34 +219,44 @@ class LibraryService:
         diff: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[SimilarityIndex, str]:
         """The index for ``cat``: loaded, rebuilt, or the old one updated in place with
-        ``diff`` = (ids gone, ids new or with a changed vector) when the caller knows it."""
+        ``diff`` = (ids gone, ids new or with a changed vector) when the caller knows it.
+
+        The index then reads its vectors from ``cat.vectors`` where it can
+        (SimilarityIndex.use_vectors): one copy of the library's vectors, not two."""
         path = self.config.index_path
         threshold = self.config.hnsw_threshold
         if old is not None and not same_geometry(old.catalogue.geometry, cat.geometry):
             # every vector moved: a fresh build beats replacing them one by one
             index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
             if not self.read_only:
                 await asyncio.to_thread(_save_quietly, index, path)
             return index, "rebuilt: similarity geometry refitted"
         if old is None or old.index.kind == "flat":
             # An exact index is a plain copy of the vectors: rebuilding it is cheaper than diffing.
             if old is None:
-                return await asyncio.to_thread(load_or_build, path, cat.ids, cat.vectors, threshold,
-                                               save=not self.read_only)
+                index, status = await asyncio.to_thread(
+                    load_or_build, path, cat.ids, cat.vectors, threshold, save=not self.read_only)
+                await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
+                return index, status
             index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
             if not self.read_only:
                 await asyncio.to_thread(_save_quietly, index, path)
             return index, "rebuilt: analyses changed"
         gone, changed = diff if diff is not None else _diff(old.catalogue, cat)
         if len(gone) + len(changed) > _INCREMENTAL_LIMIT:
             index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
             status = "rebuilt: many analyses changed"
         else:
             index = old.index
             rows = cat.rows(changed) if len(changed) else np.zeros(0, np.int64)
-            async with self._lock.write():
+            async with self._lock.write():  # readers of the old snapshot search this index
                 await asyncio.to_thread(index.remove, gone)
                 await asyncio.to_thread(index.add, changed, cat.vectors[rows])
+                # new tracks appended in id order keep index positions = catalogue rows
+                await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
             status = f"updated: {len(changed)} added or changed, {len(gone)} removed"
         if not self.read_only:
             await asyncio.to_thread(_save_quietly, index, path)
