@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from index.hubness import STALE_SHARE, carry_over, neighbourhood_radius
 from index.projection import project_2d
 from musegate.config import Config
 from musegate.library import analyzer_settings, library_geometry, load_catalogue
+from musegate.upstream_ids import UpstreamIds
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class LibrarySnapshot:
     catalogue: Catalogue
     index: SimilarityIndex
     index_status: str
-    upstream_ids: dict[int, str] = field(default_factory=dict)  # musegate id -> source's id
-    by_upstream: dict[str, int] = field(default_factory=dict)  # source's id -> musegate id
+    # musegate id -> source's id and back (musegate.upstream_ids: arrays, not dicts)
+    upstream_ids: Mapping[int, str] = field(default_factory=dict)
+    by_upstream: Mapping[str, int] = field(default_factory=dict)
     signature: tuple[Any, ...] = ()
 
     def ids_of_album(self, album: str, artist: str | None = None) -> list[int]:
@@ -162,8 +164,8 @@ class LibraryService:
                     sig = await self.signature()  # a refit just saved moved it: not a change next time
                 catalogue = await asyncio.to_thread(loaded.catalogue.in_geometry, geometry)
                 diff = None
-                upstream = dict(zip(catalogue.ids.tolist(), loaded.upstream_ids, strict=True))
-            by_upstream = {u: i for i, u in upstream.items()}
+                upstream = UpstreamIds(catalogue.ids, loaded.upstream_ids)
+            by_upstream = upstream.by_upstream
             index, status = await self._index_for(old, catalogue, diff)
             catalogue.radius = await self._radius(old, catalogue, index, diff)
             self._snapshot = LibrarySnapshot(
@@ -177,7 +179,7 @@ class LibraryService:
 
     async def _changes(
         self, old: LibrarySnapshot, sig: tuple[Any, ...]
-    ) -> tuple[Catalogue, dict[int, str], tuple[np.ndarray, np.ndarray]] | None:
+    ) -> tuple[Catalogue, UpstreamIds, tuple[np.ndarray, np.ndarray]] | None:
         """The old snapshot's catalogue patched with the store rows changed since it was
         loaded, or None when a full load is needed (the patch does not account for every
         stored analysis). The ids it returns are (gone, new or changed
@@ -203,10 +205,10 @@ class LibraryService:
         if catalogue.geometry.stale_by_mean(catalogue.geometry.raw_mean(catalogue.vectors),
                                             len(catalogue), self.config.geometry):
             return None
-        drop = set(gone.tolist())
-        drop.update(new.ids.tolist())
-        upstream = {t: u for t, u in old.upstream_ids.items() if t not in drop}
-        upstream.update(zip(new.ids.tolist(), fresh.upstream_ids, strict=True))
+        previous = old.upstream_ids
+        if not isinstance(previous, UpstreamIds):
+            previous = UpstreamIds.from_pairs(previous)
+        upstream = previous.patched(np.union1d(gone, new.ids), new.ids, fresh.upstream_ids)
         known = np.flatnonzero(np.isin(new.ids, cat_old.ids))
         moved = np.ones(len(new), bool)
         if len(known):
