@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +145,12 @@ class LibraryService:
 
     async def refresh(self, force: bool = False) -> bool:
         """Reload when the store changed (or when ``force``); says whether anything was reloaded."""
+        reloaded = await self._reload(force)
+        if reloaded:  # once the load's temporaries (rows, strings, the old snapshot) are gone
+            await asyncio.to_thread(release_free_memory)
+        return reloaded
+
+    async def _reload(self, force: bool) -> bool:
         async with self._refreshing:
             if self.read_only:
                 seen = await self.store.data_version()
@@ -345,6 +353,21 @@ def _diff(old: Catalogue, new: Catalogue) -> tuple[np.ndarray, np.ndarray]:
     else:
         changed = added
     return gone.astype(np.int64), np.sort(changed).astype(np.int64)
+
+
+def release_free_memory() -> None:
+    """Hand the heap freed by a (re)load back to the system (glibc only; a no-op elsewhere).
+
+    Loading parses every stored row in worker threads; glibc keeps what they freed in
+    per-thread arenas, counted in the idle server's RSS, until ``malloc_trim`` returns it.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
 
 
 def _save_quietly(index: SimilarityIndex, path: Any) -> None:
