@@ -256,7 +256,7 @@ def _join_columns(parts: Sequence[_Columns]) -> Catalogue:
     scalars = np.concatenate([p.scalars for p in parts])
     return Catalogue.from_columns(
         ids=np.concatenate([p.ids for p in parts]),
-        embeddings=np.concatenate([p.embeddings for p in parts]).astype(np.float32),
+        embeddings=np.concatenate([p.embeddings for p in parts]).astype(np.float32, copy=False),
         tags=np.concatenate([p.tags for p in parts]),
         tempo=scalars[:, 0].copy(), energy=scalars[:, 1].copy(),
         loudness=scalars[:, 2].copy(), duration=scalars[:, 3].copy(),
