@@ -72,7 +72,7 @@ def ingredient_rows(cat: Catalogue, ing: Ingredient) -> np.ndarray:
             raise ValueError(f"unknown tag {ing.value!r}: use one of the 50 MSD tag names")
         if not len(cat):
             raise ValueError(f"tag {ing.value!r}: the library is empty")
-        scores = cat.tags[:, column]
+        scores = cat.tags[:, column].astype(np.float32)
         order = np.lexsort((cat.ids, -scores))
         return order[: tag_top_k(len(cat))].astype(np.int64)
     raise ValueError(f"unknown ingredient kind {ing.kind!r}: use song, artist or tag")

@@ -474,7 +474,7 @@ def cluster_playlists(
     drafts: list[tuple[ClusterPlaylist, list[str], list[str]]] = []
     for c in chosen:
         rows = np.flatnonzero(labels == stats.clusters[c])
-        mean_tags = cat.tags[rows].mean(axis=0)
+        mean_tags = cat.tags[rows].mean(axis=0, dtype=np.float64)
         tags = _name_tags(stats.lift[c], count=2)
         extra = [t for t in _name_tags(stats.lift[c], count=5) if t not in tags]
         tempos = cat.tempo[rows][cat.tempo[rows] > 0]

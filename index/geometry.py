@@ -83,10 +83,11 @@ class Geometry:
         return float(raw_distance) * self.distance_scale
 
     def apply(self, embeddings: np.ndarray) -> np.ndarray:
-        x = unit_rows(embeddings)
+        x = unit_rows(embeddings)  # a new array: centred and normalised in place below
         if self.mean is None or not len(x):
             return x
-        return unit_rows(x - self.mean)
+        x -= self.mean
+        return unit_rows(x, out=x)
 
     def raw_terms(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per row of transformed ``vectors`` [N, D]: (s, s·p) for :meth:`raw_from`.
@@ -182,12 +183,23 @@ class Geometry:
 RAW = Geometry()
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
+#: Rows normalised at a time: the norms' squared temporary is a block, not the library.
+_ROW_BLOCK = 16384
+
+
+def unit_rows(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero), float32, into ``out`` when given
+    (``out=x`` normalises a float32 array in place). Block by block, so loading a large
+    library makes no [N, D] temporaries beyond the result; each row's value is the same."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    result = np.empty(x.shape, np.float32) if out is None else out
+    for start in range(0, len(x), _ROW_BLOCK):
+        rows = x[start : start + _ROW_BLOCK]
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        np.divide(rows, np.where(norms > 0, norms, 1.0), out=result[start : start + _ROW_BLOCK])
+    return result
 
 
 def _shrunk_mean(unit: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ def mood_mask(cat: Catalogue, mood: Mapping[str, float], tolerance: float = 0.25
             if column is None:
                 raise ValueError(f"unknown mood {name!r}: use one of the 50 tag names or "
                                  f"{', '.join(MOOD_FEATURES)}")
-            distance = np.abs(cat.tags[:, column] - target)
+            distance = np.abs(cat.tags[:, column].astype(np.float32) - target)
         mask &= distance <= tolerance
     return mask
 

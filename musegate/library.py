@@ -27,7 +27,7 @@ from analysis.model import model_version
 from analysis.sampling import plan_for_mode
 from analysis.store import LibraryStore, StoredAnalysis, SyncResult, TrackRecord
 from analysis.version import analysis_version
-from index.catalogue import Catalogue, key_code
+from index.catalogue import TAG_DTYPE, Catalogue, key_code
 from index.faiss_index import SimilarityIndex
 from index.geometry import Geometry, current_geometry
 from index.instant import Interpretation
@@ -245,7 +245,7 @@ class _Columns:
 def _chunk_columns(chunk: Sequence[tuple[Any, ...]]) -> _Columns:
     n = len(chunk)
     tag_count = len(MSD_LABELS)
-    tags = np.zeros((n, tag_count), np.float32)
+    tags = np.zeros((n, tag_count), TAG_DTYPE)
     scalars = np.zeros((n, 4), np.float32)
     keys = np.full(n, -1, np.int8)
     minor = np.zeros(n, bool)
@@ -272,7 +272,7 @@ def _join_columns(parts: Sequence[_Columns]) -> Catalogue:
     scalars = np.concatenate([p.scalars for p in parts])
     return Catalogue.from_columns(
         ids=np.concatenate([p.ids for p in parts]),
-        embeddings=np.concatenate([p.embeddings for p in parts]).astype(np.float32),
+        embeddings=np.concatenate([p.embeddings for p in parts]).astype(np.float32, copy=False),
         tags=np.concatenate([p.tags for p in parts]),
         tempo=scalars[:, 0].copy(), energy=scalars[:, 1].copy(),
         loudness=scalars[:, 2].copy(), duration=scalars[:, 3].copy(),

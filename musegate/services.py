@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,6 +30,7 @@ from index.projection import project_2d
 from index.radii_file import load_radii, radii_path, radii_signature, save_radii
 from musegate.config import Config
 from musegate.library import analyzer_settings, library_geometry, load_catalogue
+from musegate.upstream_ids import UpstreamIds
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,9 @@ class LibrarySnapshot:
     catalogue: Catalogue
     index: SimilarityIndex
     index_status: str
-    upstream_ids: dict[int, str] = field(default_factory=dict)  # musegate id -> source's id
-    by_upstream: dict[str, int] = field(default_factory=dict)  # source's id -> musegate id
+    # musegate id -> source's id and back (musegate.upstream_ids: arrays, not dicts)
+    upstream_ids: Mapping[int, str] = field(default_factory=dict)
+    by_upstream: Mapping[str, int] = field(default_factory=dict)
     signature: tuple[Any, ...] = ()
     radius_status: str = ""  # where the CSLS radii came from: loaded, computed, carried over
 
@@ -143,6 +147,12 @@ class LibraryService:
 
     async def refresh(self, force: bool = False) -> bool:
         """Reload when the store changed (or when ``force``); says whether anything was reloaded."""
+        reloaded = await self._reload(force)
+        if reloaded:  # once the load's temporaries (rows, strings, the old snapshot) are gone
+            await asyncio.to_thread(release_free_memory)
+        return reloaded
+
+    async def _reload(self, force: bool) -> bool:
         async with self._refreshing:
             if self.read_only:
                 seen = await self.store.data_version()
@@ -164,8 +174,8 @@ class LibraryService:
                     sig = await self.signature()  # a refit just saved moved it: not a change next time
                 catalogue = await asyncio.to_thread(loaded.catalogue.in_geometry, geometry)
                 diff = None
-                upstream = dict(zip(catalogue.ids.tolist(), loaded.upstream_ids, strict=True))
-            by_upstream = {u: i for i, u in upstream.items()}
+                upstream = UpstreamIds(catalogue.ids, loaded.upstream_ids)
+            by_upstream = upstream.by_upstream
             index, status = await self._index_for(old, catalogue, diff)
             catalogue.radius, radius_status = await self._radius(old, catalogue, index, diff)
             self._snapshot = LibrarySnapshot(
@@ -180,7 +190,7 @@ class LibraryService:
 
     async def _changes(
         self, old: LibrarySnapshot, sig: tuple[Any, ...]
-    ) -> tuple[Catalogue, dict[int, str], tuple[np.ndarray, np.ndarray]] | None:
+    ) -> tuple[Catalogue, UpstreamIds, tuple[np.ndarray, np.ndarray]] | None:
         """The old snapshot's catalogue patched with the store rows changed since it was
         loaded, or None when a full load is needed (the patch does not account for every
         stored analysis). The ids it returns are (gone, new or changed
@@ -206,10 +216,10 @@ class LibraryService:
         if catalogue.geometry.stale_by_mean(catalogue.geometry.raw_mean(catalogue.vectors),
                                             len(catalogue), self.config.geometry):
             return None
-        drop = set(gone.tolist())
-        drop.update(new.ids.tolist())
-        upstream = {t: u for t, u in old.upstream_ids.items() if t not in drop}
-        upstream.update(zip(new.ids.tolist(), fresh.upstream_ids, strict=True))
+        previous = old.upstream_ids
+        if not isinstance(previous, UpstreamIds):
+            previous = UpstreamIds.from_pairs(previous)
+        upstream = previous.patched(np.union1d(gone, new.ids), new.ids, fresh.upstream_ids)
         known = np.flatnonzero(np.isin(new.ids, cat_old.ids))
         moved = np.ones(len(new), bool)
         if len(known):
@@ -222,34 +232,44 @@ class LibraryService:
         diff: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[SimilarityIndex, str]:
         """The index for ``cat``: loaded, rebuilt, or the old one updated in place with
-        ``diff`` = (ids gone, ids new or with a changed vector) when the caller knows it."""
+        ``diff`` = (ids gone, ids new or with a changed vector) when the caller knows it.
+
+        The index then reads its vectors from ``cat.vectors`` where it can
+        (SimilarityIndex.use_vectors): one copy of the library's vectors, not two."""
         path = self.config.index_path
         threshold = self.config.hnsw_threshold
         if old is not None and not same_geometry(old.catalogue.geometry, cat.geometry):
             # every vector moved: a fresh build beats replacing them one by one
             index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
             if not self.read_only:
                 await asyncio.to_thread(_save_quietly, index, path)
             return index, "rebuilt: similarity geometry refitted"
         if old is None or old.index.kind == "flat":
             # An exact index is a plain copy of the vectors: rebuilding it is cheaper than diffing.
             if old is None:
-                return await asyncio.to_thread(load_or_build, path, cat.ids, cat.vectors, threshold,
-                                               save=not self.read_only)
+                index, status = await asyncio.to_thread(
+                    load_or_build, path, cat.ids, cat.vectors, threshold, save=not self.read_only)
+                await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
+                return index, status
             index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
             if not self.read_only:
                 await asyncio.to_thread(_save_quietly, index, path)
             return index, "rebuilt: analyses changed"
         gone, changed = diff if diff is not None else _diff(old.catalogue, cat)
         if len(gone) + len(changed) > _INCREMENTAL_LIMIT:
             index = await asyncio.to_thread(SimilarityIndex.build, cat.ids, cat.vectors, threshold)
+            await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
             status = "rebuilt: many analyses changed"
         else:
             index = old.index
             rows = cat.rows(changed) if len(changed) else np.zeros(0, np.int64)
-            async with self._lock.write():
+            async with self._lock.write():  # readers of the old snapshot search this index
                 await asyncio.to_thread(index.remove, gone)
                 await asyncio.to_thread(index.add, changed, cat.vectors[rows])
+                # new tracks appended in id order keep index positions = catalogue rows
+                await asyncio.to_thread(index.use_vectors, cat.ids, cat.vectors)
             status = f"updated: {len(changed)} added or changed, {len(gone)} removed"
         if not self.read_only:
             await asyncio.to_thread(_save_quietly, index, path)
@@ -362,6 +382,21 @@ def _diff(old: Catalogue, new: Catalogue) -> tuple[np.ndarray, np.ndarray]:
     else:
         changed = added
     return gone.astype(np.int64), np.sort(changed).astype(np.int64)
+
+
+def release_free_memory() -> None:
+    """Hand the heap freed by a (re)load back to the system (glibc only; a no-op elsewhere).
+
+    Loading parses every stored row in worker threads; glibc keeps what they freed in
+    per-thread arenas, counted in the idle server's RSS, until ``malloc_trim`` returns it.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
 
 
 def _save_quietly(index: SimilarityIndex, path: Any) -> None:

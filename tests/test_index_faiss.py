@@ -199,3 +199,56 @@ def test_failed_save_leaves_no_temp_file(tmp_path: Path, lib, monkeypatch) -> No
     index, status = load_or_build(tmp_path / "index.faiss", lib.cat.ids, lib.cat.vectors)
     assert len(index) == len(lib.cat) and "not saved" in status
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("threshold", [10_000, 50])  # flat, HNSW
+def test_shared_vectors_answer_exactly_as_the_owned_copy(tmp_path: Path, lib, threshold: int) -> None:
+    cat = lib.cat
+    vectors = cat.vectors.copy()
+    owned = SimilarityIndex.build(cat.ids, vectors, hnsw_threshold=threshold)
+    shared = SimilarityIndex.build(cat.ids, vectors, hnsw_threshold=threshold)
+    before = shared.memory_bytes()
+    assert shared.use_vectors(cat.ids, vectors) and shared.shares_vectors
+    assert shared.memory_bytes() == before - vectors.nbytes
+    assert not vectors.flags.writeable  # the index reads it: nobody may write to it
+    for a, b in zip(owned.search(vectors[:40], 15), shared.search(vectors[:40], 15), strict=True):
+        assert np.array_equal(a, b)
+    assert np.array_equal(shared.vector(int(cat.ids[7])), vectors[7])
+    shared.save(tmp_path / "i.idx")  # the file holds the vectors, whoever owns them
+    loaded = SimilarityIndex.load(tmp_path / "i.idx", cat.ids, vectors)
+    assert loaded is not None and not loaded.shares_vectors
+    assert np.array_equal(loaded.search(vectors[:5], 5)[1], owned.search(vectors[:5], 5)[1])
+
+
+def test_shared_vectors_are_refused_unless_rows_are_positions(lib) -> None:
+    cat = lib.cat
+    index = SimilarityIndex.build(cat.ids, cat.vectors)
+    assert not index.use_vectors(cat.ids[::-1], cat.vectors[::-1].copy())  # another order
+    assert not index.use_vectors(cat.ids, cat.vectors + np.float32(1e-3))  # other vectors
+    assert not index.use_vectors(cat.ids, cat.vectors.astype(np.float64))
+    assert not index.shares_vectors
+    hnsw = SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=50)
+    hnsw.remove(cat.ids[:1])  # a tombstone: position 0 is no catalogue row any more
+    assert not hnsw.use_vectors(cat.ids[1:], cat.vectors[1:].copy())
+
+
+@pytest.mark.parametrize("threshold", [10_000, 50])
+def test_changing_a_sharing_index_takes_its_own_copy_first(lib, threshold: int) -> None:
+    cat = lib.cat
+    vectors = cat.vectors[:-20].copy()
+    index = SimilarityIndex.build(cat.ids[:-20], vectors, hnsw_threshold=threshold)
+    assert index.use_vectors(cat.ids[:-20], vectors)
+    index.add(cat.ids[-20:], cat.vectors[-20:])  # FAISS writes to its storage now
+    index.remove(cat.ids[:3])
+    assert not index.shares_vectors or threshold == 50  # HNSW remove only marks tombstones
+    assert len(index) == len(cat) - 3
+    sims, found = index.search(cat.vectors[-20:], 1)
+    assert list(found[:, 0]) == list(cat.ids[-20:])
+    assert np.allclose(sims[:, 0], 1.0, atol=1e-5)
+    assert cat.ids[0] not in set(index.search(cat.vectors[:3], 10)[1].ravel().tolist())
+    # appended in id order with no tombstones, rows are positions again: shared once more
+    grown = SimilarityIndex.build(cat.ids[:-20], vectors, hnsw_threshold=threshold)
+    assert grown.use_vectors(cat.ids[:-20], vectors)
+    grown.add(cat.ids[-20:], cat.vectors[-20:])
+    assert not grown.shares_vectors
+    assert grown.use_vectors(cat.ids, cat.vectors.copy())

@@ -88,6 +88,7 @@ async def test_reloads_patch_each_kind_of_change_like_a_full_load(
     service = LibraryService(store, config)
     await service.refresh(force=True)
     assert service.snapshot.index.kind == "hnsw"
+    assert service.snapshot.index.shares_vectors  # one copy of the vectors, the catalogue's
     first_id, second_id = sorted(lib.ids.values())[:2]
 
     async def check(expect_in_index: str) -> None:
@@ -102,6 +103,7 @@ async def test_reloads_patch_each_kind_of_change_like_a_full_load(
             assert snap.upstream_ids == ref.upstream_ids and snap.by_upstream == ref.by_upstream
             assert snap.signature == ref.signature
             assert expect_in_index in snap.index_status
+            assert ref.index.shares_vectors == snap.index.shares_vectors  # restart: the same
             assert sorted(snap.index.ids.tolist()) == snap.catalogue.ids.tolist()
             for t in snap.catalogue.ids[:5].tolist() + [first_id]:
                 if t in snap.index:
@@ -114,6 +116,8 @@ async def test_reloads_patch_each_kind_of_change_like_a_full_load(
     new_id = await add_track(config, lib, 0, "Brand new")
     await check("1 added or changed, 0 removed")
     assert service.snapshot.catalogue.has(new_id)
+    # appended after the others in id order: index positions are still catalogue rows
+    assert service.snapshot.index.shares_vectors
 
     async with await LibraryStore.open(config.db_path) as writer:  # a title edited upstream
         tracks = await writer.tracks_of_source(lib.source)
@@ -131,6 +135,7 @@ async def test_reloads_patch_each_kind_of_change_like_a_full_load(
     await check("1 added or changed, 0 removed")
     cat = service.snapshot.catalogue
     assert cat.vectors[cat.row(first_id)][3] == pytest.approx(1.0)
+    assert not service.snapshot.index.shares_vectors  # a tombstone: its own copy until a rebuild
 
     async with await LibraryStore.open(config.db_path) as writer:  # removed from the library
         await writer.remove_tracks([new_id])
