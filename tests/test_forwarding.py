@@ -359,3 +359,21 @@ async def test_access_log_never_shows_credentials(
     assert any("/rest/ping.view?u=alice" in line and "f=json" in line for line in lines), lines
     for value in secrets.values():
         assert all(value not in line for line in lines), (value, lines)
+
+
+@pytest.mark.parametrize(("target", "logged"), [
+    ("/rest/ping.view?u=alice&p=hunter2&t=abc&s=salt&f=json",
+     "/rest/ping.view?u=alice&p=***&t=***&s=***&f=json"),
+    # an encoded key is still the key; ';' separates as well as '&'; case does not matter
+    ("/x?%70=sec1&P=sec2&apiKey=k;api_key=z&u=a", "/x?%70=***&P=***&apiKey=***;api_key=***&u=a"),
+    ("/Items?X-Emby-Token=zz&a&Fields=x", "/Items?X-Emby-Token=***&a&Fields=x"),
+    # characters that could break the log line's quoting take the re-quoting path
+    ('/x?u="a b&p=sec3', "/x?u=%22a%20b&p=***"),
+    ("/rest/ping.view", "/rest/ping.view"),
+])
+def test_access_log_target_is_redacted(target: str, logged: str) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.access_log import redacted_target
+
+    assert redacted_target(make_mocked_request("GET", target)) == logged
