@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -79,9 +80,15 @@ def machine() -> str:
 
 
 def write_section(doc: Path, marker: str, section: str) -> None:
-    """Replace the section starting with ``marker`` (up to the next '## ') or append it."""
+    """Replace the section whose heading is ``marker`` (up to the next '## ') or append it.
+
+    The heading must be the marker alone or the marker then " (": several sections share a
+    first few words ("## Held-out quality", "## Held-out quality: levers …"), and a plain
+    substring search would overwrite whichever came first.
+    """
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
-    start = text.find(marker)
+    found = re.search(rf"^{re.escape(marker)}(?=$| \()", text, re.MULTILINE)
+    start = found.start() if found else -1
     if start < 0:
         text = text.rstrip() + "\n\n" + section
     else:
