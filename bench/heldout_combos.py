@@ -16,7 +16,8 @@ parameter ever sees the soundtrack it is scored on:
   only the mean);
 * CSLS fused with mutual proximity or shared-nearest-neighbour similarity;
 * other hubness normalisers: inverted softmax, Sinkhorn scaling, CSLS applied twice,
-  k-reciprocal re-ranking (Jaccard of reciprocal neighbourhoods);
+  k-reciprocal re-ranking (Jaccard of reciprocal neighbourhoods), other radius shapes
+  (k-th neighbour, median), a penalty on how often a track already is in a top 10;
 * fusion of two geometries: centred + partially whitened, centred + raw, rank (Borda)
   fusion, a radius averaged over several k, the centring prior × k;
 * a within-soundtrack covariance normalisation (WCCN) *learned* from labelled
@@ -186,6 +187,13 @@ def k_reciprocal(s: np.ndarray, k1: int, lam: float) -> np.ndarray:
     return -((1 - lam) * jaccard + lam * (2 - 2 * s))
 
 
+def k_occurrence(s: np.ndarray, k: int) -> np.ndarray:
+    """How often each track is in another's top ``k`` under ``s`` (its hubness)."""
+    t = s.copy()
+    np.fill_diagonal(t, -np.inf)
+    return np.bincount(np.argsort(-t, axis=1)[:, :k].ravel(), minlength=len(s)).astype(np.float64)
+
+
 def rank_score(s: np.ndarray) -> np.ndarray:
     t = s.copy()
     np.fill_diagonal(t, -np.inf)
@@ -269,6 +277,14 @@ def families() -> dict[str, dict[str, Score]]:
     for b in (5, 10, 20):
         f[f"inverted softmax β={b}"] = lambda t, b=b: inverted_softmax(t.cos, b)
         f[f"Sinkhorn β={b}"] = lambda t, b=b: sinkhorn(t.cos, b)
+    for k in (10, 20):
+        f[f"radius = k-th neighbour's cosine, k={k}"] = (
+            lambda t, k=k: 2 * t.cos - _knn_sims(t.cos, k)[:, -1][None, :])
+        f[f"radius = median of the k nearest, k={k}"] = (
+            lambda t, k=k: 2 * t.cos - np.median(_knn_sims(t.cos, k), 1)[None, :])
+    for g in (0.01, 0.05):
+        f[f"CSLS − {g:g}·log(1 + times in a CSLS top 10)"] = (
+            lambda t, g=g: shipped(t) - g * np.log1p(k_occurrence(shipped(t), 10))[None, :])
     for k2 in (10, 20):
         f[f"CSLS k=20, then CSLS k={k2}"] = lambda t, k2=k2: csls(shipped(t) / 2, k2)
     for k1 in (5, 10):
