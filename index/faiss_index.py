@@ -2,8 +2,11 @@
 
 Exact inner-product search (``IndexFlatIP`` on L2-normalised vectors, so the
 score is cosine similarity) stays under about a millisecond per query up to
-about 20k tracks; above ``hnsw_threshold`` an HNSW graph answers in a quarter of
-a millisecond at recall@10 that measured 1.000 up to 1M (bench/index_threshold.py). Both sit behind one interface.
+about 20k tracks; above ``hnsw_threshold`` an HNSW graph answers in under a
+millisecond (bench/index_threshold.py). Its search beam widens with the library
+(``hnsw_params``), because a bigger graph loses recall at a fixed beam: at 1M
+tracks the old constant 96 fell to recall@20 0.987-0.990 (bench/hnsw_sweep.py).
+Both sit behind one interface.
 
 FAISS labels are internal *positions*, not track ids: ``_ids[pos]`` maps back.
 The flat index removes vectors for real (positions shift, ``_ids`` shifts with
