@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from benchlib import machine, write_section  # noqa: E402
 from radii import export  # noqa: E402
 
-MARKER = "## Incremental reload after a bulk import (`bench/reload.py`)"
+MARKER = "## Incremental reload after a bulk import (`bench/reload.py`): {n:,} tracks"
 MACHINE = "2-core VM, 24 GiB, shared with other jobs"
 BEFORE = "985845d"  # main as branch hnsw2 started: reloads re-read 60 s of writes
 CACHE = Path.home() / ".cache" / "musegate" / "bench-reload"
@@ -184,7 +184,7 @@ def main() -> int:
     states = "\n".join(f"- {name}: start {case['start_status']}; writer reload "
                        f"{case['writer_status']}; replica reload {case['replica_status']}"
                        for name, case in (("before", before), ("this code", after)))
-    section = f"""{MARKER}
+    section = f"""{MARKER.format(n=n)}
 
 {datetime.now(UTC):%Y-%m-%d}, {MACHINE} ({machine()}).
 Command: `flock /tmp/musegate-bench.lock nice .venv/bin/python bench/reload.py --tracks {n}`
@@ -202,7 +202,7 @@ its own store.
 """
     print(section)
     if not args.no_write:
-        write_section(REPO / "docs" / "benchmarks.md", MARKER, section)
+        write_section(REPO / "docs" / "benchmarks.md", MARKER.format(n=n), section)
         print("written to docs/benchmarks.md")
     return 0
 
