@@ -76,6 +76,18 @@ MIGRATIONS: tuple[str, ...] = (
         fitted_at REAL NOT NULL
     )
     """,
+    # 4: a change counter (see LibraryStore.changes): every transaction that writes tracks or
+    # analyses takes the next number and stamps the rows it writes with it, so a reader that
+    # has seen number N reads exactly the rows written after it, whatever the clocks say.
+    # Rows written before this migration carry 0: a reader loaded them in a full load.
+    """
+    CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+    INSERT INTO changes (id, seq) VALUES (1, 0);
+    ALTER TABLE tracks ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE analyses ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tracks_change_seq ON tracks (change_seq);
+    CREATE INDEX analyses_change_seq ON analyses (change_seq)
+    """,
 )
 
 # Tracks without an analysis of a version that have not failed too often with it;
@@ -281,6 +293,18 @@ class LibraryStore:
                 ) from None
             raise
 
+    async def _next_change(self) -> None:
+        """Take the next change number for the rows this transaction writes, which stamp it
+        with ``(SELECT seq FROM changes)``.
+
+        The UPDATE takes SQLite's write lock and the transaction holds it until it commits,
+        and every writer of the file (this process, a ``musegate analyze`` beside the
+        server, any other) has to take the same lock: so numbers are given out in commit
+        order. A reader that sees number N has therefore seen every row stamped N or less,
+        and reads what changed since by number alone: no clock, no margin.
+        """
+        await self._db.execute("UPDATE changes SET seq = seq + 1")
+
     async def __aenter__(self) -> LibraryStore:
         return self
 
@@ -342,15 +366,19 @@ class LibraryStore:
             if tuple(old[c] for c in TRACK_COLUMNS) != values or old["raw"] != raw:
                 updates.append((*values, raw, now, old["id"]))
         gone = [(row["id"],) for uid, row in known.items() if uid not in seen]
+        if not (inserts or updates or reanalyse or gone):
+            return SyncResult(0, 0, 0, unchanged)  # the nightly rescan: nothing to write
         async with self._transaction():
+            await self._next_change()
             await self._db.executemany(
-                f"INSERT INTO tracks (source, upstream_id, {columns}, raw, added_at, updated_at)"
-                f" VALUES (?, ?, {', '.join('?' * len(TRACK_COLUMNS))}, ?, ?, ?)",
+                f"INSERT INTO tracks (source, upstream_id, {columns}, raw, added_at, updated_at,"
+                f" change_seq) VALUES (?, ?, {', '.join('?' * len(TRACK_COLUMNS))}, ?, ?, ?,"
+                " (SELECT seq FROM changes))",
                 inserts,
             )
             await self._db.executemany(
                 f"UPDATE tracks SET {', '.join(f'{c} = ?' for c in TRACK_COLUMNS)}, raw = ?,"
-                " updated_at = ? WHERE id = ?",
+                " updated_at = ?, change_seq = (SELECT seq FROM changes) WHERE id = ?",
                 updates,
             )
             await self._db.executemany("DELETE FROM analyses WHERE track_id = ?", reanalyse)
@@ -363,7 +391,10 @@ class LibraryStore:
             return {_from_db(r["upstream_id"]): _row_to_track(r) for r in await cur.fetchall()}
 
     async def remove_tracks(self, track_ids: Sequence[int]) -> None:
+        if not track_ids:
+            return
         async with self._transaction():
+            await self._next_change()
             await self._db.executemany(
                 "DELETE FROM tracks WHERE id = ?", [(i,) for i in track_ids]
             )
@@ -428,13 +459,17 @@ class LibraryStore:
         """
         now = time.time()
         async with self._transaction():
+            if analyses:  # failures alone change nothing a reader of the analyses loads
+                await self._next_change()
             await self._db.executemany(
                 "INSERT INTO analyses (track_id, version, features, embedding, analysed_at,"
-                " fingerprint)"
-                " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
+                " fingerprint, change_seq)"
+                " SELECT ?, ?, ?, ?, ?, ?, (SELECT seq FROM changes)"
+                " WHERE EXISTS (SELECT 1 FROM tracks WHERE id = ?)"
                 " ON CONFLICT (track_id) DO UPDATE SET version = excluded.version,"
                 " features = excluded.features, embedding = excluded.embedding,"
-                " analysed_at = excluded.analysed_at, fingerprint = excluded.fingerprint",
+                " analysed_at = excluded.analysed_at, fingerprint = excluded.fingerprint,"
+                " change_seq = excluded.change_seq",
                 [
                     (
                         tid,
@@ -501,21 +536,24 @@ class LibraryStore:
         ]
 
     async def analysed_chunks(
-        self, version: str, since: tuple[float, float] | None = None, chunk: int = 5_000
+        self, version: str, since: int | None = None, chunk: int = 5_000
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
         """Every analysis of ``version`` in track-id order, ``chunk`` rows at a time, as plain
         tuples (id, upstream_id, title, artist, album, duration, features JSON, embedding
         bytes, fingerprint): what a column loader needs and no per-track objects, so loading
-        a large library never holds it twice. ``since`` = (analysed_at, updated_at) keeps
-        only analyses written, or tracks edited, at or after those times.
+        a large library never holds it twice. ``since``, a change number (``signature()[0]``
+        when the caller last loaded), keeps only analyses written, or tracks edited, after
+        it: found through the change-number indexes, so a reload after one change reads one
+        row however recently the rest were written.
         """
         sql = ("SELECT t.id, t.upstream_id, t.title, t.artist, t.album, t.duration,"
                " a.features, a.embedding, a.fingerprint"
                " FROM analyses a JOIN tracks t ON t.id = a.track_id WHERE a.version = ?")
         params: tuple[Any, ...] = (version,)
         if since is not None:
-            sql += " AND (a.analysed_at >= ? OR t.updated_at >= ?)"
-            params += (float(since[0]), float(since[1]))
+            sql += (" AND a.track_id IN (SELECT track_id FROM analyses WHERE change_seq > ?"
+                    " UNION SELECT id FROM tracks WHERE change_seq > ?)")
+            params += (int(since), int(since))
         async with self._db.execute(sql + " ORDER BY t.id", params) as cur:
             while rows := await cur.fetchmany(chunk):
                 yield [tuple(r) for r in rows]
@@ -594,18 +632,22 @@ class LibraryStore:
             (pending,) = await cur.fetchone()
         return LibraryStatus(tracks, analysed, failed, pending, outdated)
 
-    async def signature(self, version: str) -> tuple[Any, ...]:
-        """A cheap fingerprint that changes whenever analyses of ``version``, track
-        metadata or the saved geometry change: readers of the library reload only when it moves."""
+    async def signature(self, version: str) -> tuple[int, float]:
+        """(change number, fit time of the geometry of ``version``): moves with every write of
+        tracks or analyses and every refit, so readers of the library reload only when it moves.
+
+        Two single-row reads, whatever the library's size (counting the analyses took 2.9 s
+        at 1M tracks). The change number is also where a reload starts reading
+        (``analysed_chunks(since=...)``); the fit time tells a reload that the geometry was
+        refitted (a full load).
+        """
         async with self._db.execute(
-            "SELECT (SELECT count(*) FROM analyses WHERE version = ?),"
-            " (SELECT coalesce(max(analysed_at), 0) FROM analyses WHERE version = ?),"
-            " (SELECT coalesce(sum(track_id), 0) FROM analyses WHERE version = ?),"
-            " (SELECT coalesce(max(updated_at), 0) FROM tracks),"
+            "SELECT (SELECT seq FROM changes),"
             " (SELECT coalesce(max(fitted_at), 0) FROM geometry WHERE version = ?)",
-            (version, version, version, version),
+            (version,),
         ) as cur:
-            return tuple(await cur.fetchone())
+            seq, fitted_at = await cur.fetchone()
+        return int(seq), float(fitted_at)
 
     # ---- similarity geometry --------------------------------------------------
 

@@ -307,7 +307,7 @@ async def _store_side(n: int, vectors: np.ndarray, tmp: Path) -> dict[str, Any]:
 
 
 def million(n: int) -> str:
-    from index.faiss_index import DEFAULT_HNSW_THRESHOLD, SimilarityIndex
+    from index.faiss_index import DEFAULT_HNSW_THRESHOLD, SimilarityIndex, hnsw_params
     from index.geometry import fit_geometry
 
     t = time.perf_counter()
@@ -353,6 +353,7 @@ def million(n: int) -> str:
         store = asyncio.run(_store_side(n, vectors, Path(tmpdir)))
         db_mib = (Path(tmpdir) / "musegate.db").stat().st_size / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hnsw = hnsw_params(n)
     return f"""{MILLION_MARKER}
 
 {datetime.now(UTC):%Y-%m-%d}, {MACHINE} ({machine()}).
@@ -361,8 +362,8 @@ Command: `flock /tmp/musegate-bench.lock .venv/bin/python bench/scale.py million
 {n:,} synthetic tracks: unit 200-d vectors around 2,000 cluster centres (no
 audio), in a real store with neutral features; the index holds them in the
 centred geometry the server fits on them (`geometry = centred`). Measured with the index code
-on this branch (`index/faiss_index.py`: HNSW M=32, efConstruction 80,
-efSearch 96 above `hnsw_threshold` = {DEFAULT_HNSW_THRESHOLD:,}); single-query
+on this branch (`index/faiss_index.py`: HNSW M={hnsw.m}, efConstruction {hnsw.ef_construction},
+efSearch {hnsw.ef_search} at this size, above `hnsw_threshold` = {DEFAULT_HNSW_THRESHOLD:,}); single-query
 latency over 200 queries, k = 20, first with FAISS's default OpenMP threads (one
 per core: what the server does today), then with one thread. The exact index is
 the same-run baseline for recall and speed.
@@ -381,7 +382,7 @@ jobs: one thread per single query is faster here.
 | --- | --- |
 | write the library (scan + analyses, 50k per transaction) | {store['write']:.0f} s; database {db_mib:.0f} MiB |
 | unchanged rescan (`sync_source`, the nightly case) | {store['rescan']:.1f} s ({store['rescan'] / store['write']:.2f}× the first write) |
-| change check the writer polls (`signature`: counts analyses) | {store['signature_ms']:.0f} ms |
+| change check the writer polls (`signature`: the store's change number) | {store['signature_ms']:.0f} ms |
 | change check a replica polls (`PRAGMA data_version`) | {store['data_version_ms']:.2f} ms; idle refresh {store['idle_poll_ms']:.2f} ms |
 | index file: save | {save:.1f} s |
 | writer start, CSLS radii computed (every analysis into the catalogue, index loaded from its file; what every start cost before the radii were saved) | {store['first_load']:.0f} s, +{store['service_mib']:.0f} MiB RSS |

@@ -2,8 +2,11 @@
 
 Exact inner-product search (``IndexFlatIP`` on L2-normalised vectors, so the
 score is cosine similarity) stays under about a millisecond per query up to
-about 20k tracks; above ``hnsw_threshold`` an HNSW graph answers in a quarter of
-a millisecond at recall@10 that measured 1.000 up to 1M (bench/index_threshold.py). Both sit behind one interface.
+about 20k tracks; above ``hnsw_threshold`` an HNSW graph answers in under a
+millisecond (bench/index_threshold.py). Its search beam widens with the library
+(``hnsw_params``), because a bigger graph loses recall at a fixed beam: at 1M
+tracks the old constant 96 fell to recall@20 0.987-0.990 (bench/hnsw_sweep.py).
+Both sit behind one interface.
 
 FAISS labels are internal *positions*, not track ids: ``_ids[pos]`` maps back.
 The flat index removes vectors for real (positions shift, ``_ids`` shifts with
@@ -32,6 +35,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,6 +54,35 @@ _MAX_DEAD_SHARE = 0.2
 # they turned a 0.7 ms query into 16 ms (bench/scale.py). Batches keep every core.
 _SERIAL_QUERIES = 4
 _threads_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    """The HNSW graph's degree (M), its build-time beam (efConstruction) and the search beam."""
+
+    m: int
+    ef_construction: int
+    ef_search: int
+
+
+#: (library size up to which, efSearch), smallest first; past the last size the last one.
+#: Chosen by bench/hnsw_sweep.py on the centred vectors the server searches, as the
+#: smallest efSearch whose recall@10 and recall@20 were both >= 0.99 on every query
+#: sample: 96 kept recall 1.000 at 100k and 300k; at 1M it gave 0.9905 / 0.9865 on two
+#: samples (1,000 and 2,000 queries), 112 0.9953 / 0.9900, 128 0.9963 / 0.9929 (p50
+#: 0.55-0.69 ms, within noise of 96's). Past 1M nothing was measured: 160 (0.9983 /
+#: 0.9953 at 1M) keeps the margin that a bigger graph's lower recall will eat.
+EF_SEARCH_BY_SIZE: tuple[tuple[int, int], ...] = ((300_000, 96), (1_000_000, 128), (2**62, 160))
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+
+
+def hnsw_params(tracks: int) -> HnswParams:
+    """The HNSW settings for a library of ``tracks``: a larger graph needs a wider search
+    beam for the same recall (at 1M tracks efSearch 96 gave recall@20 0.988, under the
+    0.99 target), while a small one would only pay for a beam it does not need."""
+    ef = next((ef for upto, ef in EF_SEARCH_BY_SIZE if tracks <= upto), EF_SEARCH_BY_SIZE[-1][1])
+    return HnswParams(HNSW_M, HNSW_EF_CONSTRUCTION, ef)
 
 
 @contextmanager
@@ -117,15 +150,16 @@ class SimilarityIndex:
         self,
         dim: int,
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
-        hnsw_m: int = 32,
-        ef_construction: int = 80,
-        ef_search: int = 96,
+        hnsw_m: int = HNSW_M,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        ef_search: int | None = None,
     ) -> None:
         self.dim = int(dim)
         self.hnsw_threshold = int(hnsw_threshold)
         self.hnsw_m = int(hnsw_m)
         self.ef_construction = int(ef_construction)
-        self.ef_search = int(ef_search)
+        # None: follow the library's size (hnsw_params) as tracks come and go
+        self.ef_search = None if ef_search is None else int(ef_search)
         self._ids = np.zeros(0, np.int64)
         self._alive = np.zeros(0, bool)
         self._pos = _Positions(self._ids, self._alive)
@@ -159,7 +193,6 @@ class SimilarityIndex:
         if kind == "hnsw":
             graph = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             graph.hnsw.efConstruction = self.ef_construction
-            graph.hnsw.efSearch = self.ef_search
             return graph
         return faiss.IndexFlatIP(self.dim)
 
@@ -260,6 +293,11 @@ class SimilarityIndex:
         """The stored vector of ``track_id``; KeyError when it is not indexed."""
         return self._index.reconstruct(self._pos[int(track_id)])
 
+    @property
+    def search_beam(self) -> int:
+        """The efSearch a query gets (at least its k): the one set, else the size's."""
+        return self.ef_search if self.ef_search is not None else hnsw_params(len(self)).ef_search
+
     def memory_bytes(self) -> int:
         """Approximate resident size, for the status page and the docs' sizing table."""
         n = self._index.ntotal
@@ -296,10 +334,10 @@ class SimilarityIndex:
         dead = np.flatnonzero(~self._alive)
         if len(dead):
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, want))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.search_beam, want))
             d, pos = self._index.search(q, want, params=params)
         elif self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, want))
+            params = faiss.SearchParametersHNSW(efSearch=max(self.search_beam, want))
             d, pos = self._index.search(q, want, params=params)
         else:
             d, pos = self._index.search(q, want)
@@ -366,7 +404,10 @@ class SimilarityIndex:
             "hnsw_threshold": self.hnsw_threshold,
             "hnsw_m": self.hnsw_m,
             "ef_construction": self.ef_construction,
-            "ef_search": self.ef_search,
+            # the beam in use now (what a reader of this format before the rule expects) and
+            # whether it was set or follows the size
+            "ef_search": self.search_beam,
+            "ef_search_rule": "size" if self.ef_search is None else "fixed",
             "count": len(self._ids),
         }).encode()
         tmp = path.with_name(path.name + ".tmp")
@@ -497,16 +538,17 @@ def _parse(fh: BinaryIO) -> SimilarityIndex:
         raise ValueError("trailing data after the FAISS index")
     if faiss_index.ntotal != count or faiss_index.d != int(header["dim"]):
         raise ValueError("index does not match its id column")
+    # Files written before efSearch followed the size hold the constant every index had
+    # then (96, never configurable): they follow the size too, the graph is the same.
+    ef_search = header["ef_search"] if header.get("ef_search_rule") == "fixed" else None
     index = SimilarityIndex(
         int(header["dim"]),
         int(header["hnsw_threshold"]),
         int(header["hnsw_m"]),
         int(header["ef_construction"]),
-        int(header["ef_search"]),
+        None if ef_search is None else int(ef_search),
     )
     index._index = faiss_index
-    if isinstance(faiss_index, faiss.IndexHNSWFlat):
-        faiss_index.hnsw.efSearch = index.ef_search
     index._ids = ids
     index._alive = alive
     index._pos = _Positions(ids, alive)

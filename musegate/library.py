@@ -206,9 +206,10 @@ class LoadedCatalogue:
 
 
 async def load_catalogue(
-    store: LibraryStore, version: str, since: tuple[float, float] | None = None
+    store: LibraryStore, version: str, since: int | None = None
 ) -> LoadedCatalogue:
-    """The store's analyses of ``version`` (or those changed ``since``) as a catalogue.
+    """The store's analyses of ``version`` (or those changed after change number ``since``)
+    as a catalogue.
 
     Streamed a chunk at a time into column arrays: at 100k tracks the per-track
     StoredAnalysis objects (parsed raw song JSON, a dict and a list of 50 floats each)

@@ -38,8 +38,6 @@ T = TypeVar("T")
 
 # Above this many changed tracks a rebuild is cheaper than add/remove one by one.
 _INCREMENTAL_LIMIT = 5_000
-# Seconds of writes re-read before the last seen one (a clock stepped back loses none).
-_CLOCK_MARGIN = 60.0
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,9 @@ class LibraryService:
                 geometry = await library_geometry(self.store, self.config, loaded.catalogue.vectors,
                                                   save=not self.read_only)
                 if not self.read_only:
-                    sig = await self.signature()  # a refit just saved moved it: not a change next time
+                    # A refit just saved moved the fit time: not a change next time. The change
+                    # number stays the one read before the rows: a commit since is read next time.
+                    sig = (sig[0], (await self.signature())[1])
                 catalogue = await asyncio.to_thread(loaded.catalogue.in_geometry, geometry)
                 diff = None
                 upstream = UpstreamIds(catalogue.ids, loaded.upstream_ids)
@@ -196,17 +196,20 @@ class LibraryService:
         stored analysis). The ids it returns are (gone, new or changed
         vector) for the index.
 
-        "Changed since" is taken from the old signature's newest analysis and track edit,
-        less a margin for clocks that step back; the patch is then checked against the
-        store's current id list, so an analysis the timestamps missed means a full load,
-        never a stale row. New rows get the old snapshot's geometry; when the library has
-        drifted from it (or the writer saved a refit) a full load refits instead.
+        "Changed since" is the store's change number in the old signature, read before the
+        old snapshot's rows (LibraryStore.signature): every transaction after it stamped
+        its rows with a larger number, whoever wrote them and whatever its clock said, so
+        exactly those rows are read. A row committed while this runs is read now or, its
+        number being past ``sig``'s, at the next reload. Removals leave no row: the store's
+        id list, read just after the changed rows, gives them, and the patch is checked
+        against it (a track added between the two reads means a full load, never a stale
+        row). New rows get the old snapshot's geometry; when the library has drifted from
+        it (or the writer saved a refit) a full load refits instead.
         """
-        if len(old.signature) < 5 or old.signature[4:] != sig[4:]:
+        if len(old.signature) != 2 or old.signature[1] != sig[1]:
             return None
-        since = (float(old.signature[1]) - _CLOCK_MARGIN, float(old.signature[3]) - _CLOCK_MARGIN)
+        fresh = await load_catalogue(self.store, self.version, since=int(old.signature[0]))
         current = await self.store.analysed_ids(self.version)
-        fresh = await load_catalogue(self.store, self.version, since=since)
         cat_old = old.catalogue
         new = fresh.catalogue.in_geometry(cat_old.geometry)
         gone = np.setdiff1d(cat_old.ids, current)

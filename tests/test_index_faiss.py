@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from index.faiss_index import SimilarityIndex, load_or_build
+from index import faiss_index
+from index.faiss_index import SimilarityIndex, hnsw_params, load_or_build
 from tests.catalogue_factory import make_library
 
 
@@ -252,3 +256,69 @@ def test_changing_a_sharing_index_takes_its_own_copy_first(lib, threshold: int) 
     grown.add(cat.ids[-20:], cat.vectors[-20:])
     assert not grown.shares_vectors
     assert grown.use_vectors(cat.ids, cat.vectors.copy())
+
+
+# ---- efSearch by library size (index.faiss_index.hnsw_params, bench/hnsw_sweep.py) ----------
+
+
+def test_the_search_beam_widens_with_the_library_and_never_narrows() -> None:
+    sizes = [1, 20_000, 100_000, 300_000, 300_001, 1_000_000, 1_000_001, 10_000_000]
+    beams = [hnsw_params(n).ef_search for n in sizes]
+    assert beams == sorted(beams)
+    # the measured points: 96 kept recall 1.000 at 100k and 300k, 1M needed 128
+    assert (hnsw_params(100_000).ef_search, hnsw_params(300_000).ef_search,
+            hnsw_params(1_000_000).ef_search) == (96, 96, 128)
+    assert hnsw_params(2_000_000).ef_search > 128
+    assert {(hnsw_params(n).m, hnsw_params(n).ef_construction) for n in sizes} == {(32, 80)}
+
+
+def test_an_index_searches_with_its_size_beam_unless_one_was_set(lib, monkeypatch) -> None:
+    cat = lib.cat
+    monkeypatch.setattr(faiss_index, "EF_SEARCH_BY_SIZE", ((200, 40), (2**62, 70)))
+    asked: list[int] = []
+    real = faiss_index.faiss.SearchParametersHNSW
+
+    def spy(**kwargs):
+        asked.append(kwargs["efSearch"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(faiss_index.faiss, "SearchParametersHNSW", spy)
+    index = SimilarityIndex.build(cat.ids[:150], cat.vectors[:150], hnsw_threshold=50)
+    index.search(cat.vectors[0], 10)
+    index.add(cat.ids[150:], cat.vectors[150:])  # 300 tracks now: the next size's beam
+    index.search(cat.vectors[0], 10)
+    index.search(cat.vectors[0], 90)  # never below k
+    fixed = SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=50, ef_search=55)
+    fixed.search(cat.vectors[0], 10)
+    assert asked == [40, 70, 90, 55]
+
+
+def _rewrite_header(path: Path, change) -> None:
+    """The file with its JSON header edited and its checksum made right again."""
+    data = path.read_bytes()
+    start = len(faiss_index.MAGIC)
+    (size,) = struct.unpack("<I", data[start:start + 4])
+    header = json.loads(data[start + 4:start + 4 + size])
+    change(header)
+    raw = json.dumps(header).encode()
+    body = data[:start] + struct.pack("<I", len(raw)) + raw + data[start + 4 + size:-32]
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def test_saved_beams_load_as_set_or_by_size_and_older_files_follow_the_size(
+    tmp_path: Path, lib
+) -> None:
+    cat = lib.cat
+    auto, fixed, legacy = (tmp_path / name for name in ("auto", "fixed", "legacy"))
+    SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=50).save(auto)
+    SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=50, ef_search=55).save(fixed)
+    SimilarityIndex.build(cat.ids, cat.vectors, hnsw_threshold=50).save(legacy)
+    # as the code before the rule wrote it: the constant 96, no rule
+    _rewrite_header(legacy, lambda h: (h.pop("ef_search_rule"), h.update(ef_search=96)))
+    loaded = {p.name: SimilarityIndex.load(p, expected_ids=cat.ids) for p in (auto, fixed, legacy)}
+    assert loaded["auto"].ef_search is None and loaded["legacy"].ef_search is None
+    assert loaded["legacy"].search_beam == hnsw_params(len(cat.ids)).ef_search
+    assert loaded["fixed"].ef_search == 55
+    # a reader of the format before the rule gets an int beam from a new file
+    header = json.loads(auto.read_bytes()[len(faiss_index.MAGIC) + 4:].split(b"}")[0] + b"}")
+    assert header["ef_search"] == hnsw_params(len(cat.ids)).ef_search
