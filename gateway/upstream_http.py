@@ -16,10 +16,13 @@ interim 1xx answers skipped, keep-alive unless either side said ``close`` or
 the answer was HTTP/1.0, and a pooled connection the upstream closed while it
 sat idle is noticed before it is used (and, for an idempotent request whose
 answer never started, the request is sent once more on a new connection, as
-browsers and aiohttp do). Upstreams that close every connection (supysonic's
-werkzeug server does) get a spare: the next connection is opened while the
-current one is in use, so a request does not wait for the TCP handshake; a
-spare the upstream closed while it waited is thrown away unused.
+browsers and aiohttp do). An upstream that closes every connection (supysonic's
+werkzeug server does) simply gets a new one per request: a spare connection
+opened ahead of the next request was tried and measured no faster on loopback
+while costing CPU (docs/benchmarks.md, "Pass-through: a lean upstream client").
+
+Big Content-Length bodies (streams) can be moved socket to socket in the kernel
+with ``os.splice`` (:func:`splice_body`), so their bytes never enter Python.
 
 Only ``http://`` upstreams use it; TLS upstreams and websockets stay on aiohttp
 (gateway.proxy decides).
@@ -42,9 +45,9 @@ from dataclasses import dataclass
 READ_SIZE = 1 << 20
 # A response head larger than this is not a music server's (aiohttp's limit is 8190 per line).
 MAX_HEAD = 64 * 1024
-# Idle keep-alive connections kept per upstream; spares opened ahead for close-every-time upstreams.
+# Idle keep-alive connections kept per upstream.
 MAX_IDLE = 32
-# A pooled or spare connection older than this is closed rather than used: servers drop
+# A pooled connection older than this is closed rather than used: servers drop
 # idle connections after a few seconds to minutes, and a fresh one is cheaper than a retry.
 MAX_IDLE_SECONDS = 15.0
 # How long a resolved upstream address is trusted (aiohttp's DNS cache default).
@@ -84,7 +87,7 @@ class Connection:
         self.sock = sock
         self.buffer = b""
         self.created = time.monotonic()
-        # Sat open before this request (pooled or a ready spare): the upstream may have
+        # Sat open in the pool before this request: the upstream may have
         # closed it just as the request went out, which is worth one more try.
         self.waited = False
 
@@ -110,15 +113,13 @@ class Connection:
 
 
 class UpstreamPool:
-    """Connections to one ``host:port``: idle keep-alive ones, and a spare when it closes each one."""
+    """Connections to one ``host:port``, with the idle keep-alive ones kept for the next request."""
 
     def __init__(self, host: str, port: int, *, connect_timeout: float) -> None:
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
         self._idle: list[Connection] = []
-        self._spare: asyncio.Task[Connection] | None = None
-        self._closes_each = False  # the last answer said Connection: close
         self._addr: tuple[float, list[tuple[int, tuple]]] | None = None  # type: ignore[type-arg]
         self._closed = False
 
@@ -160,44 +161,15 @@ class UpstreamPool:
             raise ConnectFailed(type(exc).__name__) from exc
         raise ConnectFailed(type(last).__name__ if last else "no address")
 
-    def _start_spare(self) -> None:
-        if self._closed or (self._spare is not None and not self._spare.done()):
-            return
-        self._spare = asyncio.get_running_loop().create_task(self._open())
-        self._spare.add_done_callback(_ignore_failure)
-
-    async def _take_spare(self) -> Connection | None:
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        if not spare.done():
-            # Still connecting: waiting for it is no slower than opening another.
-            with contextlib.suppress(UpstreamError):
-                return await asyncio.shield(spare)
-            return None
-        if spare.cancelled() or spare.exception() is not None:
-            return None
-        conn = spare.result()
-        if conn.idle_and_open():
-            conn.waited = True
-            return conn
-        conn.close()
-        return None
-
     async def acquire(self, *, fresh: bool = False) -> Connection:
-        """An open connection: a live idle one, the spare, or a new one (``fresh``: new or spare)."""
+        """An open connection: a live idle one, or a new one (always new when ``fresh``)."""
         while self._idle and not fresh:
             conn = self._idle.pop()
             if conn.idle_and_open():
                 conn.waited = True
                 return conn
             conn.close()
-        conn = await self._take_spare() if self._closes_each else None
-        if conn is None:
-            conn = await self._open()
-        if self._closes_each:
-            self._start_spare()
-        return conn
+        return await self._open()
 
     def release(self, conn: Connection, *, reusable: bool) -> None:
         """Hand ``conn`` back after a message was read to its end (``reusable``) or not."""
@@ -207,30 +179,11 @@ class UpstreamPool:
         else:
             conn.close()
 
-    def saw_close(self, closes: bool) -> None:
-        """Record whether the upstream ends each connection after one answer."""
-        if closes and not self._closes_each:
-            self._closes_each = True
-            self._start_spare()
-        elif not closes and self._closes_each:
-            self._closes_each = False
-
     async def close(self) -> None:
         self._closed = True
         for conn in self._idle:
             conn.close()
         self._idle.clear()
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.cancel()
-            with contextlib.suppress(BaseException):
-                (await spare).close()
-
-
-def _ignore_failure(task: asyncio.Task[Connection]) -> None:
-    """A failed spare is only a missed head start; the next request opens its own."""
-    if not task.cancelled():
-        task.exception()
 
 
 # ---------------------------------------------------------------- reading
@@ -504,9 +457,7 @@ async def request(pool: UpstreamPool, method: str, target: str, host: str,
         except BaseException:
             conn.close()
             raise
-        answer = Body(conn, head, method)
-        pool.saw_close(not answer.keep_alive)
-        return Exchange(pool, conn, head, answer)
+        return Exchange(pool, conn, head, Body(conn, head, method))
     raise AssertionError("unreachable")
 
 
