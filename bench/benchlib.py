@@ -109,6 +109,14 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float = 10.0) ->
         await proc.wait()
 
 
+_STREAM_REPEATS: list[int] = []  # set by --repeats
+
+
+def stream_repeats(quick: bool) -> int:
+    """Downloads per target of the pass-through stream: --repeats, else 2 (quick) or 3."""
+    return _STREAM_REPEATS[0] if _STREAM_REPEATS else (2 if quick else 3)
+
+
 def gateway_bench_main(
     description: str,
     marker: str,
@@ -128,7 +136,11 @@ def gateway_bench_main(
     if passthrough is not None:
         parser.add_argument("--passthrough", action="store_true",
                             help="only the pass-through latency and stream; print, do not write")
+        parser.add_argument("--repeats", type=int, default=0,
+                            help="downloads per target of the 200 MB stream (default 3)")
     args = parser.parse_args()
+    if getattr(args, "repeats", 0):
+        _STREAM_REPEATS.append(args.repeats)
     if getattr(args, "passthrough", False):
         assert passthrough is not None
         print(passthrough[1](asyncio.run(passthrough[0](args.quick))))

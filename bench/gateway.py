@@ -51,6 +51,7 @@ from benchlib import (  # noqa: E402
     run_nginx,
     run_variants,
     stop_process,
+    stream_repeats,
     stream_rounds,
 )
 
@@ -322,7 +323,7 @@ async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
                     (run_variants(work / "variants", upstream.url, {"source": source})
                      if passthrough_only else contextlib.nullcontext({})) as variants:
                 results = await _measure(upstream, gate, nginx, n, per_client,
-                                         repeats=2 if quick else 3,
+                                         repeats=stream_repeats(quick),
                                          passthrough_only=passthrough_only,
                                          variants=variants)
             results["similar"] = (await similar_modes(work / "musegate", upstream, seeds,

@@ -58,6 +58,7 @@ from benchlib import (  # noqa: E402
     run_nginx,
     run_variants,
     stop_process,
+    stream_repeats,
     stream_rounds,
 )
 
@@ -158,7 +159,7 @@ async def timed(call: Callable[[], Awaitable[Any]], n: int, warm: int = 5) -> tu
 
 async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
     n = 30 if quick else 200
-    r: dict[str, Any] = {"n": n, "repeats": 2 if quick else 3}
+    r: dict[str, Any] = {"n": n, "repeats": stream_repeats(quick)}
     with tempfile.TemporaryDirectory() as tmp:
         async with run_fake(quick) as fake:
             songs = fake["songs"]
