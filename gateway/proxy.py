@@ -16,6 +16,12 @@ them and musegate does not touch them. Streams have no read timeout (a paused
 player or Navidrome's SSE ``/api/events`` may sit idle for hours); websockets
 are relayed message by message.
 
+To a plain ``http://`` upstream the exchange goes through gateway.upstream_http, a
+small HTTP/1.1 client on raw sockets (aiohttp's ClientSession cost about 0.5 ms
+of CPU per relayed request); a big Content-Length body (a ``stream``) is moved
+from the upstream's socket to the caller's with ``os.splice`` on Linux, so its
+bytes never pass through Python. TLS upstreams and websockets use aiohttp's client.
+
 When the upstream cannot be reached the caller gets a 502 — for a Subsonic
 ``/rest/`` path a Subsonic error body in the caller's format, so a client
 shows "server unreachable" rather than a parse error — and musegate keeps
