@@ -109,6 +109,14 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float = 10.0) ->
         await proc.wait()
 
 
+_STREAM_REPEATS: list[int] = []  # set by --repeats
+
+
+def stream_repeats(quick: bool) -> int:
+    """Downloads per target of the pass-through stream: --repeats, else 2 (quick) or 3."""
+    return _STREAM_REPEATS[0] if _STREAM_REPEATS else (2 if quick else 3)
+
+
 def gateway_bench_main(
     description: str,
     marker: str,
@@ -128,7 +136,11 @@ def gateway_bench_main(
     if passthrough is not None:
         parser.add_argument("--passthrough", action="store_true",
                             help="only the pass-through latency and stream; print, do not write")
+        parser.add_argument("--repeats", type=int, default=0,
+                            help="downloads per target of the 200 MB stream (default 3)")
     args = parser.parse_args()
+    if getattr(args, "repeats", 0):
+        _STREAM_REPEATS.append(args.repeats)
     if getattr(args, "passthrough", False):
         assert passthrough is not None
         print(passthrough[1](asyncio.run(passthrough[0](args.quick))))
@@ -216,6 +228,7 @@ from musegate.config import load_config
 config = load_config(None, env={}, overrides={
     "data_dir": sys.argv[1], "upstream_url": sys.argv[2], "port": int(sys.argv[3]),
     "host": "127.0.0.1", "library_path": "", **json.loads(sys.argv[4])})
+exec(sys.argv[5])  # a bench variant's switch (PASSTHROUGH_VARIANTS); empty for musegate as shipped
 logging.basicConfig(level=config.log_level,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -249,15 +262,19 @@ class Served(MusegateProcess):
 @contextlib.asynccontextmanager
 async def run_musegate_served(data_dir: Path, upstream_url: str,
                               overrides: Mapping[str, Any] | None = None,
-                              timeout: float = 60.0) -> AsyncIterator[Served]:
-    """musegate in its own process as ``musegate serve`` runs it, access log included."""
+                              timeout: float = 60.0, patch: str = "") -> AsyncIterator[Served]:
+    """musegate in its own process as ``musegate serve`` runs it, access log included.
+
+    ``patch``: Python run before the app is built, to switch one pass-through lever off
+    (see PASSTHROUGH_VARIANTS); the shipped code runs with none.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = data_dir / "musegate.log"
     with log.open("ab") as log_file:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _SERVED, str(data_dir), upstream_url, str(port),
-            json.dumps(dict(overrides or {})),
+            json.dumps(dict(overrides or {})), patch,
             stdout=asyncio.subprocess.PIPE, stderr=log_file, cwd=str(REPO),
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
@@ -269,6 +286,29 @@ async def run_musegate_served(data_dir: Path, upstream_url: str,
         yield Served(proc, port, log)
     finally:
         await stop_process(proc)
+
+
+# The pass-through's levers switched off one at a time, each a musegate of its own measured
+# beside the shipped one in the same run (bench/gateway.py and bench/jellyfin.py --passthrough).
+PASSTHROUGH_VARIANTS = {
+    # Before gateway/upstream_http: every pass-through through aiohttp's ClientSession.
+    "mg-aiohttp": "import gateway.proxy as p; p._lean_target = lambda base: None",
+    # The lean client with stream bodies still read into Python (no splice).
+    "mg-lean": "import gateway.upstream_http as u; u.SPLICE_MIN = 1 << 62",
+}
+
+
+@contextlib.asynccontextmanager
+async def run_variants(work: Path, upstream_url: str,
+                       overrides: Mapping[str, Any] | None = None
+                       ) -> AsyncIterator[dict[str, Served]]:
+    """One musegate per PASSTHROUGH_VARIANTS entry (own data directory each), by name."""
+    async with contextlib.AsyncExitStack() as stack:
+        out: dict[str, Served] = {}
+        for name, patch in PASSTHROUGH_VARIANTS.items():
+            out[name] = await stack.enter_async_context(run_musegate_served(
+                work / name, upstream_url, overrides, patch=patch))
+        yield out
 
 
 NGINX_CONF = """

@@ -49,7 +49,9 @@ from benchlib import (  # noqa: E402
     passthrough_tables,
     run_musegate_served,
     run_nginx,
+    run_variants,
     stop_process,
+    stream_repeats,
     stream_rounds,
 )
 
@@ -317,22 +319,29 @@ async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
             source = "subsonic" if make_upstream is supysonic_upstream else "folder"
             async with run_musegate_served(work / "musegate", upstream.url,
                                            {"source": source}) as gate, \
-                    run_nginx(work / "nginx", upstream.url) as nginx:
+                    run_nginx(work / "nginx", upstream.url) as nginx, \
+                    (run_variants(work / "variants", upstream.url, {"source": source})
+                     if passthrough_only else contextlib.nullcontext({})) as variants:
                 results = await _measure(upstream, gate, nginx, n, per_client,
-                                         repeats=2 if quick else 3,
-                                         passthrough_only=passthrough_only)
+                                         repeats=stream_repeats(quick),
+                                         passthrough_only=passthrough_only,
+                                         variants=variants)
             results["similar"] = (await similar_modes(work / "musegate", upstream, seeds,
                                                       min(n, 100)) if seeds else None)
     return results
 
 
 async def _measure(upstream: Upstream, gate: Any, nginx: Any, n: int, per_client: int,
-                   repeats: int, passthrough_only: bool) -> dict[str, Any]:
+                   repeats: int, passthrough_only: bool,
+                   variants: dict[str, Any]) -> dict[str, Any]:
     targets = {"direct": upstream.url, "musegate": gate.url}
     pids = {"musegate": gate.pid}
     if nginx:
         targets["nginx"] = nginx.url
         pids["nginx"] = nginx.pid
+    for name, variant in variants.items():
+        targets[name] = variant.url
+        pids[name] = variant.pid
     results: dict[str, Any] = {"upstream": upstream.name, "targets": list(targets),
                                "n": n, "per_client": per_client, "repeats": repeats}
     logged = gate.access_lines()

@@ -56,7 +56,9 @@ from benchlib import (  # noqa: E402
     passthrough_tables,
     run_musegate_served,
     run_nginx,
+    run_variants,
     stop_process,
+    stream_repeats,
     stream_rounds,
 )
 
@@ -157,7 +159,7 @@ async def timed(call: Callable[[], Awaitable[Any]], n: int, warm: int = 5) -> tu
 
 async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
     n = 30 if quick else 200
-    r: dict[str, Any] = {"n": n, "repeats": 2 if quick else 3}
+    r: dict[str, Any] = {"n": n, "repeats": stream_repeats(quick)}
     with tempfile.TemporaryDirectory() as tmp:
         async with run_fake(quick) as fake:
             songs = fake["songs"]
@@ -167,6 +169,9 @@ async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
             async with run_musegate_served(Path(tmp) / "data", fake["url"], {
                         "source": "jellyfin", "upstream_api_key": fake["key"]}) as gate, \
                     run_nginx(Path(tmp) / "nginx", fake["url"]) as nginx, \
+                    (run_variants(Path(tmp) / "variants", fake["url"], {
+                        "source": "jellyfin", "upstream_api_key": fake["key"]})
+                     if passthrough_only else contextlib.nullcontext({})) as variants, \
                     aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
                 mg_url = gate.url
                 logged = gate.access_lines()
@@ -177,6 +182,9 @@ async def run(quick: bool, passthrough_only: bool = False) -> dict[str, Any]:
                 if nginx:
                     targets["nginx"] = nginx.url
                     pids["nginx"] = nginx.pid
+                for name, variant in variants.items():
+                    targets[name] = variant.url
+                    pids[name] = variant.pid
                 r["targets"] = list(targets)
                 r["ping"] = await latency_rounds(targets, "/System/Ping", max(n, 200) * 5,
                                                  headers=headers, pids=pids)

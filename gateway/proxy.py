@@ -16,6 +16,12 @@ them and musegate does not touch them. Streams have no read timeout (a paused
 player or Navidrome's SSE ``/api/events`` may sit idle for hours); websockets
 are relayed message by message.
 
+To a plain ``http://`` upstream the exchange goes through gateway.upstream_http, a
+small HTTP/1.1 client on raw sockets (aiohttp's ClientSession cost about 0.5 ms
+of CPU per relayed request); a big Content-Length body (a ``stream``) is moved
+from the upstream's socket to the caller's with ``os.splice`` on Linux, so its
+bytes never pass through Python. TLS upstreams and websockets use aiohttp's client.
+
 When the upstream cannot be reached the caller gets a 502 — for a Subsonic
 ``/rest/`` path a Subsonic error body in the caller's format, so a client
 shows "server unreachable" rather than a parse error — and musegate keeps
@@ -38,7 +44,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway import forwarding, subsonic_format
+from gateway import forwarding, subsonic_format, upstream_http
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,9 @@ log = logging.getLogger(__name__)
 SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
 # Seconds to wait for the upstream's status line and headers (``upstream_timeout``).
 HEADERS_TIMEOUT = web.AppKey("proxy_headers_timeout", float)
+# The lean pass-through client's connections to a plain-http upstream (gateway.upstream_http),
+# with the upstream base URL and Host header it serves.
+POOL = web.AppKey("proxy_pool", object)
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the de-facto Proxy-Connection and Keep-Alive.
 HOP_BY_HOP = frozenset({
@@ -117,12 +126,21 @@ def add_proxy(app: web.Application, upstream_url: str, *, exclude_prefix: str,
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                     sock_connect=connect_timeout, sock_read=None)
 
+    lean = _lean_target(base)
+
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         session = new_session(timeout)
         app[SESSION] = session
+        pool = None
+        if lean is not None:
+            host, port, host_header = lean
+            pool = upstream_http.UpstreamPool(host, port, connect_timeout=connect_timeout)
+            app[POOL] = _Lean(base, pool, host_header)
         try:
             yield
         finally:
+            if pool is not None:
+                await pool.close()
             await session.close()
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -140,6 +158,32 @@ def _upstream_base(upstream_url: str) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("upstream_url must be an http(s):// URL")
     return upstream_url.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+
+
+class _Lean:
+    """The lean client's pool for one upstream base URL (plain http, no userinfo)."""
+
+    __slots__ = ("base", "pool", "host_header", "path")
+
+    def __init__(self, base: str, pool: upstream_http.UpstreamPool, host_header: str) -> None:
+        self.base = base
+        self.pool = pool
+        self.host_header = host_header
+        self.path = URL(base).raw_path.rstrip("/")
+
+
+def _lean_target(base: str) -> tuple[str, int, str] | None:
+    """(host, port, Host header) when the lean client can serve ``base``, else None.
+
+    TLS upstreams and URLs with credentials in them stay on aiohttp's client.
+    """
+    url = URL(base)
+    if url.scheme != "http" or url.user is not None or url.password is not None:
+        return None
+    host = url.raw_host or ""
+    port = url.port or 80
+    shown = f"[{host}]" if ":" in host else host
+    return host, port, shown if url.explicit_port is None or port == 80 else f"{shown}:{port}"
 
 
 def target_url(request: web.Request, upstream_url: str) -> URL:
@@ -204,6 +248,10 @@ async def forward(
     of the (now empty) request stream. Uses the app's shared session when ``add_proxy``
     installed one, otherwise a session for this one exchange.
     """
+    lean = request.app.get(POOL)
+    if (isinstance(lean, _Lean) and _upstream_base(upstream_url) == lean.base
+            and not _is_websocket(request)):
+        return await _forward_lean(request, lean, body)
     session = request.app.get(SESSION)
     if session is not None:
         return await _forward(request, session, upstream_url, body)
@@ -253,6 +301,104 @@ async def _forward(request: web.Request, session: aiohttp.ClientSession, upstrea
             upstream.close()  # abandoned mid-body: the connection cannot be reused
 
 
+# Request bodies up to this size are read before sending, so that the request can be sent
+# again if an idle connection turns out to be closed; larger ones are streamed.
+_REPLAYABLE_BODY = 65536
+
+
+async def _forward_lean(request: web.Request, lean: _Lean,
+                        body: bytes | None) -> web.StreamResponse:
+    """``_forward`` over gateway.upstream_http: same headers in and out, same errors."""
+    headers = request_headers(request)
+    headers.popall("Content-Length", None)  # the client frames the body itself
+    data: upstream_http.BodySource = body
+    length: int | None = None
+    if body is None and request.body_exists:
+        length = request.content_length
+        if length is not None and length <= _REPLAYABLE_BODY:
+            data = await request.read()
+        else:
+            content = request.content
+            data = content.iter_any  # type: ignore[assignment]
+    try:
+        async with asyncio.timeout(request.app.get(HEADERS_TIMEOUT, DEFAULT_HEADERS_TIMEOUT)):
+            exchange = await upstream_http.request(
+                lean.pool, request.method, lean.path + request.raw_path, lean.host_header,
+                list(headers.items()), data, length)
+    except TimeoutError:
+        log.warning("upstream did not answer in time for %s", _redacted(request))
+        return upstream_error(request, "the music server behind musegate did not answer in time",
+                              status=504)
+    except upstream_http.ConnectFailed as exc:
+        log.warning("upstream unreachable for %s: %s", _redacted(request), exc)
+        if isinstance(exc.__cause__, TimeoutError):
+            return upstream_error(request, "the music server behind musegate did not answer "
+                                           "in time", status=504)
+        return upstream_error(request, "the music server behind musegate is unreachable")
+    except (upstream_http.UpstreamError, OSError) as exc:
+        log.warning("upstream unreachable for %s: %s", _redacted(request), type(exc).__name__)
+        return upstream_error(request, "the music server behind musegate is unreachable")
+
+    head = exchange.head
+    answer = exchange.body
+    resp = _RelayResponse(status=head.status, reason=head.reason,
+                          headers=_public_headers(request, CIMultiDict(head.headers), lean.base))
+    try:
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp  # the head goes out with aiohttp's write_eof
+        # What arrived with the upstream's head goes out with ours, in one write (or the
+        # head alone, now, when the body has not started yet).
+        await resp.write(answer.buffered())
+        dst = _spliceable(request, answer)
+        if dst is not None:
+            before = answer.length or 0
+            try:
+                await upstream_http.splice_body(answer, dst)
+            finally:
+                _count_sent(resp, before - (answer.length or 0))
+        while not answer.done:
+            data_piece = await answer.read()
+            if data_piece:
+                await resp.write(data_piece)
+    except ConnectionError:
+        return resp  # the caller went away; finish() below hangs up on the upstream
+    except upstream_http.UpstreamError as exc:
+        log.warning("upstream failed mid-response for %s: %s", _redacted(request), exc)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    finally:
+        exchange.finish()
+    return resp
+
+
+def _spliceable(request: web.Request, answer: upstream_http.Body) -> Any:
+    """The caller's socket when the rest of this body can go to it in the kernel, else None.
+
+    Only a big Content-Length body, to a plain (not TLS) transport that has sent
+    everything it was given (the head), so nothing of aiohttp's overtakes the spliced bytes.
+    """
+    if (not upstream_http.CAN_SPLICE or answer.length is None
+            or answer.length < upstream_http.SPLICE_MIN or answer.conn.buffer):
+        return None
+    transport = request.transport
+    if (transport is None or transport.is_closing()
+            or transport.get_extra_info("sslcontext") is not None
+            or transport.get_write_buffer_size()):
+        return None
+    return transport.get_extra_info("socket")
+
+
+def _count_sent(resp: web.StreamResponse, sent: int) -> None:
+    """Tell aiohttp's writer about bytes that went around it (for its length and the access log)."""
+    writer = getattr(resp, "_payload_writer", None)
+    if writer is not None and sent:
+        writer.output_size += sent
+        if writer.length is not None:
+            writer.length = max(0, writer.length - sent)
+
+
 def public_location(value: str, upstream_url: str, request: web.Request) -> str:
     """A ``Location`` the upstream sent, as the caller must follow it (nginx's proxy_redirect).
 
@@ -291,7 +437,13 @@ def public_cookie(value: str, upstream_url: str, request: web.Request) -> str:
 
 def _response_headers(request: web.Request, upstream: aiohttp.ClientResponse,
                       upstream_url: str) -> CIMultiDict[str]:
-    headers = _end_to_end(upstream.headers)
+    return _public_headers(request, upstream.headers, upstream_url)
+
+
+def _public_headers(request: web.Request, upstream: CIMultiDictProxy[str] | CIMultiDict[str],
+                    upstream_url: str) -> CIMultiDict[str]:
+    """The upstream's end-to-end answer headers, Location and cookie paths made public."""
+    headers = _end_to_end(upstream)
     if "Location" in headers:
         headers["Location"] = public_location(headers["Location"], upstream_url, request)
     if "Set-Cookie" in headers:

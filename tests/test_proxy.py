@@ -400,3 +400,35 @@ async def test_large_stream_keeps_memory_flat(tmp_path: Path, stub: Stub,
     assert digest.hexdigest() == generated_sha256(size)
     growth_mib = (after["VmHWM"] - before["VmHWM"]) / 1024
     assert growth_mib < 40, f"peak RSS grew {growth_mib:.1f} MiB for a 200 MiB stream"
+
+
+async def test_big_body_goes_around_python_and_the_connection_stays_usable(
+        stub: Stub, gate: TestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream with a Content-Length is spliced (Linux) and the caller's keep-alive survives it."""
+    from gateway import upstream_http
+
+    spliced: list[int] = []
+    real = upstream_http.splice_body
+
+    async def counting(body: upstream_http.Body, dst: object) -> None:
+        spliced.append(body.length or 0)
+        await real(body, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upstream_http, "splice_body", counting)
+    size = 3 * 1024 * 1024 + 5
+    ports: set[int] = set()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one:
+        for _ in range(2):
+            digest = hashlib.sha256()
+            async with one.get(url_of(gate, f"/rest/stream?id=big&size={size}")) as resp:
+                assert int(resp.headers["Content-Length"]) == size
+                assert resp.connection is not None and resp.connection.transport is not None
+                ports.add(resp.connection.transport.get_extra_info("sockname")[1])
+                async for chunk in resp.content.iter_any():
+                    digest.update(chunk)
+            assert digest.hexdigest() == generated_sha256(size)
+        async with one.get(url_of(gate, "/rest/ping?f=json")) as resp:
+            assert resp.status == 200 and json.loads(await resp.read())
+    assert len(ports) == 1  # the second stream came on the connection the first one used
+    if upstream_http.CAN_SPLICE:
+        assert len(spliced) == 2 and all(0 < n <= size for n in spliced)

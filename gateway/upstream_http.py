@@ -1,0 +1,589 @@
+"""A lean HTTP/1.1 client for the pass-through: raw non-blocking sockets, one read per wake-up.
+
+Every request musegate does not answer itself crosses two hops, and on each
+small one (a ``ping``, a page of JSON) the per-request work of a general
+client — aiohttp's ClientSession builds a ClientRequest, a URL, a connector
+key, a response object with its own StreamReader and a parsed copy of every
+header — cost about half a millisecond of CPU, more than the server it fronts
+takes to answer. The relay needs far less: send the head it already has, parse
+a status line and headers, and move the body bytes with the framing the
+upstream chose. This module does only that, over sockets driven by the loop's
+``sock_*`` calls (no transport, protocol or stream objects per connection).
+
+What it keeps of HTTP/1.1 (RFC 9112): the body length rules of §6.3 (no body
+for HEAD, 1xx, 204 and 304; chunked; Content-Length; otherwise until close),
+interim 1xx answers skipped, keep-alive unless either side said ``close`` or
+the answer was HTTP/1.0, and a pooled connection the upstream closed while it
+sat idle is noticed before it is used (and, for an idempotent request whose
+answer never started, the request is sent once more on a new connection, as
+browsers and aiohttp do). An upstream that closes every connection (supysonic's
+werkzeug server does) simply gets a new one per request: a spare connection
+opened ahead of the next request was tried and measured no faster on loopback
+while costing CPU (docs/benchmarks.md, "Pass-through: a lean upstream client").
+
+Big Content-Length bodies (streams) can be moved socket to socket in the kernel
+with ``os.splice`` (:func:`splice_body`), so their bytes never enter Python.
+
+Only ``http://`` upstreams use it; TLS upstreams and websockets stay on aiohttp
+(gateway.proxy decides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+# One receive may bring this much: fewer, larger reads mean fewer loop wake-ups per MB.
+READ_SIZE = 1 << 20
+# A response head larger than this is not a music server's (aiohttp's limit is 8190 per line).
+MAX_HEAD = 64 * 1024
+# Idle keep-alive connections kept per upstream.
+MAX_IDLE = 32
+# A pooled connection older than this is closed rather than used: servers drop
+# idle connections after a few seconds to minutes, and a fresh one is cheaper than a retry.
+MAX_IDLE_SECONDS = 15.0
+# How long a resolved upstream address is trusted (aiohttp's DNS cache default).
+DNS_TTL = 10.0
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Methods whose request is sent with ``Content-Length: 0`` when it has no body (as aiohttp does).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, or what it sent is not an HTTP/1.x answer."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection could be opened (refused, unreachable, or the connect timed out)."""
+
+
+class Truncated(UpstreamError):
+    """The connection ended (or turned to garbage) before the message did."""
+
+
+@dataclass
+class ResponseHead:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    version: tuple[int, int]
+
+
+class Connection:
+    """One socket to the upstream, with the bytes read past the current message's head."""
+
+    __slots__ = ("sock", "buffer", "created", "waited")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.created = time.monotonic()
+        # Sat open in the pool before this request: the upstream may have
+        # closed it just as the request went out, which is worth one more try.
+        self.waited = False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def idle_and_open(self) -> bool:
+        """Whether the upstream kept this idle connection open (and sent nothing on it).
+
+        A peek that would block means open and quiet; an empty peek means the upstream
+        closed it; bytes mean it said something unasked (a 408, garbage): unusable too.
+        """
+        if self.buffer or time.monotonic() - self.created > MAX_IDLE_SECONDS:
+            return False
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        return not data
+
+
+class UpstreamPool:
+    """Connections to one ``host:port``, with the idle keep-alive ones kept for the next request."""
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self._idle: list[Connection] = []
+        self._addr: tuple[float, list[tuple[int, tuple]]] | None = None  # type: ignore[type-arg]
+        self._closed = False
+
+    # ---------------------------------------------------------------- connections
+
+    async def _addresses(self) -> list[tuple[int, tuple]]:  # type: ignore[type-arg]
+        now = time.monotonic()
+        if self._addr is not None and now - self._addr[0] < DNS_TTL:
+            return self._addr[1]
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
+                                       proto=socket.IPPROTO_TCP)
+        found = [(family, addr) for family, _, _, _, addr in infos]
+        self._addr = (now, found)
+        return found
+
+    async def _open(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        last: BaseException | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                for family, addr in await self._addresses():
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    try:
+                        sock.setblocking(False)
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        await loop.sock_connect(sock, addr)
+                    except OSError as exc:
+                        sock.close()
+                        last = exc
+                        continue
+                    except BaseException:
+                        sock.close()
+                        raise
+                    return Connection(sock)
+        except TimeoutError as exc:
+            raise ConnectFailed("connect timed out") from exc
+        except OSError as exc:  # name resolution
+            raise ConnectFailed(type(exc).__name__) from exc
+        raise ConnectFailed(type(last).__name__ if last else "no address")
+
+    async def acquire(self, *, fresh: bool = False) -> Connection:
+        """An open connection: a live idle one, or a new one (always new when ``fresh``)."""
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if conn.idle_and_open():
+                conn.waited = True
+                return conn
+            conn.close()
+        return await self._open()
+
+    def release(self, conn: Connection, *, reusable: bool) -> None:
+        """Hand ``conn`` back after a message was read to its end (``reusable``) or not."""
+        if reusable and not self._closed and len(self._idle) < MAX_IDLE:
+            conn.created = time.monotonic()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+# ---------------------------------------------------------------- reading
+
+
+async def _recv(conn: Connection, size: int = READ_SIZE) -> bytes:
+    """Up to ``size`` bytes: the buffered ones first, else one receive (b"" at EOF)."""
+    if conn.buffer:
+        data = conn.buffer[:size]
+        conn.buffer = conn.buffer[size:]
+        return data
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.sock_recv(conn.sock, size)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
+            return b""
+        raise Truncated(type(exc).__name__) from exc
+
+
+async def _line(conn: Connection, limit: int = 8192) -> bytes:
+    while True:
+        end = conn.buffer.find(b"\r\n")
+        if end >= 0:
+            line, conn.buffer = conn.buffer[:end], conn.buffer[end + 2:]
+            return line
+        if len(conn.buffer) > limit:
+            raise Truncated("line too long")
+        data = await _recv_more(conn)
+        if not data:
+            raise Truncated("connection closed")
+
+
+async def _recv_more(conn: Connection) -> bytes:
+    """Receive once and append to the buffer (b"" at EOF)."""
+    loop = asyncio.get_running_loop()
+    try:
+        data = await loop.sock_recv(conn.sock, READ_SIZE)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
+            return b""
+        raise Truncated(type(exc).__name__) from exc
+    conn.buffer += data
+    return data
+
+
+def _parse_head(raw: bytes) -> ResponseHead:
+    lines = raw.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[0]) != 8:
+        raise UpstreamError("not an HTTP/1.x status line")
+    if not (len(parts[1]) == 3 and parts[1].isdigit()):
+        raise UpstreamError("bad status code")
+    version = (1, 1 if parts[0][7:8] == b"1" else 0)
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):  # obsolete line folding (RFC 9112 §5.2): join
+            if not headers:
+                raise UpstreamError("folded first header")
+            name, value = headers[-1]
+            headers[-1] = (name, value + " " + line.strip().decode("utf-8", "surrogateescape"))
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b" " in name:
+            raise UpstreamError("bad header line")
+        headers.append((name.decode("ascii", "surrogateescape"),
+                        value.strip().decode("utf-8", "surrogateescape")))
+    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    return ResponseHead(int(parts[1]), reason, headers, version)
+
+
+async def read_head(conn: Connection) -> ResponseHead:
+    """The next final response head (1xx interim answers are read past)."""
+    while True:
+        while True:
+            end = conn.buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                raw, conn.buffer = conn.buffer[:end], conn.buffer[end + 4:]
+                break
+            if len(conn.buffer) > MAX_HEAD:
+                raise UpstreamError("response head too large")
+            if not await _recv_more(conn):
+                raise Truncated("connection closed before the response head")
+        head = _parse_head(raw)
+        if head.status == 101:
+            raise UpstreamError("unexpected protocol switch")
+        if not 100 <= head.status < 200:
+            return head
+
+
+def _tokens(headers: list[tuple[str, str]], name: str) -> set[str]:
+    found: set[str] = set()
+    for k, v in headers:
+        if k.lower() == name:
+            found.update(t.strip().lower() for t in v.split(",") if t.strip())
+    return found
+
+
+def _content_length(headers: list[tuple[str, str]]) -> int | None:
+    values = {v.strip() for k, v in headers if k.lower() == "content-length"}
+    if not values:
+        return None
+    if len(values) != 1:
+        raise UpstreamError("conflicting Content-Length")
+    value = values.pop()
+    if not value.isdigit():
+        raise UpstreamError("bad Content-Length")
+    return int(value)
+
+
+class Body:
+    """How the upstream framed the body of one answer, and the reader that follows it."""
+
+    def __init__(self, conn: Connection, head: ResponseHead, method: str) -> None:
+        self.conn = conn
+        self.chunked = False
+        self.length: int | None = None  # bytes left when Content-Length framed
+        self.until_close = False
+        self.done = False
+        codings = [c for k, v in head.headers if k.lower() == "transfer-encoding"
+                   for c in (t.strip().lower() for t in v.split(",")) if c]
+        if method == "HEAD" or head.status in (204, 304) or head.status < 200:
+            self.done = True
+        elif codings:
+            # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; chunked must be last.
+            if codings[-1] == "chunked":
+                self.chunked = True
+            else:
+                self.until_close = True
+        else:
+            self.length = _content_length(head.headers)
+            if self.length is None:
+                self.until_close = True
+            elif self.length == 0:
+                self.done = True
+        connection = _tokens(head.headers, "connection")
+        self.keep_alive = (not self.until_close and "close" not in connection
+                           and (head.version >= (1, 1) or "keep-alive" in connection))
+        self._chunk_left = 0
+
+    def buffered(self) -> bytes:
+        """Body bytes that came with the head, for the first write (no wait)."""
+        if self.done or self.chunked:
+            return b""
+        data = self.conn.buffer
+        if self.length is not None:
+            data = data[:self.length]
+            self.length -= len(data)
+            if self.length == 0:
+                self.done = True
+        self.conn.buffer = self.conn.buffer[len(data):]
+        return data
+
+    async def read(self) -> bytes:
+        """The next piece of the body (b"" once it ended); Truncated when it was cut short."""
+        if self.done:
+            return b""
+        if self.length is not None:
+            data = await _recv(self.conn, min(READ_SIZE, self.length))
+            if not data:
+                raise Truncated("connection closed inside the body")
+            self.length -= len(data)
+            if self.length == 0:
+                self.done = True
+            return data
+        if self.until_close:
+            data = await _recv(self.conn)
+            if not data:
+                self.done = True
+            return data
+        return await self._read_chunk()
+
+    async def _read_chunk(self) -> bytes:
+        conn = self.conn
+        if self._chunk_left == 0:
+            line = await _line(conn)
+            size = line.split(b";", 1)[0].strip()
+            try:
+                self._chunk_left = int(size, 16)
+            except ValueError:
+                raise Truncated("bad chunk size") from None
+            if self._chunk_left == 0:
+                while await _line(conn):  # trailers (hop-by-hop here: dropped)
+                    pass
+                self.done = True
+                return b""
+        data = await _recv(conn, min(READ_SIZE, self._chunk_left))
+        if not data:
+            raise Truncated("connection closed inside a chunk")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and await _line(conn):
+            raise Truncated("chunk without its CRLF")
+        return data
+
+
+# ---------------------------------------------------------------- sending
+
+
+def _check(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise UpstreamError("header with a line break")
+    return value
+
+
+def encode_head(method: str, target: str, host: str, headers: list[tuple[str, str]]) -> bytes:
+    """The request line and headers as they go on the wire (Host first, then the caller's order)."""
+    lines = [f"{method} {_check(target)} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{_check(k)}: {_check(v)}" for k, v in headers]
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+BodySource = bytes | Callable[[], AsyncIterator[bytes]] | None
+
+
+@dataclass
+class Exchange:
+    """One request sent and its answer's head read: the caller relays ``body``, then ``finish``es."""
+
+    pool: UpstreamPool
+    conn: Connection
+    head: ResponseHead
+    body: Body
+
+    def finish(self) -> None:
+        """Return the connection to the pool when its message was read to the end, else close it."""
+        self.pool.release(self.conn, reusable=self.body.done and self.body.keep_alive)
+
+
+async def request(pool: UpstreamPool, method: str, target: str, host: str,
+                  headers: list[tuple[str, str]], body: BodySource = None,
+                  body_length: int | None = None) -> Exchange:
+    """Send one request and read its answer's head.
+
+    ``body``: bytes (replayable), or a factory of an async iterator of pieces (streamed, sent
+    with ``body_length`` as its Content-Length when given, chunked otherwise). A streamed
+    body goes on a new connection, because it could not be sent again if an idle one
+    turned out to be closed.
+    """
+    headers = list(headers)
+    if isinstance(body, bytes):
+        headers.append(("Content-Length", str(len(body))))
+    elif body is not None:
+        headers.append(("Content-Length", str(body_length)) if body_length is not None
+                       else ("Transfer-Encoding", "chunked"))
+    elif method in _BODY_METHODS:
+        headers.append(("Content-Length", "0"))
+    raw = encode_head(method, target, host, headers)
+    if isinstance(body, bytes) and len(body) <= 65536:
+        raw, body = raw + body, None
+    loop = asyncio.get_running_loop()
+    replayable = not callable(body)
+    for attempt in (0, 1):
+        conn = await pool.acquire(fresh=not replayable or attempt > 0)
+        try:
+            await loop.sock_sendall(conn.sock, raw)
+            if isinstance(body, bytes):
+                await loop.sock_sendall(conn.sock, body)
+            elif body is not None:
+                await _send_streamed(conn, body(), chunked=body_length is None)
+            head = await read_head(conn)
+        except (Truncated, OSError) as exc:
+            conn.close()
+            if conn.waited and replayable and method in IDEMPOTENT and not conn.buffer:
+                continue  # an idle connection the upstream had just closed: once more, fresh
+            if isinstance(exc, UpstreamError):
+                raise
+            raise Truncated(type(exc).__name__) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return Exchange(pool, conn, head, Body(conn, head, method))
+    raise AssertionError("unreachable")
+
+
+async def _send_streamed(conn: Connection, pieces: AsyncIterator[bytes], *, chunked: bool) -> None:
+    loop = asyncio.get_running_loop()
+    async for piece in pieces:
+        if not piece:
+            continue
+        if chunked:
+            await loop.sock_sendall(conn.sock, b"%x\r\n%b\r\n" % (len(piece), piece))
+        else:
+            await loop.sock_sendall(conn.sock, piece)
+    if chunked:
+        await loop.sock_sendall(conn.sock, b"0\r\n\r\n")
+
+
+async def relay_body(exchange: Exchange, first: Callable[[bytes], Awaitable[None]],
+                     write: Callable[[bytes], Awaitable[None]]) -> None:
+    """Hand the body to ``write`` piece by piece; ``first`` gets what came with the head."""
+    body = exchange.body
+    await first(body.buffered())
+    while not body.done:
+        data = await body.read()
+        if data:
+            await write(data)
+
+
+# ---------------------------------------------------------------- zero-copy body
+
+
+# Splicing pays for a pipe and two extra syscalls per stream: only worth it for big bodies.
+SPLICE_MIN = 1 << 20
+_PIPE_SIZE = 1 << 20
+# Bytes moved between two returns to the event loop.
+_YIELD_EVERY = 4 << 20
+# fcntl.F_SETPIPE_SZ / F_GETPIPE_SZ (Linux); the constants are not in every Python's fcntl.
+_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
+CAN_SPLICE = hasattr(os, "splice") and sys.platform.startswith("linux")
+
+
+class CallerGone(ConnectionError):
+    """The caller's socket refused the bytes (it hung up)."""
+
+
+async def splice_body(body: Body, dst: socket.socket) -> None:
+    """Move the rest of a Content-Length body from the upstream socket into ``dst`` in the kernel.
+
+    The bytes go socket -> pipe -> socket with ``os.splice``, so they are never copied into
+    Python (two copies per byte saved, and no Python work per piece). ``dst`` must be a
+    plain non-blocking TCP socket with nothing buffered in front of it. Its readiness is
+    watched through a duplicate descriptor, because the caller's transport owns ``dst``'s
+    own number in the event loop. Raises Truncated when the upstream ends early and
+    CallerGone when the caller hangs up.
+    """
+    loop = asyncio.get_running_loop()
+    src = body.conn.sock.fileno()
+    watch = os.dup(dst.fileno())
+    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    try:
+        capacity = fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:  # above /proc/sys/fs/pipe-max-size: keep the default
+        capacity = fcntl.fcntl(pipe_w, _F_GETPIPE_SZ)
+    in_pipe = 0
+    since_yield = 0
+    try:
+        while body.length or in_pipe:
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)  # a fast pair of sockets must not starve other requests
+            moved = False
+            if body.length and in_pipe < capacity:
+                try:
+                    n = os.splice(src, pipe_w, min(body.length, capacity - in_pipe), flags=flags)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise Truncated(type(exc).__name__) from exc
+                else:
+                    if n == 0:
+                        raise Truncated("connection closed inside the body")
+                    body.length -= n
+                    in_pipe += n
+                    since_yield += n
+                    moved = True
+            if in_pipe:
+                try:
+                    m = os.splice(pipe_r, dst.fileno(), in_pipe, flags=flags)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise CallerGone(type(exc).__name__) from exc
+                else:
+                    in_pipe -= m
+                    moved = moved or m > 0
+            if not moved:
+                # Nothing moved: with bytes in the pipe only the caller can unblock us (the
+                # pipe may be full in slots before it is in bytes); with none, only the upstream.
+                if in_pipe:
+                    await _ready(loop, None, watch)
+                else:
+                    await _ready(loop, src, None)
+    finally:
+        body.done = body.length == 0 and in_pipe == 0
+        os.close(pipe_r)
+        os.close(pipe_w)
+        os.close(watch)
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, readable: int | None,
+                 writable: int | None) -> None:
+    """Until ``readable`` can be read or ``writable`` written (whichever comes first)."""
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if readable is not None:
+        loop.add_reader(readable, wake)
+    if writable is not None:
+        loop.add_writer(writable, wake)
+    try:
+        await ready
+    finally:
+        if readable is not None:
+            loop.remove_reader(readable)
+        if writable is not None:
+            loop.remove_writer(writable)
