@@ -97,8 +97,7 @@ async def subsonic(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Su
             FaultProxy(server.port) as proxy, \
             aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         songs = await ss._songs(session, server.url)
-        config = ss._config(tmp, proxy.url, auth_cache_seconds=TTL, api_key=API_KEY,
-                            upstream_timeout=2.0)
+        config = ss._config(tmp, proxy.url, auth_cache_seconds=TTL, api_key=API_KEY)
         await ss._write_synthetic(config, songs)
         app = create_app(config, adapter=None, refresh_seconds=None)
         clock = Clock()
@@ -213,8 +212,7 @@ async def jellyfin(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Je
     try:
         async with FaultProxy(int(upstream.rsplit(":", 1)[1])) as proxy, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-            config = jf._config(tmp, proxy.url, auth_cache_seconds=TTL, api_key=API_KEY,
-                                upstream_timeout=2.0)
+            config = jf._config(tmp, proxy.url, auth_cache_seconds=TTL, api_key=API_KEY)
             await jf._write_synthetic(config, songs, set())
             app = create_app(config, adapter=None, refresh_seconds=None)
             clock = Clock()
