@@ -12,7 +12,9 @@ Intercepted (``.view`` or bare, GET or POST form):
 
 Observed, not answered: ``star``, ``unstar``, ``setRating``, ``scrobble``,
 ``createBookmark`` and ``deleteBookmark`` are relayed unchanged; the song ids
-they name are dropped from the per-user song cache around the relay.
+they name are dropped from the per-user song cache around the relay. ``ping`` is
+relayed unchanged too; a caller not seen lately gets their songs warmed in the
+background (``gateway.subsonic_warm``), as does one seen on any intercepted call.
 
 Who may see what (``subsonic_visibility``):
 
@@ -87,6 +89,14 @@ from gateway.subsonic_format import (
     valid_callback,
 )
 from gateway.subsonic_songs import MUTATIONS, AlbumTrust, UserSongCache, fetch_songs, scope_of
+from gateway.subsonic_warm import (
+    NEIGHBOURS,
+    RECENT_SEEDS,
+    Foreground,
+    Warmer,
+    interleave,
+    recent_songs,
+)
 from index.path import song_path
 from index.similar import similar_tracks
 from musegate.config import Config
@@ -120,6 +130,13 @@ class SubsonicGateway:
         # What getAlbum's entries are worth on this upstream (None: ask song by song).
         self.album_trust = AlbumTrust() if config.subsonic_song_fetch == "album" else None
         self.service: Any = None  # the LibraryService, once the app's lifetime has it
+        # Intercepted requests in progress (warm calls wait for them) and the background
+        # warm of a new caller's songs (gateway.subsonic_warm).
+        self.foreground = Foreground()
+        self.warm = Warmer(self.songs, self.upstream, self.auth, self.foreground,
+                           self.warm_plan, config.subsonic_warm_songs,
+                           config.subsonic_warm_concurrency, self._library_signature,
+                           clock=clock)
 
     # ------------------------------------------------------------------ seeds
 
@@ -261,6 +278,45 @@ class SubsonicGateway:
             return service.snapshot.signature
         except RuntimeError:
             return None
+
+    async def warm_plan(
+        self, scope: Any, ask: Callable[..., Awaitable[dict[str, Any]]]
+    ) -> list[str]:
+        """Upstream song ids a new caller's first answers most likely hold, likeliest first.
+
+        The songs of the caller's recently played albums and their neighbours (the index's
+        own candidates for a count=50 answer, ``2 × 50``), interleaved by rank; then the
+        library in scan order. ``Warmer`` asks for as many as its budget allows.
+        """
+        service = self.service
+        if service is None:
+            return []
+        try:
+            if len(service.snapshot.catalogue) == 0:
+                return []
+        except RuntimeError:
+            return []
+        recent = await recent_songs(ask)
+        config = self.config
+        budget = max(0, self.warm.budget)
+        async with service.reading() as snap:
+            seeds = [snap.by_upstream[u] for u in dict.fromkeys(recent) if u in snap.by_upstream]
+            seeds = seeds[:RECENT_SEEDS]
+            cat, index = snap.catalogue, snap.index
+
+            def neighbours() -> list[list[int]]:
+                return [[t] + [m.track_id for m in similar_tracks(
+                    cat, index, [t], n=min(NEIGHBOURS, len(cat)),
+                    max_per_artist=config.max_per_artist,
+                    hide_duplicates=config.hide_duplicates)] for t in seeds]
+
+            groups = await asyncio.to_thread(neighbours) if seeds else []
+            first = interleave([[snap.upstream_ids[t] for t in g if t in snap.upstream_ids]
+                                for g in groups])
+            rest = [snap.upstream_ids[int(t)] for t in cat.ids[: budget + len(first)]
+                    if int(t) in snap.upstream_ids]
+        planned = set(first)
+        return first + [u for u in rest if u not in planned]
 
     # ------------------------------------------------------------ folder mode
 
@@ -420,8 +476,10 @@ def _authenticated(
             return error_response(request, MISSING_PARAMETER, "Required parameter is missing "
                                   "or invalid: callback", gw.envelope.get())
         try:
-            await gw.auth.check(req.creds, req.params)
-            return await inner(request, gw, req)
+            with gw.foreground.busy():  # background warming waits while a caller does
+                await gw.auth.check(req.creds, req.params)
+                gw.warm.notice(req.creds, req.params)
+                return await inner(request, gw, req)
         except UpstreamError as exc:
             return error_response(request, exc.code, exc.message, gw.envelope.get())
         except _Fail as exc:
@@ -593,6 +651,9 @@ async def open_subsonic_extensions(request: web.Request) -> web.Response:
     """The upstream's extensions plus ``sonicSimilarity``; no authentication, as the spec says."""
     gw = request.app[GATEWAY]
     req = await _read(request)
+    # Clients ask this at login: a good moment to warm the caller's songs (the warm checks
+    # the credentials with the upstream first; this answer does not depend on them).
+    gw.warm.notice(req.creds, req.params)
     theirs: list[dict[str, Any]] = []
     try:
         body = await gw.upstream.call(
@@ -625,6 +686,20 @@ async def _observed_mutation(request: web.Request) -> web.StreamResponse:
         return await proxy.forward(request, gw.upstream_url, body=body)
 
 
+async def _observed_login(request: web.Request) -> web.StreamResponse:
+    """Relay ``ping`` unchanged; a caller not seen lately gets their songs warmed meanwhile.
+
+    Clients ping when they connect, before they ask for a mix. Only the query string and
+    headers are read (a POSTed form is relayed unread); the warm checks the credentials
+    with the upstream before asking anything else.
+    """
+    metrics.mark(request, metrics.PASSTHROUGH)
+    gw = request.app[GATEWAY]
+    if gw.warm.enabled:
+        gw.warm.notice(Credentials.of(request.query, request.headers), request.query)
+    return await proxy.forward(request, gw.upstream_url)
+
+
 # ---------------------------------------------------------------------------- wiring
 
 
@@ -649,11 +724,16 @@ def add_subsonic(app: web.Application, config: Config) -> None:
             gateway = SubsonicGateway(config, session, envelope,
                                       app.get(keys.CLOCK) or time.monotonic)
             gateway.service = app.get(keys.SERVICE)
+            gateway.warm.metrics = app.get(metrics.METRICS)
             app[GATEWAY] = gateway
-            yield
+            try:
+                yield
+            finally:
+                await gateway.warm.close()
 
     app.cleanup_ctx.append(lifetime)
-    routes = {**ENDPOINTS, **dict.fromkeys(MUTATIONS, _observed_mutation)}
+    routes = {**ENDPOINTS, **dict.fromkeys(MUTATIONS, _observed_mutation),
+              "ping": _observed_login}
     for name, handler in routes.items():
         for path in (f"/rest/{name}", f"/rest/{name}.view"):
             app.router.add_route("GET", path, handler)

@@ -195,6 +195,35 @@ class UserSongCache:
         while len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries)))
 
+    def known(self, scope: Scope, song_id: str) -> bool:
+        """Whether an unexpired answer is held, without counting it as used (LRU untouched)."""
+        entry = self._entries.get((scope, song_id))
+        return entry is not None and entry[0] > self.clock()
+
+    @property
+    def has_room(self) -> bool:
+        return self.enabled and len(self._entries) < self.max_entries
+
+    def offer(self, scope: Scope, song_id: str, child: Child | None, token: int) -> bool:
+        """Store a background (warm) answer only into free room, first in line to be dropped.
+
+        Unlike ``put`` it never evicts anything (what requests cached stays), never
+        replaces an entry already held, and places the entry at the least recently used
+        end: until a request reads it, it is the first to go when requests need room.
+        The same invalidation rules as ``put`` apply. False when the cache is full.
+        """
+        if not self.has_room:
+            return False
+        key = (scope, song_id)
+        if song_id in self._pending or key in self._entries:
+            return True
+        if token < self._floor or self._touched.get(song_id, -1) > token:
+            return True
+        self._entries[key] = (self.clock() + self.ttl, child)
+        self._entries.move_to_end(key, last=False)
+        self._scopes_of.setdefault(song_id, set()).add(scope)
+        return True
+
     @contextlib.contextmanager
     def changing(self, song_ids: Iterable[str]) -> Iterator[None]:
         """Bracket a relayed call that changes these songs: dropped before, during and after."""

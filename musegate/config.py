@@ -302,6 +302,23 @@ FIELDS: tuple[Field, ...] = (
         "(one getAlbum per album as the caller, once getAlbum proved to match getSong)",
         choices=SUBSONIC_SONG_FETCH,
     ),
+    Field(
+        "subsonic_warm_songs",
+        int,
+        lambda: 200,
+        "hydrate mode: songs asked (getSong as the caller) in the background when a caller is "
+        "first seen, at most once per caller per subsonic_song_cache_seconds, so their first "
+        "answers come from the cache (0 turns it off)",
+        minimum=0,
+    ),
+    Field(
+        "subsonic_warm_concurrency",
+        int,
+        lambda: 2,
+        "hydrate mode: background warm calls in flight at once, all callers together (they "
+        "wait while an intercepted request is answered)",
+        minimum=1,
+    ),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -360,6 +377,8 @@ class Config:
     subsonic_song_cache_seconds: int
     subsonic_song_cache_entries: int
     subsonic_song_fetch: str
+    subsonic_warm_songs: int
+    subsonic_warm_concurrency: int
 
     @property
     def db_path(self) -> Path:

@@ -164,6 +164,8 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
                 "data_dir": str(tmp / "data"), "source": "subsonic", "upstream_url": relay_url,
                 "max_per_artist": 0, "auth_cache_seconds": 3600, "workers": 1,
                 "subsonic_song_cache_seconds": TTL,
+                # warming is switched on by the tests about it (it adds getSong calls)
+                "subsonic_warm_songs": 0,
             })
             adapter = SubsonicAdapter(relay_url, "alice", USERS["alice"], page_size=50)
             try:
