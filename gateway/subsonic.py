@@ -136,7 +136,10 @@ class SubsonicGateway:
         self.warm = Warmer(self.songs, self.upstream, self.auth, self.foreground,
                            self.warm_plan, config.subsonic_warm_songs,
                            config.subsonic_warm_concurrency, self._library_signature,
-                           clock=clock)
+                           clock=clock,
+                           pages=AlbumTrust(call="search3") if config.subsonic_warm_pages
+                           else None,
+                           in_library=self._in_library)
 
     # ------------------------------------------------------------------ seeds
 
@@ -269,6 +272,16 @@ class SubsonicGateway:
         return {rec.upstream_id: str(rec.raw["albumId"]) for rec in records.values()
                 if rec.raw and rec.raw.get("albumId") is not None}
 
+    def _in_library(self, upstream_id: str) -> bool:
+        """Whether the loaded library holds this song (only those are worth warming)."""
+        service = self.service
+        if service is None:
+            return False
+        try:
+            return upstream_id in service.snapshot.by_upstream
+        except RuntimeError:
+            return False
+
     def _library_signature(self) -> Any:
         """The loaded library's signature (moves on a rescan's changes); None before it loads."""
         service = self.service
@@ -281,21 +294,22 @@ class SubsonicGateway:
 
     async def warm_plan(
         self, scope: Any, ask: Callable[..., Awaitable[dict[str, Any]]]
-    ) -> list[str]:
+    ) -> tuple[list[str], list[str]]:
         """Upstream song ids a new caller's first answers most likely hold, likeliest first.
 
         The songs of the caller's recently played albums and their neighbours (the index's
         own candidates for a count=50 answer, ``2 × 50``), interleaved by rank; then the
-        library in scan order. ``Warmer`` asks for as many as its budget allows.
+        library in scan order (used when the warm does not list it by search3 pages).
+        ``Warmer`` asks for as many as its budget allows.
         """
         service = self.service
         if service is None:
-            return []
+            return [], []
         try:
             if len(service.snapshot.catalogue) == 0:
-                return []
+                return [], []
         except RuntimeError:
-            return []
+            return [], []
         recent = await recent_songs(ask)
         config = self.config
         budget = max(0, self.warm.budget)
@@ -316,7 +330,7 @@ class SubsonicGateway:
             rest = [snap.upstream_ids[int(t)] for t in cat.ids[: budget + len(first)]
                     if int(t) in snap.upstream_ids]
         planned = set(first)
-        return first + [u for u in rest if u not in planned]
+        return first, [u for u in rest if u not in planned]
 
     # ------------------------------------------------------------ folder mode
 

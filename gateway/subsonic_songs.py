@@ -285,7 +285,9 @@ class AlbumTrust:
     musegate did before.
     """
 
-    def __init__(self, checks: int = ALBUM_CHECKS, personal_checks: int = PERSONAL_CHECKS) -> None:
+    def __init__(self, checks: int = ALBUM_CHECKS, personal_checks: int = PERSONAL_CHECKS,
+                 call: str = "getAlbum") -> None:
+        self.call = call  # whose entries are judged (getAlbum, or search3 for warm pages)
         self.checks = checks
         self.personal_checks = personal_checks
         self.matched = 0
@@ -311,8 +313,8 @@ class AlbumTrust:
             self.differs = True
             fields = sorted(k for k in set(entry) | set(song or {})
                             if entry.get(k) != (song or {}).get(k))
-            log.warning("getAlbum's entry for song %s differs from getSong (fields: %s): "
-                        "asking the server song by song from now on", song_id,
+            log.warning("%s's entry for song %s differs from getSong (fields: %s): "
+                        "asking the server song by song from now on", self.call, song_id,
                         ", ".join(fields) or "refused by getSong")
             return
         self.matched += 1

@@ -55,7 +55,15 @@ from gateway.subsonic_auth import (
     UpstreamDown,
     UpstreamError,
 )
-from gateway.subsonic_songs import REFUSED_CODES, Scope, UserSongCache, album_songs, scope_of
+from gateway.subsonic_songs import (
+    REFUSED_CODES,
+    AlbumTrust,
+    Child,
+    Scope,
+    UserSongCache,
+    album_songs,
+    scope_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,10 @@ RECENT_SEEDS = 12
 NEIGHBOURS = 100
 # Upstream errors that mean the credentials no longer work (missing/wrong/unsupported).
 AUTH_CODES = frozenset({10, 40, 41, 42, 43, 44})
+# search3 page sizes of the library part (``subsonic_warm_pages``): at most PAGE songs a call
+# (what servers accept: Navidrome and supysonic take 500), at least PAGE_MIN.
+PAGE = 500
+PAGE_MIN = 50
 # Scopes remembered as warmed (one warm per TTL each): bounded whoever calls.
 MAX_REMEMBERED = 10_000
 
@@ -105,7 +117,9 @@ class _Stop(Exception):
         self.result = result
 
 
-Planner = Callable[[Scope, Callable[..., Awaitable[dict[str, Any]]]], Awaitable[Sequence[str]]]
+# (first: songs asked by id, likeliest first; rest: the library in scan order)
+Plan = tuple[Sequence[str], Sequence[str]]
+Planner = Callable[[Scope, Callable[..., Awaitable[dict[str, Any]]]], Awaitable[Plan]]
 
 
 class Warmer:
@@ -123,6 +137,8 @@ class Warmer:
         signature: Callable[[], Any] = lambda: None,
         metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        pages: AlbumTrust | None = None,
+        in_library: Callable[[str], bool] = lambda _uid: True,
     ) -> None:
         self.songs = songs
         self.upstream = upstream
@@ -134,6 +150,10 @@ class Warmer:
         self.signature = signature
         self.metrics = metrics
         self.clock = clock
+        # search3 pages of the library instead of one getSong per song, once learnt to
+        # equal getSong (``subsonic_warm_pages``); None: song by song only.
+        self.pages = pages
+        self.in_library = in_library
         self._slots = asyncio.Semaphore(self.concurrency)
         self._warmed: dict[Scope, float] = {}
         self.running: dict[Scope, asyncio.Task[str]] = {}
@@ -197,10 +217,20 @@ class Warmer:
 
             self.songs.library(self.signature())
             try:
-                plan = await self.planner(scope, ask)
+                first, rest = await self.planner(scope, ask)
             except UpstreamDown:
                 raise _Stop("upstream_down") from None
-            stored, result = await self._fill(scope, ask, plan)
+            counted = [0]
+            try:
+                result, left = await self._fill(scope, ask, first, self.budget, counted)
+                if result == "done" and left > 0 and self.pages is not None:
+                    result, left, listed = await self._pages(scope, ask, left, counted)
+                    if listed:
+                        rest = []
+                if result == "done" and left > 0 and rest:
+                    result, left = await self._fill(scope, ask, rest, left, counted)
+            finally:
+                stored = counted[0]
         except _Stop as stop:
             result = stop.result
         except asyncio.CancelledError:
@@ -221,11 +251,15 @@ class Warmer:
         return result
 
     async def _fill(self, scope: Scope, ask: Callable[..., Awaitable[dict[str, Any]]],
-                    plan: Sequence[str]) -> tuple[int, str]:
-        """getSong for each planned song not yet held, bounded; (songs stored, result)."""
+                    plan: Sequence[str], budget: int, stored: list[int],
+                    compare: Mapping[str, Child] | None = None) -> tuple[str, int]:
+        """getSong for each planned song not yet held, bounded; (result, budget left).
+
+        ``stored[0]`` counts what was stored. ``compare``: search3 entries of the same
+        songs, compared with getSong's answers to learn whether pages can be trusted.
+        """
         todo = iter([u for u in dict.fromkeys(plan) if not self.songs.known(scope, u)])
-        left = [self.budget]
-        stored = [0]
+        left = [budget]
         outcome: list[str] = []
 
         async def worker() -> None:
@@ -257,19 +291,98 @@ class Warmer:
                             if exc.code in REFUSED_CODES:
                                 self.songs.offer(scope, uid, None, token)
                                 stored[0] += 1
+                                if compare is not None and uid in compare and self.pages:
+                                    self.pages.record(uid, compare[uid], None)
                             continue
                         except UpstreamDown:
                             outcome.append("upstream_down")
                             return
                         child = body.get("song")
                         if isinstance(child, dict):
+                            if compare is not None and uid in compare and self.pages:
+                                self.pages.record(uid, compare[uid], child)
                             if not self.songs.offer(scope, uid, child, token):
                                 outcome.append("cache_full")
                                 return
                             stored[0] += 1
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
-        return stored[0], (outcome[0] if outcome else "done")
+        return (outcome[0] if outcome else "done"), left[0]
+
+    async def _pages(self, scope: Scope, ask: Callable[..., Awaitable[dict[str, Any]]],
+                     budget: int, stored: list[int]) -> tuple[str, int, bool]:
+        """The library in the caller's own ``search3`` pages: (result, budget left, listed).
+
+        One call returns up to ``PAGE`` songs as the caller's Children. An entry is stored
+        only once ``self.pages`` (an ``AlbumTrust``) learnt that this upstream's search3
+        entries equal its getSong answers; until then entries are asked with getSong and
+        compared, a few at a time, and the rest of the page is judged again after each
+        batch. ``listed`` is False when the pages could not be used (search3 refused, or
+        its entries differ from getSong's): the caller then asks song by song.
+        """
+        trust = self.pages
+        assert trust is not None
+        left, offset = budget, 0
+        seen: set[str] = set()
+        while left > 0:
+            if trust.differs:
+                return "done", left, False
+            size = min(PAGE, max(left, PAGE_MIN))
+            with contextlib.ExitStack() as held:
+                await self.foreground.wait_idle()
+                async with self._slots:
+                    await self.foreground.wait_idle()
+                    # Taken before the call: a change relayed after it wins over its answer.
+                    token = held.enter_context(self.songs.filling())
+                    try:
+                        body = await ask("search3", query="", artistCount=0, albumCount=0,
+                                         songCount=size, songOffset=offset)
+                    except UpstreamError as exc:
+                        if exc.code in AUTH_CODES:
+                            return "auth_failed", left, True
+                        return "done", left, False
+                    except UpstreamDown:
+                        return "upstream_down", left, True
+                found = (body.get("searchResult3") or {}).get("song") or []
+                page = [e for e in (found if isinstance(found, list) else [found])
+                        if isinstance(e, dict) and e.get("id") is not None]
+                new = [e for e in page if str(e["id"]) not in seen]
+                seen.update(str(e["id"]) for e in new)
+                pending = [e for e in new if self.in_library(str(e["id"]))]
+                while pending and left > 0:
+                    if trust.differs:
+                        return "done", left, False
+                    entry = pending.pop(0)
+                    uid = str(entry["id"])
+                    if self.songs.known(scope, uid):
+                        continue
+                    if trust.usable(entry):
+                        if not self.songs.offer(scope, uid, entry, token):
+                            return "cache_full", left, True
+                        stored[0] += 1
+                        left -= 1
+                        continue
+                    # Learning: this entry and the next few unusable ones, asked and compared.
+                    batch = {uid: entry}
+                    want = max(1, trust.checks - trust.matched)
+                    for other in list(pending):
+                        if len(batch) >= min(want, left):
+                            break
+                        if not trust.usable(other) and not self.songs.known(scope,
+                                                                          str(other["id"])):
+                            batch[str(other["id"])] = other
+                            pending.remove(other)
+                    result, unused = await self._fill(scope, ask, list(batch), len(batch),
+                                                      stored, compare=batch)
+                    left -= len(batch) - unused
+                    if result != "done":
+                        return result, left, True
+                if pending:
+                    return "budget", left, True
+            if not new or len(page) < size:
+                return "done", left, True  # the end of what the caller may list
+            offset += len(page)
+        return "budget", left, True
 
     # ------------------------------------------------------------------ bookkeeping
 

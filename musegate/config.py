@@ -312,6 +312,14 @@ FIELDS: tuple[Field, ...] = (
         minimum=0,
     ),
     Field(
+        "subsonic_warm_pages",
+        bool,
+        lambda: False,
+        "hydrate mode: the background warm lists the library in the caller's own search3 pages "
+        "(up to 500 songs a call) instead of one getSong per song, once 20 search3 entries "
+        "matched getSong field for field; trusts search3 to list only songs getSong shows the caller",
+    ),
+    Field(
         "subsonic_warm_concurrency",
         int,
         lambda: 2,
@@ -378,6 +386,7 @@ class Config:
     subsonic_song_cache_entries: int
     subsonic_song_fetch: str
     subsonic_warm_songs: int
+    subsonic_warm_pages: bool
     subsonic_warm_concurrency: int
 
     @property

@@ -5,10 +5,10 @@ A real supysonic on loopback serves two music folders ("east": Artist 0 and 1,
 folder, so musegate is pointed at a small aiohttp relay (``WestHidden``, in this
 file) that forwards everything to supysonic unchanged, except that it answers
 bob the way a server with per-user folders does: ``getSong`` of a west song is
-error 70, and ``getAlbum`` leaves out west songs (error 70 for an album with no
-other). It counts ``getSong`` and ``getAlbum`` calls per user, and can make
-getAlbum's entries differ from getSong's (``album_drops``), as a server that
-builds them differently would. Every comparison is with ``getSong`` as the same
+error 70, and ``getAlbum`` and ``search3`` leave out west songs (error 70 for an
+album with no other). It counts ``getSong``, ``getAlbum`` and ``search3`` calls per
+user, and can make getAlbum's or search3's entries differ from getSong's
+(``album_drops``, ``search3_drops``), as a server that builds them differently would. Every comparison is with ``getSong`` as the same
 user, straight from the server (supysonic for alice, the relay for bob), after
 the user starred and rated songs through musegate — on warm answers (from the
 cache) and cold ones (the cache emptied, songs asked by album).
@@ -64,6 +64,8 @@ class WestHidden:
         self.get_song: Counter[str] = Counter()
         self.get_album: Counter[str] = Counter()
         self.album_drops: set[str] = set()  # fields removed from getAlbum's song entries
+        self.search3: Counter[str] = Counter()
+        self.search3_drops: set[str] = set()  # fields removed from search3's song entries
 
     def asked(self, user: str) -> int:
         """Song-answering calls (getSong and getAlbum) the user's requests cost so far."""
@@ -91,6 +93,9 @@ class WestHidden:
         if name == "getAlbum":
             self.get_album[user] += 1
             return self._album(json.loads(data), user)
+        if name == "search3":
+            self.search3[user] += 1
+            return self._search(json.loads(data), user)
         return web.Response(body=data, status=status, headers={"Content-Type": ctype})
 
     def _album(self, answer: dict[str, Any], user: str) -> web.Response:
@@ -105,6 +110,15 @@ class WestHidden:
                     "status": "failed", "version": "1.12.0",
                     "error": {"code": 70, "message": "Album not found"}}})
             album["song"] = songs
+        return web.json_response(answer)
+
+    def _search(self, answer: dict[str, Any], user: str) -> web.Response:
+        """search3 as a per-folder server lists it: bob's lacks west songs."""
+        result = answer["subsonic-response"].get("searchResult3")
+        if result is not None and result.get("song"):
+            result["song"] = [{k: v for k, v in song.items() if k not in self.search3_drops}
+                              for song in result["song"]
+                              if not (user == "bob" and song["id"] in self.west)]
         return web.json_response(answer)
 
     def app(self) -> web.Application:

@@ -17,7 +17,7 @@ import pytest
 from gateway.metrics import METRICS
 from gateway.subsonic import GATEWAY
 from gateway.subsonic_auth import Credentials, UpstreamDown, UpstreamError
-from gateway.subsonic_songs import UserSongCache, scope_of
+from gateway.subsonic_songs import AlbumTrust, UserSongCache, scope_of
 from gateway.subsonic_warm import Foreground, Warmer, interleave
 from tests.test_subsonic_song_cache import USERS, Env, _as_server_says, auth, env
 
@@ -161,6 +161,63 @@ async def test_the_warm_stops_when_the_upstream_dies_and_musegate_keeps_serving(
     await _as_server_says(env, "alice", songs)
 
 
+@module_loop
+async def test_search3_pages_are_used_once_they_matched_getsong(env: Env) -> None:
+    gw = env.app[GATEWAY]
+    gw.warm.pages = AlbumTrust(call="search3")  # subsonic_warm_pages = true, nothing learnt
+    rated = env.of_artist("Artist 1")[3:6]  # (at least) three songs with per-user fields
+    for song in rated:
+        assert (await env.json("setRating", id=song, rating=2, **auth()))["status"] == "ok"
+    try:
+        songs, pages = env.relay.get_song["alice"], env.relay.search3["alice"]
+        await login(env, "alice", "warm-pages-1")
+        # learning: 20 entries asked with getSong and compared, and entries carrying per-user
+        # fields until 3 of them matched; the rest came from the page
+        assert 20 <= env.relay.get_song["alice"] - songs < len(env.records)
+        assert env.relay.search3["alice"] - pages == 1
+        assert len(held(env, "alice", "warm-pages-1")) == len(env.records)
+        assert not gw.warm.pages.checking and not gw.warm.pages.differs
+        # trusted: a new caller's warm is one search3 call, no getSong
+        songs = env.relay.get_song["alice"]
+        await login(env, "alice", "warm-pages-2")
+        assert env.relay.get_song["alice"] == songs
+        mine = held(env, "alice", "warm-pages-2")
+        assert len(mine) == len(env.records)
+        assert all(mine[song]["userRating"] == 2 for song in rated)
+        answer = await similar(env, "alice", "warm-pages-2", env.of_artist("Artist 1")[0])
+        assert env.relay.get_song["alice"] == songs and len(answer) == 23
+        await _as_server_says(env, "alice", answer)
+        # bob's search3 lists no west song: none is warmed (not even as a refusal)
+        await login(env, "bob", "warm-pages-3")
+        bobs = held(env, "bob", "warm-pages-3")
+        assert set(bobs) == {r.upstream_id for r in env.records} - env.relay.west
+        assert all(child is not None for child in bobs.values())
+        answer = await similar(env, "bob", "warm-pages-3", env.of_artist("Artist 0")[0])
+        assert len(answer) == 11 and not {s["id"] for s in answer} & env.relay.west
+        await _as_server_says(env, "bob", answer)
+    finally:
+        gw.warm.pages = None
+
+
+@module_loop
+async def test_search3_entries_that_differ_send_the_warm_song_by_song(env: Env) -> None:
+    gw = env.app[GATEWAY]
+    gw.warm.pages = AlbumTrust(call="search3")
+    env.relay.search3_drops = {"size"}  # this server's search3 leaves a field out
+    try:
+        songs = env.relay.get_song["alice"]
+        await login(env, "alice", "warm-pages-differ")
+        assert gw.warm.pages.differs
+        assert env.relay.get_song["alice"] - songs == len(env.records)  # all by getSong
+        mine = held(env, "alice", "warm-pages-differ")
+        assert len(mine) == len(env.records) and all("size" in c for c in mine.values())
+        answer = await similar(env, "alice", "warm-pages-differ", env.of_artist("Artist 2")[0])
+        await _as_server_says(env, "alice", answer)
+    finally:
+        env.relay.search3_drops = set()
+        gw.warm.pages = None
+
+
 # ---------------------------------------------------------------------------- unit
 
 
@@ -201,8 +258,8 @@ SCOPE = scope_of(CREDS, {})
 
 def warmer(cache: UserSongCache, upstream: FakeUpstream, plan: list[str], budget: int = 100,
            foreground: Foreground | None = None, auth: FakeAuth | None = None) -> Warmer:
-    async def planner(_scope: Any, _ask: Any) -> list[str]:
-        return plan
+    async def planner(_scope: Any, _ask: Any) -> tuple[list[str], list[str]]:
+        return plan, []
     return Warmer(cache, upstream, auth or FakeAuth(), foreground or Foreground(),  # type: ignore[arg-type]
                   planner, budget=budget, concurrency=2)
 
@@ -286,8 +343,8 @@ async def test_auth_failures_and_a_dead_upstream_stop_it() -> None:
     assert w2.finished["upstream_down"] == 1 and up.calls == ["getSong:1"]
 
 
-async def _const(value: list[str]) -> list[str]:
-    return value
+async def _const(value: list[str]) -> tuple[list[str], list[str]]:
+    return value, []
 
 
 def test_interleave_takes_each_rank_of_every_group_in_turn() -> None:
