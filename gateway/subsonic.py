@@ -91,6 +91,7 @@ from gateway.subsonic_format import (
 from gateway.subsonic_songs import MUTATIONS, AlbumTrust, UserSongCache, fetch_songs, scope_of
 from gateway.subsonic_warm import (
     NEIGHBOURS,
+    PAGE,
     RECENT_SEEDS,
     Foreground,
     Warmer,
@@ -106,6 +107,10 @@ log = logging.getLogger(__name__)
 
 MAX_COUNT = 500
 EXTENSION = {"name": "sonicSimilarity", "versions": [1]}
+# Songs missing from an answer for which one search3 page of a small library is asked instead
+# of one getSong each (``_from_page``): on supysonic a page of 80 songs costs about what 10–15
+# getSong calls do (bench/gateway_first_answer.py).
+PAGE_ANSWER_MIN = 16
 # How deep a getSimilarSongs folder id is walked (artist folder -> album folders -> songs).
 DIRECTORY_DEPTH = 2
 
@@ -250,6 +255,10 @@ class SubsonicGateway:
                         if scope is not None:
                             self.songs.put(scope, uid, child, token)
 
+                    paged = await self._from_page(ask, scope, missing, keep)
+                    found.update(paged)
+                    missing = [u for u in missing if u not in paged]
+                if missing:
                     trust = self.album_trust
                     album_of = (await self._album_ids(missing)
                                 if trust is not None and not trust.differs else {})
@@ -257,6 +266,67 @@ class SubsonicGateway:
                                                    keep))
             out.extend((uid, child) for uid in batch if (child := found.get(uid)) is not None)
         return out
+
+    async def _from_page(
+        self,
+        ask: Callable[..., Awaitable[dict[str, Any]]],
+        scope: Any,
+        missing: Sequence[str],
+        keep: Callable[[str, dict[str, Any] | None], None],
+    ) -> dict[str, dict[str, Any]]:
+        """The caller's Children of ``missing`` from one ``search3`` page, where that is exact.
+
+        Only with ``subsonic_warm_pages`` once its trust learnt that search3 entries equal
+        getSong's, only for a library that fits in one page (so the page holds every song
+        the caller may list), and only when enough songs are missing to be worth a call
+        that builds the whole page. Every usable entry is kept (cached) like a getSong
+        answer; what the page does not settle is asked with getSong as before. When this
+        caller's warm is asking its first page right now (they just logged in), that page
+        is awaited instead of asked again, and its entries are stored under the token the
+        warm took before asking it.
+        """
+        trust = self.warm.pages
+        if (trust is None or trust.differs or trust.matched < trust.checks
+                or len(missing) < PAGE_ANSWER_MIN or not 0 < self._library_size() <= PAGE):
+            return {}
+        body: dict[str, Any] | None = None
+        flight = self.warm.inflight.get((scope, 0)) if scope is not None else None
+        if flight is not None:
+            shared = await asyncio.shield(flight)
+            if shared is not None:
+                listed = (shared.body.get("searchResult3") or {}).get("song") or []
+                if isinstance(listed, list) and len(listed) < shared.size:  # the whole library
+                    body = shared.body
+
+                    def keep(uid: str, child: dict[str, Any] | None,
+                             token: int = shared.token) -> None:
+                        self.songs.put(scope, uid, child, token)
+        if body is None:
+            try:
+                body = await ask("search3", query="", artistCount=0, albumCount=0,
+                                 songCount=PAGE, songOffset=0)
+            except UpstreamError:
+                return {}
+        found = (body.get("searchResult3") or {}).get("song") or []
+        wanted = set(missing)
+        out: dict[str, dict[str, Any]] = {}
+        for entry in found if isinstance(found, list) else [found]:
+            if not isinstance(entry, dict) or entry.get("id") is None or not trust.usable(entry):
+                continue
+            uid = str(entry["id"])
+            keep(uid, entry)
+            if uid in wanted:
+                out[uid] = entry
+        return out
+
+    def _library_size(self) -> int:
+        service = self.service
+        if service is None:
+            return 0
+        try:
+            return len(service.snapshot.catalogue)
+        except RuntimeError:
+            return 0
 
     async def _album_ids(self, upstream_ids: Sequence[str]) -> dict[str, str]:
         """Upstream album id of each song, as the last scan stored it ({} before a scan)."""

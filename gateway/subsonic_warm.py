@@ -46,6 +46,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.subsonic_auth import (
@@ -111,6 +112,18 @@ class Foreground:
         await self._idle.wait()
 
 
+@dataclass(frozen=True)
+class PageFlight:
+    """A warm's search3 page: the cache token taken before it was asked, its size, its body.
+
+    Whoever reuses the body stores its entries under this token, so a change relayed
+    after the page was asked still wins over it (``UserSongCache.put``)."""
+
+    token: int
+    size: int
+    body: dict[str, Any]
+
+
 class _Stop(Exception):
     def __init__(self, result: str) -> None:
         super().__init__(result)
@@ -158,6 +171,8 @@ class Warmer:
         self._warmed: dict[Scope, float] = {}
         self.running: dict[Scope, asyncio.Task[str]] = {}
         self.finished: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        # (scope, offset) -> the warm's search3 page being asked (``_shared_page``)
+        self.inflight: dict[tuple[Scope, int], asyncio.Future[PageFlight | None]] = {}
         self.stored = 0
 
     @property
@@ -335,8 +350,7 @@ class Warmer:
                     # Taken before the call: a change relayed after it wins over its answer.
                     token = held.enter_context(self.songs.filling())
                     try:
-                        body = await ask("search3", query="", artistCount=0, albumCount=0,
-                                         songCount=size, songOffset=offset)
+                        body = await self._shared_page(scope, ask, token, offset, size)
                     except UpstreamError as exc:
                         if exc.code in AUTH_CODES:
                             return "auth_failed", left, True
@@ -383,6 +397,29 @@ class Warmer:
                 return "done", left, True  # the end of what the caller may list
             offset += len(page)
         return "budget", left, True
+
+    async def _shared_page(self, scope: Scope, ask: Callable[..., Awaitable[dict[str, Any]]],
+                           token: int, offset: int, size: int) -> dict[str, Any]:
+        """One search3 page as the caller, announced in ``inflight`` while it is asked.
+
+        An answer for the same caller that arrives meanwhile (``SubsonicGateway._from_page``)
+        waits for this page instead of asking the server for the same songs a second time.
+        """
+        key = (scope, offset)
+        flight: asyncio.Future[PageFlight | None] = asyncio.get_running_loop().create_future()
+        self.inflight.setdefault(key, flight)
+        try:
+            body = await ask("search3", query="", artistCount=0, albumCount=0,
+                             songCount=size, songOffset=offset)
+        except BaseException:
+            flight.set_result(None)
+            raise
+        else:
+            flight.set_result(PageFlight(token, size, body))
+            return body
+        finally:
+            if self.inflight.get(key) is flight:
+                del self.inflight[key]
 
     # ------------------------------------------------------------------ bookkeeping
 

@@ -16,6 +16,7 @@ cache) and cold ones (the cache emptied, songs asked by album).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -66,6 +67,9 @@ class WestHidden:
         self.album_drops: set[str] = set()  # fields removed from getAlbum's song entries
         self.search3: Counter[str] = Counter()
         self.search3_drops: set[str] = set()  # fields removed from search3's song entries
+        # when set: search3 calls are held until it is set, ``search3_arrived`` tells when one is
+        self.search3_hold: asyncio.Event | None = None
+        self.search3_arrived = asyncio.Event()
 
     def asked(self, user: str) -> int:
         """Song-answering calls (getSong and getAlbum) the user's requests cost so far."""
@@ -82,6 +86,9 @@ class WestHidden:
                 return web.json_response({"subsonic-response": {
                     "status": "failed", "version": "1.12.0",
                     "error": {"code": 70, "message": "Song not found"}}})
+        if name == "search3" and self.search3_hold is not None:
+            self.search3_arrived.set()
+            await self.search3_hold.wait()
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("content-type", "authorization")}
         async with self.session.request(

@@ -187,6 +187,46 @@ async def test_search3_pages_are_used_once_they_matched_getsong(env: Env) -> Non
         answer = await similar(env, "alice", "warm-pages-2", env.of_artist("Artist 1")[0])
         assert env.relay.get_song["alice"] == songs and len(answer) == 23
         await _as_server_says(env, "alice", answer)
+        # a caller nobody warmed (warm off): a cold answer is one search3 page, exact
+        gw.warm.budget = 0
+        songs, pages = env.relay.get_song["alice"], env.relay.search3["alice"]
+        answer = await similar(env, "alice", "warm-pages-cold", env.of_artist("Artist 2")[0])
+        assert env.relay.get_song["alice"] == songs and env.relay.search3["alice"] == pages + 1
+        assert len(answer) == 23
+        await _as_server_says(env, "alice", answer)
+        songs = env.relay.get_song["bob"]
+        answer = await similar(env, "bob", "warm-pages-cold", env.of_artist("Artist 0")[0])
+        assert len(answer) == 11 and not {s["id"] for s in answer} & env.relay.west
+        assert env.relay.get_song["bob"] - songs == 12  # west songs: not listed, getSong says 70
+        await _as_server_says(env, "bob", answer)
+        gw.warm.budget = BUDGET
+        # right after login: the answer waits for the warm's page instead of asking again
+        env.relay.search3_hold, env.relay.search3_arrived = asyncio.Event(), asyncio.Event()
+        try:
+            songs, pages = env.relay.get_song["alice"], env.relay.search3["alice"]
+            await env.json("ping", **auth("alice", c="warm-pages-now"))
+            await env.relay.search3_arrived.wait()  # the warm's page is at the server
+            entered = asyncio.Event()
+            original = gw._from_page
+
+            async def spy(*args: Any) -> Any:
+                entered.set()  # the original runs on to its first await: the warm's page
+                return await original(*args)
+
+            gw._from_page = spy  # type: ignore[method-assign]
+            asking = asyncio.create_task(
+                similar(env, "alice", "warm-pages-now", env.of_artist("Artist 3")[0]))
+            await entered.wait()
+            env.relay.search3_hold.set()
+            answer = await asking
+        finally:
+            env.relay.search3_hold.set()
+            env.relay.search3_hold = None
+            del gw._from_page
+        await gw.warm.wait()
+        assert env.relay.search3["alice"] == pages + 1 and env.relay.get_song["alice"] == songs
+        assert len(answer) == 23
+        await _as_server_says(env, "alice", answer)
         # bob's search3 lists no west song: none is warmed (not even as a refusal)
         await login(env, "bob", "warm-pages-3")
         bobs = held(env, "bob", "warm-pages-3")
