@@ -139,7 +139,9 @@ class SubsonicGateway:
         # warm of a new caller's songs (gateway.subsonic_warm).
         self.foreground = Foreground()
         self.warm = Warmer(self.songs, self.upstream, self.auth, self.foreground,
-                           self.warm_plan, config.subsonic_warm_songs,
+                           self.warm_plan,
+                           # only hydrated answers read the song cache
+                           config.subsonic_warm_songs if self.visibility == "hydrate" else 0,
                            config.subsonic_warm_concurrency, self._library_signature,
                            clock=clock,
                            pages=AlbumTrust(call="search3") if config.subsonic_warm_pages

@@ -236,6 +236,8 @@ class Warmer:
             except UpstreamDown:
                 raise _Stop("upstream_down") from None
             counted = [0]
+            if not first and not rest:  # no library loaded yet: nothing worth asking
+                raise _Stop("done")
             try:
                 result, left = await self._fill(scope, ask, first, self.budget, counted)
                 if result == "done" and left > 0 and self.pages is not None:
@@ -250,8 +252,9 @@ class Warmer:
             result = stop.result
         except asyncio.CancelledError:
             raise
-        except Exception:  # never let a warm disturb the process; no credentials in the log
-            log.exception("warming a caller's song cache failed")
+        except Exception as exc:  # never let a warm disturb the process
+            # The type only: a message could quote a URL, and URLs here carry credentials.
+            log.warning("warming a caller's song cache failed: %s", type(exc).__name__)
             result = "error"
         finally:
             self.finished[result] = self.finished.get(result, 0) + 1

@@ -389,3 +389,14 @@ async def _const(value: list[str]) -> tuple[list[str], list[str]]:
 
 def test_interleave_takes_each_rank_of_every_group_in_turn() -> None:
     assert interleave([["a", "b", "c"], ["d", "a"], []]) == ["a", "d", "b", "c"]
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_asked_before_a_library_is_loaded() -> None:
+    cache = UserSongCache(60, 100)
+    up = FakeUpstream({})
+    w = warmer(cache, up, [])
+    w.pages = AlbumTrust(call="search3")
+    w.notice(CREDS, {})
+    await w.wait()
+    assert w.finished["done"] == 1 and up.calls == [] and len(cache) == 0
