@@ -57,10 +57,12 @@ PASSWORD = "benchpw"
 
 
 @contextlib.asynccontextmanager
-async def upstream(work: Path, users: int) -> AsyncIterator[Any]:
+async def upstream(work: Path, users: int, artists: int = 20, albums: int = 2,
+                   tracks: int = 2, seconds: float = 1.0) -> AsyncIterator[Any]:
     from tests.supysonic_server import Supysonic, generate_library
 
-    music = generate_library(work / "music", artists=20, albums=2, tracks=2, seconds=1.0)
+    music = generate_library(work / "music", artists=artists, albums=albums, tracks=tracks,
+                             seconds=seconds)
     names = {"alice": "alicepw", **{f"new{i:03d}": PASSWORD for i in range(users)}}
     async with Supysonic.start(work, music, users=names) as server:
         yield server
@@ -164,6 +166,56 @@ async def run(rounds: int) -> dict[str, Any]:
     return {"rows": rows, "rounds": rounds, "songs": len(seeds)}
 
 
+LARGE_ROWS = ("off", "played", "other")
+
+
+async def play(s: aiohttp.ClientSession, server_url: str, user: str, song: str) -> None:
+    """The caller plays a song (straight at the server, as in an earlier session)."""
+    params = {"u": user, "p": PASSWORD, "v": "1.12.0", "c": "bench", "id": song,
+              "format": "raw"}
+    async with s.get(f"{server_url}/rest/stream.view", params=params) as r:
+        await r.read()
+        assert r.status == 200, r.status
+
+
+async def run_large(rounds: int) -> dict[str, Any]:
+    """A library larger than the warm's budget: does the plan pick the songs asked for?
+
+    600 songs (50 artists × 4 albums × 3), budget 200 (the default). Each caller first
+    plays a song (its album becomes the most recent one: supysonic's ``recent`` list is
+    global), then logs in through musegate; after the warm finished they ask a mix
+    seeded by the song they played (what the plan bets on) or by another song drawn at
+    random; warm off is the baseline, seeded by the played song.
+    """
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in LARGE_ROWS}
+    with tempfile.TemporaryDirectory(prefix="musegate-bench-first-large-") as tmp:
+        work = Path(tmp)
+        async with upstream(work / "upstream", len(LARGE_ROWS) * rounds, artists=50,
+                            albums=4, tracks=3, seconds=0.5) as server:
+            seeds = await seed_store(work / "musegate", server.url)
+            rng = np.random.default_rng(1)
+            import shutil
+            shutil.copytree(work / "musegate", work / "musegate-off")
+            async with run_musegate(work / "musegate", server.url, source="subsonic") as on, \
+                    run_musegate(work / "musegate-off", server.url, source="subsonic",
+                                 overrides={"subsonic_warm_songs": 0}) as off, \
+                    aiohttp.ClientSession() as s:
+                user = iter(f"new{i:03d}" for i in range(len(LARGE_ROWS) * rounds))
+                for i in range(rounds):
+                    played = seeds[int(rng.integers(len(seeds)))]
+                    other = seeds[int(rng.integers(len(seeds)))]
+                    order = list(LARGE_ROWS[i % 3:] + LARGE_ROWS[:i % 3])
+                    for key in order:
+                        name = next(user)
+                        await play(s, server.url, name, played)
+                        gate = off.url if key == "off" else on.url
+                        seed = other if key == "other" else played
+                        rows[key].append(await first_answer(s, gate, name, seed, key != "off"))
+                    print(f"  large round {i + 1}/{rounds}: " + ", ".join(
+                        f"{k} {v[-1]['ms']:.1f} ms" for k, v in rows.items()), flush=True)
+    return {"rows": rows, "rounds": rounds, "songs": len(seeds)}
+
+
 def render(r: dict[str, Any]) -> str:
     rows = r["rows"]
 
@@ -208,6 +260,37 @@ def render(r: dict[str, Any]) -> str:
             f"{p(key, 90, 'warm_seconds'):.2f} s p10–p90) for {p(key, 50, 'warm_songs'):.0f} "
             "songs, `subsonic_warm_concurrency = 2`.")
     lines.append("")
+    large = r.get("large")
+    if large:
+        lr = large["rows"]
+
+        def q(key: str, pct: float, field: str = "ms") -> float:
+            return float(np.percentile([x[field] for x in lr[key]], pct))
+
+        lbase = q("off", 50)
+        llabels = {
+            "off": "warm off: the first answer, seeded by the song the caller played last",
+            "played": "warm on (default), once finished: seeded by the song played last",
+            "other": "warm on (default), once finished: seeded by another song at random",
+        }
+        lines += [
+            f"A library larger than the budget: {large['songs']} songs (50 artists × 4 albums "
+            "× 3), `subsonic_warm_songs = 200` (the default), two musegates (warm on and off). "
+            "Each new caller first plays a song (straight at supysonic, as in an earlier "
+            "session; its album becomes the most recent), then logs in through musegate and, "
+            "once the warm finished, asks a mix. "
+            f"{large['rounds']} rounds, rows interleaved.",
+            "",
+            "| new caller's first answer | p50 (ms) | p90 (ms) | p50 vs warm off | warm s p50 "
+            "| songs warmed |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for key in LARGE_ROWS:
+            warm_s = f"{q(key, 50, 'warm_seconds'):.2f}" if key != "off" else "–"
+            warm_n = f"{q(key, 50, 'warm_songs'):.0f}" if key != "off" else "–"
+            lines.append(f"| {llabels[key]} | {q(key, 50):.1f} | {q(key, 90):.1f} | "
+                         f"{q(key, 50) / lbase:.3f}× | {warm_s} | {warm_n} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -218,7 +301,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 12)")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 12)
-    section = render(asyncio.run(run(rounds)))
+
+    async def both() -> dict[str, Any]:
+        result = await run(rounds)
+        result["large"] = await run_large(max(3, rounds * 2 // 3))
+        return result
+
+    section = render(asyncio.run(both()))
     print(section)
     if not args.no_write:
         write_section(REPO / "docs" / "benchmarks.md", SECTION, section)
