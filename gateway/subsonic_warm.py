@@ -17,8 +17,11 @@ TTL:
    neighbours (the index's own candidates for a count=50 answer), interleaved by rank:
    a mix is usually asked from what is playing, and people resume what they
    played;
-2. then the library in index order, so a library no larger than the budget ends
-   up wholly cached and every answer is warm.
+2. then the library: in scan order with one ``getSong`` per song, or, with
+   ``subsonic_warm_pages``, in the caller's own ``search3`` pages (one call per up
+   to 500 songs, used once its entries proved equal to getSong's, ``AlbumTrust``).
+   A library no larger than the budget ends up wholly cached and every answer of
+   that caller is warm; in a larger one, answers seeded elsewhere are partly warm.
 
 What it must not disturb:
 
@@ -86,7 +89,8 @@ PAGE_MIN = 50
 # Scopes remembered as warmed (one warm per TTL each): bounded whoever calls.
 MAX_REMEMBERED = 10_000
 
-RESULTS = ("done", "budget", "cache_full", "auth_failed", "upstream_down", "error")
+RESULTS = ("done", "budget", "cache_full", "auth_failed", "upstream_down", "error",
+           "cancelled")
 
 
 class Foreground:
@@ -251,6 +255,7 @@ class Warmer:
         except _Stop as stop:
             result = stop.result
         except asyncio.CancelledError:
+            result = "cancelled"  # shutting down
             raise
         except Exception as exc:  # never let a warm disturb the process
             # The type only: a message could quote a URL, and URLs here carry credentials.
