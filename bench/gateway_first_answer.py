@@ -50,9 +50,12 @@ sys.path.insert(0, str(REPO))
 
 from benchlib import machine, write_section  # noqa: E402
 
+from musegate.config import load_config  # noqa: E402
 from tests.upstream_stub import run_musegate  # noqa: E402
 
 SECTION = "## First answer of a new Subsonic caller"
+# Settings of the warm-on musegates (--concurrency sets subsonic_warm_concurrency).
+ON: dict[str, Any] = {}
 PASSWORD = "benchpw"
 
 
@@ -138,11 +141,12 @@ async def run(rounds: int) -> dict[str, Any]:
             import shutil
             for copy in ("musegate-off", "musegate-pages"):
                 shutil.copytree(work / "musegate", work / copy)
-            async with run_musegate(work / "musegate", server.url, source="subsonic") as on, \
+            async with run_musegate(work / "musegate", server.url, source="subsonic",
+                                 overrides=ON) as on, \
                     run_musegate(work / "musegate-off", server.url, source="subsonic",
                                  overrides={"subsonic_warm_songs": 0}) as off, \
                     run_musegate(work / "musegate-pages", server.url, source="subsonic",
-                                 overrides={"subsonic_warm_pages": True}) as pages, \
+                                 overrides={**ON, "subsonic_warm_pages": True}) as pages, \
                     aiohttp.ClientSession() as s:
                 user = iter(f"new{i:03d}" for i in range(len(ROWS) * rounds + 1))
                 # One caller first, unmeasured: the pages musegate learns that supysonic's
@@ -190,17 +194,18 @@ async def run_large(rounds: int) -> dict[str, Any]:
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in LARGE_ROWS}
     with tempfile.TemporaryDirectory(prefix="musegate-bench-first-large-") as tmp:
         work = Path(tmp)
-        async with upstream(work / "upstream", len(LARGE_ROWS) * rounds, artists=50,
+        async with upstream(work / "upstream", (len(LARGE_ROWS) + 1) * rounds, artists=50,
                             albums=4, tracks=3, seconds=0.5) as server:
             seeds = await seed_store(work / "musegate", server.url)
             rng = np.random.default_rng(1)
             import shutil
             shutil.copytree(work / "musegate", work / "musegate-off")
-            async with run_musegate(work / "musegate", server.url, source="subsonic") as on, \
+            async with run_musegate(work / "musegate", server.url, source="subsonic",
+                                 overrides=ON) as on, \
                     run_musegate(work / "musegate-off", server.url, source="subsonic",
                                  overrides={"subsonic_warm_songs": 0}) as off, \
                     aiohttp.ClientSession() as s:
-                user = iter(f"new{i:03d}" for i in range(len(LARGE_ROWS) * rounds))
+                user = iter(f"new{i:03d}" for i in range((len(LARGE_ROWS) + 1) * rounds))
                 for i in range(rounds):
                     played = seeds[int(rng.integers(len(seeds)))]
                     other = seeds[int(rng.integers(len(seeds)))]
@@ -213,53 +218,100 @@ async def run_large(rounds: int) -> dict[str, Any]:
                         rows[key].append(await first_answer(s, gate, name, seed, key != "off"))
                     print(f"  large round {i + 1}/{rounds}: " + ", ".join(
                         f"{k} {v[-1]['ms']:.1f} ms" for k, v in rows.items()), flush=True)
-    return {"rows": rows, "rounds": rounds, "songs": len(seeds)}
+                others = await others_during_warm(s, on.url, user, seeds, rounds)
+    return {"rows": rows, "rounds": rounds, "songs": len(seeds), "others": others}
 
 
-def render(r: dict[str, Any]) -> str:
+async def others_during_warm(s: aiohttp.ClientSession, gate: str, users: Any,
+                             seeds: list[str], rounds: int, calls: int = 20
+                             ) -> dict[str, list[float]]:
+    """What a warm costs everyone else: another user's pass-through calls during one.
+
+    alice (known) sends ``calls`` sequential pass-through ``getSong`` through musegate
+    right after a new caller logged in (their warm of 200 songs running meanwhile), and
+    the same with nothing running; alternated, ``rounds`` times each.
+    """
+    auth = {"u": "alice", "p": "alicepw", "v": "1.16.1", "c": "bench-other", "f": "json"}
+    out: dict[str, list[float]] = {"during": [], "idle": [], "overlap": []}
+
+    async def series() -> list[float]:
+        got = []
+        for k in range(calls):
+            t0 = time.perf_counter()
+            async with s.get(f"{gate}/rest/getSong.view",
+                             params={**auth, "id": seeds[k % len(seeds)]}) as r:
+                await r.read()
+            got.append((time.perf_counter() - t0) * 1000)
+        return got
+
+    for i in range(rounds):
+        for key in (("during", "idle") if i % 2 == 0 else ("idle", "during")):
+            if key == "during":
+                before = await metric(s, gate)
+                name = next(users)
+                async with s.get(f"{gate}/rest/ping.view", params={
+                        **auth, "u": name, "p": PASSWORD, "c": "bench"}) as r:
+                    await r.read()
+                out[key] += await series()
+                now = await metric(s, gate)
+                # 1 when the warm was still running after the last call: all were during it
+                out["overlap"].append(float(now.get("musegate_subsonic_warm_running", 0) > 0
+                                            or runs(now) == runs(before)))
+                while (await metric(s, gate)).get("musegate_subsonic_warm_running", 0):
+                    await asyncio.sleep(0.02)
+            else:
+                out[key] += await series()
+    return out
+
+
+def render(r: dict[str, Any], large_only: bool = False) -> str:
     rows = r["rows"]
 
     def p(key: str, q: float, field: str = "ms") -> float:
         return float(np.percentile([x[field] for x in rows[key]], q))
 
-    base = p("off", 50)
-    labels = {
-        "off": "warm off (`subsonic_warm_songs = 0`; before): login, then the first answer",
-        "login": "warm on (default, by `getSong`), first answer right after login (warm "
-                 "still running)",
-        "warmed": "warm on (default, by `getSong`), first answer once the warm finished",
-        "pages_login": "warm by `search3` pages (`subsonic_warm_pages = true`), right after "
-                       "login",
-        "pages_warmed": "warm by `search3` pages (`subsonic_warm_pages = true`), once the "
-                        "warm finished",
-    }
-    lines = [
-        f"{SECTION} (`bench/gateway_first_answer.py`, issue 11)",
-        "",
-        f"{date.today().isoformat()}, {machine()} (2-core VM, 24 GiB, shared with other jobs); "
-        "command: `flock /tmp/musegate-bench.lock .venv/bin/python bench/gateway_first_answer.py`.",
-        "",
-        f"supysonic 0.7.9 with {r['songs']} songs on loopback; three musegates side by side "
-        "on copies of the same store (warm off, warm by getSong — the default —, warm by "
-        "search3 pages); each round one caller never seen before per row (rows interleaved, "
-        "rotating), each logging in with `ping` through musegate and then asking "
-        "`getSimilarSongs2` (count 50); only that first answer is timed. "
-        f"{r['rounds']} rounds. Ratio: p50 against the warm-off row of the same run.",
-        "",
-        "| new caller's first answer | songs | p50 (ms) | p90 (ms) | p50 vs warm off |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for key in ROWS:
-        lines.append(f"| {labels[key]} | {p(key, 50, 'songs'):.0f} | {p(key, 50):.1f} | "
-                     f"{p(key, 90):.1f} | {p(key, 50) / base:.3f}× |")
-    lines.append("")
-    for key, how in (("warmed", "by `getSong`"), ("pages_warmed", "by `search3` pages")):
-        lines.append(
-            f"Warm of one new caller {how} (musegate's counters): "
-            f"{p(key, 50, 'warm_seconds'):.2f} s p50 ({p(key, 10, 'warm_seconds'):.2f}–"
-            f"{p(key, 90, 'warm_seconds'):.2f} s p10–p90) for {p(key, 50, 'warm_songs'):.0f} "
-            "songs, `subsonic_warm_concurrency = 2`.")
-    lines.append("")
+    lines: list[str] = []
+    conc = ON.get("subsonic_warm_concurrency") or load_config(
+        None, env={}).subsonic_warm_concurrency
+    if not large_only:
+        base = p("off", 50)
+        labels = {
+            "off": "warm off (`subsonic_warm_songs = 0`; before): login, then the first answer",
+            "login": "warm on (default, by `getSong`), first answer right after login (warm "
+                     "still running)",
+            "warmed": "warm on (default, by `getSong`), first answer once the warm finished",
+            "pages_login": "warm by `search3` pages (`subsonic_warm_pages = true`), right after "
+                           "login",
+            "pages_warmed": "warm by `search3` pages (`subsonic_warm_pages = true`), once the "
+                            "warm finished",
+        }
+        lines += [
+            f"{SECTION} (`bench/gateway_first_answer.py`, issue 11)",
+            "",
+            f"{date.today().isoformat()}, {machine()} (2-core VM, 24 GiB, shared with other jobs); "
+            "command: `flock /tmp/musegate-bench.lock .venv/bin/python bench/gateway_first_answer.py`.",
+            "",
+            f"supysonic 0.7.9 with {r['songs']} songs on loopback; three musegates side by side "
+            "on copies of the same store (warm off, warm by getSong — the default —, warm by "
+            "search3 pages); each round one caller never seen before per row (rows interleaved, "
+            "rotating), each logging in with `ping` through musegate and then asking "
+            "`getSimilarSongs2` (count 50); only that first answer is timed. "
+            f"{r['rounds']} rounds. Ratio: p50 against the warm-off row of the same run.",
+            "",
+            "| new caller's first answer | songs | p50 (ms) | p90 (ms) | p50 vs warm off |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for key in ROWS:
+            lines.append(f"| {labels[key]} | {p(key, 50, 'songs'):.0f} | {p(key, 50):.1f} | "
+                         f"{p(key, 90):.1f} | {p(key, 50) / base:.3f}× |")
+        lines.append("")
+        for key, how in (("warmed", "by `getSong`"), ("pages_warmed", "by `search3` pages")):
+            lines.append(
+                f"Warm of one new caller {how} (musegate's counters): "
+                f"{p(key, 50, 'warm_seconds'):.2f} s p50 ({p(key, 10, 'warm_seconds'):.2f}–"
+                f"{p(key, 90, 'warm_seconds'):.2f} s p10–p90) for {p(key, 50, 'warm_songs'):.0f} "
+                f"songs, `subsonic_warm_concurrency = {conc}`.")
+        lines.append("")
     large = r.get("large")
     if large:
         lr = large["rows"]
@@ -291,6 +343,26 @@ def render(r: dict[str, Any]) -> str:
             lines.append(f"| {llabels[key]} | {q(key, 50):.1f} | {q(key, 90):.1f} | "
                          f"{q(key, 50) / lbase:.3f}× | {warm_s} | {warm_n} |")
         lines.append("")
+        others = large.get("others")
+        if others:
+            during, idle = np.asarray(others["during"]), np.asarray(others["idle"])
+            lines += [
+                "What a warm costs everyone else: another user (known, checked) sends 20 "
+                "sequential pass-through `getSong` through musegate right after a new caller "
+                "logged in (their warm of 200 songs running meanwhile), and the same with no "
+                f"warm running; alternated, {large['rounds']} times each "
+                f"({np.mean(others['overlap']) * 100:.0f} % of series ended with the warm "
+                "still running).",
+                "",
+                "| another user's pass-through `getSong` | p50 (ms) | p90 (ms) | p50 vs idle |",
+                "| --- | ---: | ---: | ---: |",
+                f"| no warm running | {np.percentile(idle, 50):.1f} | "
+                f"{np.percentile(idle, 90):.1f} | 1.000× |",
+                f"| a new caller's warm running (`subsonic_warm_concurrency = {conc}`) | "
+                f"{np.percentile(during, 50):.1f} | {np.percentile(during, 90):.1f} | "
+                f"{np.percentile(during, 50) / np.percentile(idle, 50):.3f}× |",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -299,8 +371,20 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--quick", action="store_true", help="3 rounds (a smoke run)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 12)")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="subsonic_warm_concurrency of the warm-on musegates (default: "
+                             "musegate's default)")
+    parser.add_argument("--large-only", action="store_true",
+                        help="only the 600-song part (print, do not write)")
     args = parser.parse_args()
+    if args.concurrency:
+        ON["subsonic_warm_concurrency"] = args.concurrency
     rounds = args.rounds or (3 if args.quick else 12)
+
+    if args.large_only:
+        large = asyncio.run(run_large(max(3, rounds * 2 // 3)))
+        print(render({"rows": {}, "rounds": 0, "songs": 0, "large": large}, large_only=True))
+        return 0
 
     async def both() -> dict[str, Any]:
         result = await run(rounds)

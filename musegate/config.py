@@ -322,7 +322,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "subsonic_warm_concurrency",
         int,
-        lambda: 2,
+        lambda: 1,
         "hydrate mode: background warm calls in flight at once, all callers together (they "
         "wait while an intercepted request is answered)",
         minimum=1,
