@@ -1,7 +1,7 @@
 """A new Subsonic caller's first exact answer, with the background warm on and off, one run.
 
     flock /tmp/musegate-bench.lock .venv/bin/python bench/gateway_first_answer.py \\
-        [--no-write] [--quick] [--rounds N]
+        [--write] [--quick] [--rounds N] [--concurrency N] [--large-only]
 
 supysonic from PyPI with a generated library of 80 songs (20 artists × 2 albums
 × 2 songs), every song in musegate's store with a synthetic analysis (as
@@ -368,7 +368,9 @@ def render(r: dict[str, Any], large_only: bool = False) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--write", action="store_true",
+                        help="replace the section in docs/benchmarks.md (its hand-written "
+                             "reading notes below the tables are lost: re-add them)")
     parser.add_argument("--quick", action="store_true", help="3 rounds (a smoke run)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 12)")
     parser.add_argument("--concurrency", type=int, default=0,
@@ -393,7 +395,7 @@ def main() -> int:
 
     section = render(asyncio.run(both()))
     print(section)
-    if not args.no_write:
+    if args.write:
         write_section(REPO / "docs" / "benchmarks.md", SECTION, section)
         print("written to docs/benchmarks.md")
     return 0

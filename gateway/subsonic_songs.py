@@ -212,10 +212,14 @@ class UserSongCache:
         end: until a request reads it, it is the first to go when requests need room.
         The same invalidation rules as ``put`` apply. False when the cache is full.
         """
+        key = (scope, song_id)
+        held = self._entries.get(key)
+        if held is not None and held[0] <= self.clock():
+            self._drop(key)  # expired: this answer is its renewal
+            held = None
         if not self.has_room:
             return False
-        key = (scope, song_id)
-        if song_id in self._pending or key in self._entries:
+        if song_id in self._pending or held is not None:
             return True
         if token < self._floor or self._touched.get(song_id, -1) > token:
             return True

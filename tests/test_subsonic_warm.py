@@ -19,6 +19,7 @@ from gateway.subsonic import GATEWAY
 from gateway.subsonic_auth import Credentials, UpstreamDown, UpstreamError
 from gateway.subsonic_songs import AlbumTrust, UserSongCache, scope_of
 from gateway.subsonic_warm import Foreground, Warmer, interleave
+from tests.secret_watch import watch_secret
 from tests.test_subsonic_song_cache import USERS, Env, _as_server_says, auth, env
 
 __all__ = ["env"]  # the song cache tests' fixture: supysonic, the relay, musegate
@@ -119,7 +120,8 @@ async def test_wrong_credentials_warm_nothing(env: Env) -> None:
     gw = env.app[GATEWAY]
     failed = gw.warm.finished["auth_failed"]
     calls = env.relay.asked("alice")
-    body = await login(env, "alice", "warm-wrong", password="nope")
+    watch_secret("nope-not-alicepw")
+    body = await login(env, "alice", "warm-wrong", password="nope-not-alicepw")
     assert body["status"] == "failed" and body["error"]["code"] == 40  # the server's answer
     assert gw.warm.finished["auth_failed"] == failed + 1
     assert held(env, "alice", "warm-wrong") == {} and env.relay.asked("alice") == calls
@@ -337,6 +339,15 @@ async def test_warm_never_evicts_nor_replaces_what_requests_cached() -> None:
     assert cache.get(other, "x") == (True, {"id": "x"})
     assert cache.get(SCOPE, "1") == (True, {"id": "1", "mine": True})  # not asked again
     assert "getSong:1" not in up.calls
+    # an expired entry is renewed by a warm answer, not kept in the way
+    now = [0.0]
+    aging = UserSongCache(10, 5, clock=lambda: now[0])
+    with aging.filling() as token:
+        aging.put(SCOPE, "1", {"id": "1", "old": True}, token)
+    now[0] = 20.0
+    with aging.filling() as token:
+        assert aging.offer(SCOPE, "1", {"id": "1"}, token)
+    assert aging.get(SCOPE, "1") == (True, {"id": "1"})
     # a request needing room drops the warmed entry first, not the requests' own
     with cache.filling() as token:
         cache.put(other, "y", {"id": "y"}, token)
