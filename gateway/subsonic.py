@@ -257,7 +257,7 @@ class SubsonicGateway:
                         if scope is not None:
                             self.songs.put(scope, uid, child, token)
 
-                    paged = await self._from_page(ask, scope, missing, keep)
+                    paged = await self._from_page(ask, scope, missing, token)
                     found.update(paged)
                     missing = [u for u in missing if u not in paged]
                 if missing:
@@ -274,15 +274,17 @@ class SubsonicGateway:
         ask: Callable[..., Awaitable[dict[str, Any]]],
         scope: Any,
         missing: Sequence[str],
-        keep: Callable[[str, dict[str, Any] | None], None],
+        token: int,
     ) -> dict[str, dict[str, Any]]:
         """The caller's Children of ``missing`` from one ``search3`` page, where that is exact.
 
         Only with ``subsonic_warm_pages`` once its trust learnt that search3 entries equal
         getSong's, only for a library that fits in one page (so the page holds every song
         the caller may list), and only when enough songs are missing to be worth a call
-        that builds the whole page. Every usable entry is kept (cached) like a getSong
-        answer; what the page does not settle is asked with getSong as before. When this
+        that builds the whole page. The answer's songs are cached like getSong answers,
+        the page's other songs only into free room (``UserSongCache.offer``: they are
+        not what was asked for, so they evict nothing); what the page does not settle is
+        asked with getSong as before. When this
         caller's warm is asking its first page right now (they just logged in), that page
         is awaited instead of asked again, and its entries are stored under the token the
         warm took before asking it.
@@ -298,11 +300,7 @@ class SubsonicGateway:
             if shared is not None:
                 listed = (shared.body.get("searchResult3") or {}).get("song") or []
                 if isinstance(listed, list) and len(listed) < shared.size:  # the whole library
-                    body = shared.body
-
-                    def keep(uid: str, child: dict[str, Any] | None,
-                             token: int = shared.token) -> None:
-                        self.songs.put(scope, uid, child, token)
+                    body, token = shared.body, shared.token
         if body is None:
             try:
                 body = await ask("search3", query="", artistCount=0, albumCount=0,
@@ -316,9 +314,12 @@ class SubsonicGateway:
             if not isinstance(entry, dict) or entry.get("id") is None or not trust.usable(entry):
                 continue
             uid = str(entry["id"])
-            keep(uid, entry)
             if uid in wanted:
                 out[uid] = entry
+                if scope is not None:
+                    self.songs.put(scope, uid, entry, token)
+            elif scope is not None:
+                self.songs.offer(scope, uid, entry, token)
         return out
 
     def _library_size(self) -> int:
