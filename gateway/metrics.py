@@ -63,6 +63,19 @@ class Metrics:
             registry=r)
         self.runs = Gauge("musegate_analysis_runs_total", "Library scan runs started since start",
                           registry=r)
+        # Background warming of new Subsonic callers' song caches (gateway.subsonic_warm).
+        self.warm_runs = Counter(
+            "musegate_subsonic_warm_runs",
+            "Background warms of a new caller's song cache finished, by result",
+            ["result"], registry=r)
+        self.warm_songs = Counter(
+            "musegate_subsonic_warm_songs",
+            "Songs (or refusals) the background warm stored in callers' song caches", registry=r)
+        self.warm_seconds = Counter(
+            "musegate_subsonic_warm_seconds",
+            "Wall-clock seconds the finished background warms took", registry=r)
+        self.warm_running = Gauge(
+            "musegate_subsonic_warm_running", "Background warms in progress", registry=r)
         # (route class, status) -> its labelled counter: prometheus_client's labels() checks
         # and joins its arguments under a lock on every call, a measurable part of a ping.
         self._request_counters: dict[tuple[str, int], Any] = {}

@@ -12,7 +12,9 @@ Intercepted (``.view`` or bare, GET or POST form):
 
 Observed, not answered: ``star``, ``unstar``, ``setRating``, ``scrobble``,
 ``createBookmark`` and ``deleteBookmark`` are relayed unchanged; the song ids
-they name are dropped from the per-user song cache around the relay.
+they name are dropped from the per-user song cache around the relay. ``ping`` is
+relayed unchanged too; a caller not seen lately gets their songs warmed in the
+background (``gateway.subsonic_warm``), as does one seen on any intercepted call.
 
 Who may see what (``subsonic_visibility``):
 
@@ -87,6 +89,15 @@ from gateway.subsonic_format import (
     valid_callback,
 )
 from gateway.subsonic_songs import MUTATIONS, AlbumTrust, UserSongCache, fetch_songs, scope_of
+from gateway.subsonic_warm import (
+    NEIGHBOURS,
+    PAGE,
+    RECENT_SEEDS,
+    Foreground,
+    Warmer,
+    interleave,
+    recent_songs,
+)
 from index.path import song_path
 from index.similar import similar_tracks
 from musegate.config import Config
@@ -96,6 +107,10 @@ log = logging.getLogger(__name__)
 
 MAX_COUNT = 500
 EXTENSION = {"name": "sonicSimilarity", "versions": [1]}
+# Songs missing from an answer for which one search3 page of a small library is asked instead
+# of one getSong each (``_from_page``): on supysonic a page of 80 songs costs about what 10–15
+# getSong calls do (bench/gateway_first_answer.py).
+PAGE_ANSWER_MIN = 16
 # How deep a getSimilarSongs folder id is walked (artist folder -> album folders -> songs).
 DIRECTORY_DEPTH = 2
 
@@ -120,6 +135,18 @@ class SubsonicGateway:
         # What getAlbum's entries are worth on this upstream (None: ask song by song).
         self.album_trust = AlbumTrust() if config.subsonic_song_fetch == "album" else None
         self.service: Any = None  # the LibraryService, once the app's lifetime has it
+        # Intercepted requests in progress (warm calls wait for them) and the background
+        # warm of a new caller's songs (gateway.subsonic_warm).
+        self.foreground = Foreground()
+        self.warm = Warmer(self.songs, self.upstream, self.auth, self.foreground,
+                           self.warm_plan,
+                           # only hydrated answers read the song cache
+                           config.subsonic_warm_songs if self.visibility == "hydrate" else 0,
+                           config.subsonic_warm_concurrency, self._library_signature,
+                           clock=clock,
+                           pages=AlbumTrust(call="search3") if config.subsonic_warm_pages
+                           else None,
+                           in_library=self._in_library)
 
     # ------------------------------------------------------------------ seeds
 
@@ -230,6 +257,10 @@ class SubsonicGateway:
                         if scope is not None:
                             self.songs.put(scope, uid, child, token)
 
+                    paged = await self._from_page(ask, scope, missing, token)
+                    found.update(paged)
+                    missing = [u for u in missing if u not in paged]
+                if missing:
                     trust = self.album_trust
                     album_of = (await self._album_ids(missing)
                                 if trust is not None and not trust.differs else {})
@@ -237,6 +268,68 @@ class SubsonicGateway:
                                                    keep))
             out.extend((uid, child) for uid in batch if (child := found.get(uid)) is not None)
         return out
+
+    async def _from_page(
+        self,
+        ask: Callable[..., Awaitable[dict[str, Any]]],
+        scope: Any,
+        missing: Sequence[str],
+        token: int,
+    ) -> dict[str, dict[str, Any]]:
+        """The caller's Children of ``missing`` from one ``search3`` page, where that is exact.
+
+        Only with ``subsonic_warm_pages`` once its trust learnt that search3 entries equal
+        getSong's, only for a library that fits in one page (so the page holds every song
+        the caller may list), and only when enough songs are missing to be worth a call
+        that builds the whole page. The answer's songs are cached like getSong answers,
+        the page's other songs only into free room (``UserSongCache.offer``: they are
+        not what was asked for, so they evict nothing); what the page does not settle is
+        asked with getSong as before. When this
+        caller's warm is asking its first page right now (they just logged in), that page
+        is awaited instead of asked again, and its entries are stored under the token the
+        warm took before asking it.
+        """
+        trust = self.warm.pages
+        if (trust is None or trust.differs or trust.matched < trust.checks
+                or len(missing) < PAGE_ANSWER_MIN or not 0 < self._library_size() <= PAGE):
+            return {}
+        body: dict[str, Any] | None = None
+        flight = self.warm.inflight.get((scope, 0)) if scope is not None else None
+        if flight is not None:
+            shared = await asyncio.shield(flight)
+            if shared is not None:
+                listed = (shared.body.get("searchResult3") or {}).get("song") or []
+                if isinstance(listed, list) and len(listed) < shared.size:  # the whole library
+                    body, token = shared.body, shared.token
+        if body is None:
+            try:
+                body = await ask("search3", query="", artistCount=0, albumCount=0,
+                                 songCount=PAGE, songOffset=0)
+            except UpstreamError:
+                return {}
+        found = (body.get("searchResult3") or {}).get("song") or []
+        wanted = set(missing)
+        out: dict[str, dict[str, Any]] = {}
+        for entry in found if isinstance(found, list) else [found]:
+            if not isinstance(entry, dict) or entry.get("id") is None or not trust.usable(entry):
+                continue
+            uid = str(entry["id"])
+            if uid in wanted:
+                out[uid] = entry
+                if scope is not None:
+                    self.songs.put(scope, uid, entry, token)
+            elif scope is not None:
+                self.songs.offer(scope, uid, entry, token)
+        return out
+
+    def _library_size(self) -> int:
+        service = self.service
+        if service is None:
+            return 0
+        try:
+            return len(service.snapshot.catalogue)
+        except RuntimeError:
+            return 0
 
     async def _album_ids(self, upstream_ids: Sequence[str]) -> dict[str, str]:
         """Upstream album id of each song, as the last scan stored it ({} before a scan)."""
@@ -252,6 +345,16 @@ class SubsonicGateway:
         return {rec.upstream_id: str(rec.raw["albumId"]) for rec in records.values()
                 if rec.raw and rec.raw.get("albumId") is not None}
 
+    def _in_library(self, upstream_id: str) -> bool:
+        """Whether the loaded library holds this song (only those are worth warming)."""
+        service = self.service
+        if service is None:
+            return False
+        try:
+            return upstream_id in service.snapshot.by_upstream
+        except RuntimeError:
+            return False
+
     def _library_signature(self) -> Any:
         """The loaded library's signature (moves on a rescan's changes); None before it loads."""
         service = self.service
@@ -261,6 +364,46 @@ class SubsonicGateway:
             return service.snapshot.signature
         except RuntimeError:
             return None
+
+    async def warm_plan(
+        self, scope: Any, ask: Callable[..., Awaitable[dict[str, Any]]]
+    ) -> tuple[list[str], list[str]]:
+        """Upstream song ids a new caller's first answers most likely hold, likeliest first.
+
+        The songs of the caller's recently played albums and their neighbours (the index's
+        own candidates for a count=50 answer, ``2 × 50``), interleaved by rank; then the
+        library in scan order (used when the warm does not list it by search3 pages).
+        ``Warmer`` asks for as many as its budget allows.
+        """
+        service = self.service
+        if service is None:
+            return [], []
+        try:
+            if len(service.snapshot.catalogue) == 0:
+                return [], []
+        except RuntimeError:
+            return [], []
+        recent = await recent_songs(ask)
+        config = self.config
+        budget = max(0, self.warm.budget)
+        async with service.reading() as snap:
+            seeds = [snap.by_upstream[u] for u in dict.fromkeys(recent) if u in snap.by_upstream]
+            seeds = seeds[:RECENT_SEEDS]
+            cat, index = snap.catalogue, snap.index
+
+            def neighbours() -> list[list[int]]:
+                return [[t] + [m.track_id for m in similar_tracks(
+                    cat, index, [t], n=min(NEIGHBOURS, len(cat)),
+                    max_per_artist=config.max_per_artist,
+                    hide_duplicates=config.hide_duplicates)] for t in seeds]
+
+            groups = await asyncio.to_thread(neighbours) if seeds else []
+            first = interleave([[snap.upstream_ids[t] for t in g if t in snap.upstream_ids]
+                                for g in groups])
+            rest = [snap.upstream_ids[int(t)] for t in cat.ids[: budget + len(first)]
+                    if int(t) in snap.upstream_ids]
+        planned = set(first)
+        return first, [u for u in rest if u not in planned]
 
     # ------------------------------------------------------------ folder mode
 
@@ -420,8 +563,10 @@ def _authenticated(
             return error_response(request, MISSING_PARAMETER, "Required parameter is missing "
                                   "or invalid: callback", gw.envelope.get())
         try:
-            await gw.auth.check(req.creds, req.params)
-            return await inner(request, gw, req)
+            with gw.foreground.busy():  # background warming waits while a caller does
+                await gw.auth.check(req.creds, req.params)
+                gw.warm.notice(req.creds, req.params)
+                return await inner(request, gw, req)
         except UpstreamError as exc:
             return error_response(request, exc.code, exc.message, gw.envelope.get())
         except _Fail as exc:
@@ -593,6 +738,9 @@ async def open_subsonic_extensions(request: web.Request) -> web.Response:
     """The upstream's extensions plus ``sonicSimilarity``; no authentication, as the spec says."""
     gw = request.app[GATEWAY]
     req = await _read(request)
+    # Clients ask this at login: a good moment to warm the caller's songs (the warm checks
+    # the credentials with the upstream first; this answer does not depend on them).
+    gw.warm.notice(req.creds, req.params)
     theirs: list[dict[str, Any]] = []
     try:
         body = await gw.upstream.call(
@@ -625,6 +773,20 @@ async def _observed_mutation(request: web.Request) -> web.StreamResponse:
         return await proxy.forward(request, gw.upstream_url, body=body)
 
 
+async def _observed_login(request: web.Request) -> web.StreamResponse:
+    """Relay ``ping`` unchanged; a caller not seen lately gets their songs warmed meanwhile.
+
+    Clients ping when they connect, before they ask for a mix. Only the query string and
+    headers are read (a POSTed form is relayed unread); the warm checks the credentials
+    with the upstream before asking anything else.
+    """
+    metrics.mark(request, metrics.PASSTHROUGH)
+    gw = request.app[GATEWAY]
+    if gw.warm.enabled:
+        gw.warm.notice(Credentials.of(request.query, request.headers), request.query)
+    return await proxy.forward(request, gw.upstream_url)
+
+
 # ---------------------------------------------------------------------------- wiring
 
 
@@ -649,11 +811,16 @@ def add_subsonic(app: web.Application, config: Config) -> None:
             gateway = SubsonicGateway(config, session, envelope,
                                       app.get(keys.CLOCK) or time.monotonic)
             gateway.service = app.get(keys.SERVICE)
+            gateway.warm.metrics = app.get(metrics.METRICS)
             app[GATEWAY] = gateway
-            yield
+            try:
+                yield
+            finally:
+                await gateway.warm.close()
 
     app.cleanup_ctx.append(lifetime)
-    routes = {**ENDPOINTS, **dict.fromkeys(MUTATIONS, _observed_mutation)}
+    routes = {**ENDPOINTS, **dict.fromkeys(MUTATIONS, _observed_mutation),
+              "ping": _observed_login}
     for name, handler in routes.items():
         for path in (f"/rest/{name}", f"/rest/{name}.view"):
             app.router.add_route("GET", path, handler)

@@ -195,6 +195,39 @@ class UserSongCache:
         while len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries)))
 
+    def known(self, scope: Scope, song_id: str) -> bool:
+        """Whether an unexpired answer is held, without counting it as used (LRU untouched)."""
+        entry = self._entries.get((scope, song_id))
+        return entry is not None and entry[0] > self.clock()
+
+    @property
+    def has_room(self) -> bool:
+        return self.enabled and len(self._entries) < self.max_entries
+
+    def offer(self, scope: Scope, song_id: str, child: Child | None, token: int) -> bool:
+        """Store a background (warm) answer only into free room, first in line to be dropped.
+
+        Unlike ``put`` it never evicts anything (what requests cached stays), never
+        replaces an entry already held, and places the entry at the least recently used
+        end: until a request reads it, it is the first to go when requests need room.
+        The same invalidation rules as ``put`` apply. False when the cache is full.
+        """
+        key = (scope, song_id)
+        held = self._entries.get(key)
+        if held is not None and held[0] <= self.clock():
+            self._drop(key)  # expired: this answer is its renewal
+            held = None
+        if not self.has_room:
+            return False
+        if song_id in self._pending or held is not None:
+            return True
+        if token < self._floor or self._touched.get(song_id, -1) > token:
+            return True
+        self._entries[key] = (self.clock() + self.ttl, child)
+        self._entries.move_to_end(key, last=False)
+        self._scopes_of.setdefault(song_id, set()).add(scope)
+        return True
+
     @contextlib.contextmanager
     def changing(self, song_ids: Iterable[str]) -> Iterator[None]:
         """Bracket a relayed call that changes these songs: dropped before, during and after."""
@@ -256,7 +289,9 @@ class AlbumTrust:
     musegate did before.
     """
 
-    def __init__(self, checks: int = ALBUM_CHECKS, personal_checks: int = PERSONAL_CHECKS) -> None:
+    def __init__(self, checks: int = ALBUM_CHECKS, personal_checks: int = PERSONAL_CHECKS,
+                 call: str = "getAlbum") -> None:
+        self.call = call  # whose entries are judged (getAlbum, or search3 for warm pages)
         self.checks = checks
         self.personal_checks = personal_checks
         self.matched = 0
@@ -282,8 +317,8 @@ class AlbumTrust:
             self.differs = True
             fields = sorted(k for k in set(entry) | set(song or {})
                             if entry.get(k) != (song or {}).get(k))
-            log.warning("getAlbum's entry for song %s differs from getSong (fields: %s): "
-                        "asking the server song by song from now on", song_id,
+            log.warning("%s's entry for song %s differs from getSong (fields: %s): "
+                        "asking the server song by song from now on", self.call, song_id,
                         ", ".join(fields) or "refused by getSong")
             return
         self.matched += 1

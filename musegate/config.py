@@ -302,6 +302,31 @@ FIELDS: tuple[Field, ...] = (
         "(one getAlbum per album as the caller, once getAlbum proved to match getSong)",
         choices=SUBSONIC_SONG_FETCH,
     ),
+    Field(
+        "subsonic_warm_songs",
+        int,
+        lambda: 200,
+        "hydrate mode: songs asked (getSong as the caller) in the background when a caller is "
+        "first seen, at most once per caller per subsonic_song_cache_seconds, so their first "
+        "answers come from the cache (0 turns it off)",
+        minimum=0,
+    ),
+    Field(
+        "subsonic_warm_pages",
+        bool,
+        lambda: False,
+        "hydrate mode: the background warm lists the library in the caller's own search3 pages "
+        "(up to 500 songs a call) instead of one getSong per song, once 20 search3 entries "
+        "matched getSong field for field; trusts search3 to list only songs getSong shows the caller",
+    ),
+    Field(
+        "subsonic_warm_concurrency",
+        int,
+        lambda: 1,
+        "hydrate mode: background warm calls in flight at once, all callers together (they "
+        "wait while an intercepted request is answered)",
+        minimum=1,
+    ),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -360,6 +385,9 @@ class Config:
     subsonic_song_cache_seconds: int
     subsonic_song_cache_entries: int
     subsonic_song_fetch: str
+    subsonic_warm_songs: int
+    subsonic_warm_pages: bool
+    subsonic_warm_concurrency: int
 
     @property
     def db_path(self) -> Path:

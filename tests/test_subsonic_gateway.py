@@ -206,9 +206,12 @@ async def _songs(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any
 
 
 def _config(tmp: Path, upstream: str, **extra: Any) -> Config:
+    # The background warm of new callers (tests/test_subsonic_warm.py) is off here: its
+    # upstream calls would run beside what these tests count and the faults they inject.
     return load_config(None, env={}, overrides={
         "data_dir": str(tmp / "data"), "source": "subsonic", "upstream_url": upstream,
-        "max_per_artist": 0, "auth_cache_seconds": 60, "workers": 1, **extra,
+        "max_per_artist": 0, "auth_cache_seconds": 60, "workers": 1,
+        "subsonic_warm_songs": 0, **extra,
     })
 
 

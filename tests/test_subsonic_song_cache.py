@@ -5,10 +5,10 @@ A real supysonic on loopback serves two music folders ("east": Artist 0 and 1,
 folder, so musegate is pointed at a small aiohttp relay (``WestHidden``, in this
 file) that forwards everything to supysonic unchanged, except that it answers
 bob the way a server with per-user folders does: ``getSong`` of a west song is
-error 70, and ``getAlbum`` leaves out west songs (error 70 for an album with no
-other). It counts ``getSong`` and ``getAlbum`` calls per user, and can make
-getAlbum's entries differ from getSong's (``album_drops``), as a server that
-builds them differently would. Every comparison is with ``getSong`` as the same
+error 70, and ``getAlbum`` and ``search3`` leave out west songs (error 70 for an
+album with no other). It counts ``getSong``, ``getAlbum`` and ``search3`` calls per
+user, and can make getAlbum's or search3's entries differ from getSong's
+(``album_drops``, ``search3_drops``), as a server that builds them differently would. Every comparison is with ``getSong`` as the same
 user, straight from the server (supysonic for alice, the relay for bob), after
 the user starred and rated songs through musegate — on warm answers (from the
 cache) and cold ones (the cache emptied, songs asked by album).
@@ -16,6 +16,7 @@ cache) and cold ones (the cache emptied, songs asked by album).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -64,6 +65,11 @@ class WestHidden:
         self.get_song: Counter[str] = Counter()
         self.get_album: Counter[str] = Counter()
         self.album_drops: set[str] = set()  # fields removed from getAlbum's song entries
+        self.search3: Counter[str] = Counter()
+        self.search3_drops: set[str] = set()  # fields removed from search3's song entries
+        # when set: search3 calls are held until it is set, ``search3_arrived`` tells when one is
+        self.search3_hold: asyncio.Event | None = None
+        self.search3_arrived = asyncio.Event()
 
     def asked(self, user: str) -> int:
         """Song-answering calls (getSong and getAlbum) the user's requests cost so far."""
@@ -80,6 +86,9 @@ class WestHidden:
                 return web.json_response({"subsonic-response": {
                     "status": "failed", "version": "1.12.0",
                     "error": {"code": 70, "message": "Song not found"}}})
+        if name == "search3" and self.search3_hold is not None:
+            self.search3_arrived.set()
+            await self.search3_hold.wait()
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("content-type", "authorization")}
         async with self.session.request(
@@ -91,6 +100,9 @@ class WestHidden:
         if name == "getAlbum":
             self.get_album[user] += 1
             return self._album(json.loads(data), user)
+        if name == "search3":
+            self.search3[user] += 1
+            return self._search(json.loads(data), user)
         return web.Response(body=data, status=status, headers={"Content-Type": ctype})
 
     def _album(self, answer: dict[str, Any], user: str) -> web.Response:
@@ -105,6 +117,15 @@ class WestHidden:
                     "status": "failed", "version": "1.12.0",
                     "error": {"code": 70, "message": "Album not found"}}})
             album["song"] = songs
+        return web.json_response(answer)
+
+    def _search(self, answer: dict[str, Any], user: str) -> web.Response:
+        """search3 as a per-folder server lists it: bob's lacks west songs."""
+        result = answer["subsonic-response"].get("searchResult3")
+        if result is not None and result.get("song"):
+            result["song"] = [{k: v for k, v in song.items() if k not in self.search3_drops}
+                              for song in result["song"]
+                              if not (user == "bob" and song["id"] in self.west)]
         return web.json_response(answer)
 
     def app(self) -> web.Application:
@@ -164,6 +185,8 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
                 "data_dir": str(tmp / "data"), "source": "subsonic", "upstream_url": relay_url,
                 "max_per_artist": 0, "auth_cache_seconds": 3600, "workers": 1,
                 "subsonic_song_cache_seconds": TTL,
+                # warming is switched on by the tests about it (it adds getSong calls)
+                "subsonic_warm_songs": 0,
             })
             adapter = SubsonicAdapter(relay_url, "alice", USERS["alice"], page_size=50)
             try:
