@@ -240,8 +240,15 @@ logging.basicConfig(level=config.log_level,
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 async def main():
-    runner = web.AppRunner(create_app(config), shutdown_timeout=DRAIN_SECONDS,
-                           access_log_class=RedactingAccessLogger)
+    try:  # serve's runner: the connection guard and the fast pass-through path
+        from gateway.app import server_options
+        from gateway.connection_limits import ConnectionGuard, ConnectionLimits, GuardedAppRunner
+        runner = GuardedAppRunner(create_app(config),
+                                  ConnectionGuard(ConnectionLimits.from_config(config)),
+                                  **server_options(config))
+    except ImportError:  # an older checkout (--before)
+        runner = web.AppRunner(create_app(config), shutdown_timeout=DRAIN_SECONDS,
+                               access_log_class=RedactingAccessLogger)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()
     print("READY", flush=True)
@@ -301,6 +308,8 @@ PASSTHROUGH_VARIANTS = {
     "mg-aiohttp": "import gateway.proxy as p; p._lean_target = lambda base: None",
     # The lean client with stream bodies still read into Python (no splice).
     "mg-lean": "import gateway.upstream_http as u; u.SPLICE_MIN = 1 << 62",
+    # Every request through aiohttp's web layer (no gateway.fast_relay path).
+    "mg-no-fast": "import gateway.fast_relay as f; f.ENABLED = False",
 }
 
 

@@ -33,6 +33,7 @@ from bench.benchlib import (  # noqa: E402
     PASSTHROUGH_VARIANTS,
     code_before,
     cpu_seconds,
+    free_port,
     run_musegate_served,
 )
 
@@ -86,6 +87,16 @@ class RawClient:
         self.buf = b""
 
     def one(self) -> float:
+        try:
+            return self._one()
+        except ConnectionError:  # nginx closes a connection after 1000 requests (its default)
+            self.sock.close()
+            self.sock = socket.create_connection(("127.0.0.1", self.port))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buf = b""
+            return self._one()
+
+    def _one(self) -> float:
         t0 = time.perf_counter()
         self.sock.sendall(self.head)
         while b"\r\n\r\n" not in self.buf:
@@ -122,6 +133,22 @@ async def stub() -> tuple[asyncio.subprocess.Process, int]:
     return proc, int(line[1])
 
 
+class _Pid:
+    """A relay process that is not musegate (nginx's worker, the floor script)."""
+
+    def __init__(self, pid: int, port: int) -> None:
+        self.pid = pid
+        self.port = port
+
+
+def _run_ns(pid: int) -> float:
+    """Seconds on a CPU so far, from the scheduler (/proc/PID/schedstat: exact, not ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def _user_sys(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
@@ -136,8 +163,12 @@ async def main() -> int:
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--before", metavar="TREE", default="",
                         help="also measure musegate from this checkout (variant mg-before)")
+    parser.add_argument("--nginx", action="store_true", help="also measure nginx in front")
+    parser.add_argument("--floor", default="",
+                        help="also measure this script (argv: upstream port, port) as 'floor'")
     parser.add_argument("--supysonic", action="store_true",
                         help="supysonic (closes every connection) instead of the keep-alive stub")
+    parser.add_argument("--spy-target", default="musegate")
     parser.add_argument("--spy", default="",
                         help="sample the shipped musegate with py-spy into this collapsed-stack file")
     args = parser.parse_args()
@@ -167,6 +198,20 @@ async def main() -> int:
                     targets[name] = await stack.enter_async_context(run_musegate_served(
                         Path(tmp) / name, url, {"source": "subsonic"},
                         patch={**PASSTHROUGH_VARIANTS, **EXPERIMENTS}[name]))
+                if args.nginx:
+                    from bench.benchlib import run_nginx
+
+                    ng = await stack.enter_async_context(run_nginx(Path(tmp) / "nginx", url))
+                    targets["nginx"] = _Pid(ng.pid, int(ng.url.rsplit(":", 1)[1]))
+                if args.floor:
+                    fport = free_port()
+                    fproc = await asyncio.create_subprocess_exec(
+                        sys.executable, args.floor, url.rsplit(":", 1)[1], str(fport),
+                        stdout=asyncio.subprocess.PIPE)
+                    assert fproc.stdout is not None
+                    await fproc.stdout.readline()
+                    stack.callback(fproc.kill)
+                    targets["floor"] = _Pid(fproc.pid, fport)
                 clients = {t: RawClient(s.port) for t, s in targets.items()}
                 for c in clients.values():
                     for _ in range(50):
@@ -175,19 +220,22 @@ async def main() -> int:
                 if args.spy:
                     import subprocess
                     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
-                                            "-p", str(targets["musegate"].pid), "-r", "2000",
+                                            "-p", str(targets[args.spy_target].pid), "-r", "2000",
                                             "-f", "raw", "-o", args.spy, "--nonblocking"])
                     time.sleep(1.0)
                 walls: dict[str, list[float]] = {t: [] for t in targets}
                 cpu = dict.fromkeys(targets, 0.0)
                 sys_cpu = dict.fromkeys(targets, 0.0)
+                run = dict.fromkeys(targets, 0.0)
                 per = max(1, args.n // args.rounds)
                 for _ in range(args.rounds):
                     for t, c in clients.items():
                         c0 = cpu_seconds(targets[t].pid)
+                        r0 = _run_ns(targets[t].pid)
                         s0 = _user_sys(targets[t].pid)[1]
                         walls[t] += [c.one() for _ in range(per)]
                         cpu[t] += cpu_seconds(targets[t].pid) - c0
+                        run[t] += _run_ns(targets[t].pid) - r0
                         sys_cpu[t] += _user_sys(targets[t].pid)[1] - s0
                 if spy is not None:
                     import signal
@@ -195,7 +243,8 @@ async def main() -> int:
                     spy.wait()
                 for t in targets:
                     print(f"{t:>16}: p50 {statistics.median(walls[t]) * 1000:.3f} ms, "
-                          f"CPU {cpu[t] * 1000 / len(walls[t]):.3f} ms per ping "
+                          f"on CPU {run[t] * 1000 / len(walls[t]):.3f} ms per ping (schedstat); "
+                          f"CPU {cpu[t] * 1000 / len(walls[t]):.3f} ms (ticks) "
                           f"(system {sys_cpu[t] * 1000 / len(walls[t]):.3f}) "
                           f"({len(walls[t])} pings)", flush=True)
                 for c in clients.values():

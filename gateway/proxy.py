@@ -321,6 +321,9 @@ async def _forward_lean(request: web.Request, lean: _Lean,
             data = content.iter_any  # type: ignore[assignment]
     loop = asyncio.get_running_loop()
     try:
+        failure = _fast_failure(request)
+        if failure is not None:
+            raise failure  # the fast path already asked the upstream (gateway.fast_relay)
         exchange = await upstream_http.send(
             lean.pool, request.method, lines, data, length,
             loop.time() + request.app.get(HEADERS_TIMEOUT, DEFAULT_HEADERS_TIMEOUT))
@@ -370,6 +373,19 @@ async def _forward_lean(request: web.Request, lean: _Lean,
     finally:
         exchange.finish()
     return resp
+
+
+def _fast_failure(request: web.Request) -> BaseException | None:
+    """The upstream failure of this request's attempt on gateway.fast_relay's path, once.
+
+    That path hands a request it could not relay to aiohttp's with the failure noted on
+    the connection, so that the error is answered here without asking the upstream again.
+    """
+    protocol = request.protocol
+    failure = getattr(protocol, "_fast_failure", None)
+    if failure is not None:
+        protocol._fast_failure = None  # type: ignore[union-attr]
+    return failure
 
 
 # Request headers the lean path never relays, lower-cased: hop-by-hop, the ones the new hop

@@ -344,23 +344,30 @@ def _note(lower: str, value: str, lengths: list[str], codings: list[str],
         connection.update(t.strip().lower() for t in value.split(",") if t.strip())
 
 
-async def read_head(conn: Connection, deadline: float | None = None) -> ResponseHead:
-    """The next final response head (1xx interim answers are read past), by ``deadline``."""
+def head_from_buffer(conn: Connection) -> ResponseHead | None:
+    """The next final response head if a whole one is buffered (1xx read past), else None."""
     while True:
-        while True:
-            end = conn.buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                raw, conn.buffer = conn.buffer[:end], conn.buffer[end + 4:]
-                break
+        end = conn.buffer.find(b"\r\n\r\n")
+        if end < 0:
             if len(conn.buffer) > MAX_HEAD:
                 raise UpstreamError("response head too large")
-            if not await _recv_more(conn, deadline):
-                raise Truncated("connection closed before the response head")
+            return None
+        raw, conn.buffer = conn.buffer[:end], conn.buffer[end + 4:]
         head = _parse_head(raw)
         if head.status == 101:
             raise UpstreamError("unexpected protocol switch")
         if not 100 <= head.status < 200:
             return head
+
+
+async def read_head(conn: Connection, deadline: float | None = None) -> ResponseHead:
+    """The next final response head (1xx interim answers are read past), by ``deadline``."""
+    while True:
+        head = head_from_buffer(conn)
+        if head is not None:
+            return head
+        if not await _recv_more(conn, deadline):
+            raise Truncated("connection closed before the response head")
 
 
 def _content_length(lengths: list[str]) -> int | None:
