@@ -1,17 +1,22 @@
-"""Where the CPU of one relayed request goes: musegate's CPU per ``ping``, and a profile.
+"""Where the CPU of one relayed request goes: musegate's CPU per ``ping``, beside nginx.
 
-    .venv/bin/python bench/passthrough_cpu.py [--n 3000] [--profile out.prof] [--variant NAME]
+    .venv/bin/python bench/passthrough_cpu.py [--n 5000] [--before TREE] [--nginx] [--floor]
+        [--variant NAME ...] [--profile out.prof | --spy out.txt] [--supysonic]
 
 The upstream is tests/upstream_stub.py in its own process (keep-alive, a fixed answer),
-musegate runs as ``musegate serve`` runs it (bench/benchlib.run_musegate_served: INFO log
-level, the redacting access log), and the client is a blocking socket in this process that
-sends the request head and reads the answer by its Content-Length — far cheaper than an
-aiohttp client, so the figures are musegate's. Each target gets ``--n`` sequential pings on
-one keep-alive connection, in ``--rounds`` blocks taken in turn; the musegate process's CPU
-(user + system, /proc) per request and the p50 wall time are printed.
+musegate runs as ``musegate serve`` runs it (bench/benchlib.run_musegate_served: serve's
+runner, INFO log level, the redacting access log), and the client is a blocking socket in
+this process that sends the request head and reads the answer by its Content-Length —
+far cheaper than an aiohttp client, so the figures are the relays'. Each target gets
+``--n`` sequential pings on one keep-alive connection, in ``--rounds`` blocks taken in
+turn; printed per target: p50 wall time and the relay process's time on a CPU per
+request (/proc/PID/schedstat, exact; the /proc/PID/stat tick count beside it).
 
-``--variant`` names PASSTHROUGH_VARIANTS entries measured beside the shipped code (in turn,
-same run); ``--profile`` runs the shipped musegate under cProfile and writes its stats.
+``--before TREE`` adds musegate from another checkout (the code before a change),
+``--nginx`` nginx in front of the same upstream, ``--floor`` bench/floor_relay.py (a
+callback-only asyncio relay: the least a Python relay costs here), ``--variant`` entries
+of PASSTHROUGH_VARIANTS or EXPERIMENTS below; ``--profile`` runs the shipped musegate
+under cProfile, ``--spy`` samples it with py-spy (if installed).
 """
 
 from __future__ import annotations
@@ -164,8 +169,8 @@ async def main() -> int:
     parser.add_argument("--before", metavar="TREE", default="",
                         help="also measure musegate from this checkout (variant mg-before)")
     parser.add_argument("--nginx", action="store_true", help="also measure nginx in front")
-    parser.add_argument("--floor", default="",
-                        help="also measure this script (argv: upstream port, port) as 'floor'")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure bench/floor_relay.py (a callback-only asyncio relay)")
     parser.add_argument("--supysonic", action="store_true",
                         help="supysonic (closes every connection) instead of the keep-alive stub")
     parser.add_argument("--spy-target", default="musegate")
@@ -206,7 +211,8 @@ async def main() -> int:
                 if args.floor:
                     fport = free_port()
                     fproc = await asyncio.create_subprocess_exec(
-                        sys.executable, args.floor, url.rsplit(":", 1)[1], str(fport),
+                        sys.executable, str(REPO / "bench" / "floor_relay.py"),
+                        url.rsplit(":", 1)[1], str(fport),
                         stdout=asyncio.subprocess.PIPE)
                     assert fproc.stdout is not None
                     await fproc.stdout.readline()

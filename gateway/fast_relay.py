@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -305,7 +307,8 @@ class FastRelay:
 class _Flight:
     """One fast request in flight: what it is, and where its upstream exchange stands."""
 
-    __slots__ = ("target", "lean", "data", "start", "sent", "conn", "timer", "task")
+    __slots__ = ("target", "lean", "data", "start", "sent", "conn", "timer", "task", "lines",
+                 "deadline")
 
     def __init__(self, target: _Target, lean: Any, data: bytes, start: float) -> None:
         self.target = target
@@ -316,6 +319,8 @@ class _Flight:
         self.conn: upstream_http.Connection | None = None  # while waiting in callbacks
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None  # once it continues as a coroutine
+        self.lines: list[bytes] | None = None  # the head to send once a new connection is up
+        self.deadline = 0.0
 
 
 class FastRelayHandler(RequestHandler):
@@ -420,8 +425,83 @@ class FastRelayHandler(RequestHandler):
             else:
                 conn.close()
             lines.pop()
+        elif self._fast_connect(flight, lines, deadline):
+            return True
         flight.task = loop.create_task(self._fast_coro(flight, lines, deadline))
         return True
+
+    def _fast_connect(self, flight: _Flight, lines: list[bytes], deadline: float) -> bool:
+        """Open a new upstream connection in callbacks (an upstream that closes every one).
+
+        Only to an address already resolved; any failure (refused, several addresses to
+        try, a timeout) is left to the coroutine path, which tries again and reports it
+        as the full path does.
+        """
+        pool = flight.lean.pool
+        addresses = pool.resolved()
+        if not addresses or len(addresses) != 1:
+            return False
+        family, address = addresses[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            error = sock.connect_ex(address)
+        except OSError:
+            sock.close()
+            return False
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            return False
+        loop = self._loop
+        flight.conn = upstream_http.Connection(sock)
+        flight.lines = lines
+        flight.deadline = deadline
+        loop.add_writer(sock.fileno(), self._fast_connected)
+        flight.timer = loop.call_at(min(deadline, loop.time() + pool.connect_timeout),
+                                    self._fast_connect_expired)
+        return True
+
+    def _fast_connected(self) -> None:
+        flight = self._fast_flight
+        if flight is None or flight.conn is None or flight.lines is None:
+            return
+        conn, lines = flight.conn, flight.lines
+        flight.conn = flight.lines = None
+        loop = self._loop
+        loop.remove_writer(conn.sock.fileno())
+        if flight.timer is not None:
+            flight.timer.cancel()
+            flight.timer = None
+        raw = b"\r\n".join([*lines, b"\r\n"])
+        try:
+            if conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                sent = conn.sock.send(raw)
+            else:
+                sent = -1
+        except OSError:
+            sent = -1
+        if sent != len(raw):
+            conn.close()  # not connected, or a fresh socket that took only part of a head
+            flight.task = loop.create_task(self._fast_coro(flight, lines, flight.deadline))
+            return
+        flight.conn = conn
+        loop.add_reader(conn.sock.fileno(), self._fast_readable)
+        flight.timer = loop.call_at(flight.deadline, self._fast_expired)
+
+    def _fast_connect_expired(self) -> None:
+        flight = self._fast_flight
+        if flight is None or flight.conn is None or flight.lines is None:
+            return
+        conn = flight.conn
+        flight.conn = None
+        self._loop.remove_writer(conn.sock.fileno())
+        flight.timer = None
+        conn.close()
+        # As upstream_http reports a connect that timed out: the full path answers 504.
+        failure = upstream_http.ConnectFailed("connect timed out")
+        failure.__cause__ = TimeoutError()
+        self._fast_hand_over(flight, failure)
 
     # ------------------------------------------------------------ callbacks
 
@@ -755,7 +835,15 @@ class FastRelayHandler(RequestHandler):
         if flight is None:
             return
         if flight.conn is not None:
-            self._fast_unwatch(flight).close()
+            if flight.lines is not None:  # still connecting: the writer is watched
+                self._loop.remove_writer(flight.conn.sock.fileno())
+                if flight.timer is not None:
+                    flight.timer.cancel()
+                    flight.timer = None
+                flight.conn.close()
+                flight.conn = None
+            else:
+                self._fast_unwatch(flight).close()
             self._keepalive = False
             self._fast_done(flight, answered=False)
         elif flight.task is not None and not flight.task.done():

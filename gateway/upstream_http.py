@@ -141,6 +141,12 @@ class UpstreamPool:
         self._addr = (now, found)
         return found
 
+    def resolved(self) -> list[tuple[int, tuple]] | None:  # type: ignore[type-arg]
+        """The upstream's addresses when they were resolved within DNS_TTL, else None."""
+        if self._addr is not None and time.monotonic() - self._addr[0] < DNS_TTL:
+            return self._addr[1]
+        return None
+
     async def _open(self) -> Connection:
         loop = asyncio.get_running_loop()
         last: BaseException | None = None

@@ -20,7 +20,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import make_mocked_request
+from aiohttp import web
+from aiohttp.test_utils import TestServer, make_mocked_request
 
 from gateway import fast_relay, forwarding, proxy, upstream_http
 from gateway.app import create_app, server_options
@@ -174,10 +175,16 @@ async def test_logged_redacted_and_counted(tmp_path: Path, stub: Stub,
         await server.close()
 
 
+@pytest.mark.parametrize("asked_before", [False, True])
 async def test_upstream_down_is_answered_by_the_full_path_once(
-        tmp_path: Path, stub: Stub) -> None:
+        tmp_path: Path, stub: Stub, asked_before: bool) -> None:
     server = await _served(tmp_path, stub)
     try:
+        if asked_before:  # its address known and a pooled connection open (then dead)
+            first = await _Conn.open(server)
+            first.send(_get("/rest/ping.view?f=json"))
+            assert (await first.answer())[0] == "HTTP/1.1 200 OK"
+            first.close()
         await stub.stop()
         conn = await _Conn.open(server)
         conn.send(_get("/rest/ping.view?u=a&p=b&f=json"))
@@ -308,3 +315,33 @@ async def test_header_deadline_is_met_by_a_fast_request(tmp_path: Path, stub: St
         assert guard.late == 0
     finally:
         await server.close()
+
+
+async def test_upstream_that_closes_every_connection(tmp_path: Path) -> None:
+    """supysonic's werkzeug closes after each answer: each request opens a new connection."""
+    async def ping(request: web.Request) -> web.Response:
+        resp = web.Response(body=json.dumps({"n": request.query.get("n")}).encode(),
+                            content_type="application/json")
+        resp.force_close()
+        return resp
+
+    upstream = web.Application()
+    upstream.router.add_get("/rest/ping.view", ping)
+    up = TestServer(upstream, host="127.0.0.1")
+    await up.start_server()
+    config = make_config(tmp_path, upstream_url=f"http://127.0.0.1:{up.port}")
+    server = ServedTestServer(create_app(config, refresh_seconds=None), host="127.0.0.1")
+    await server.start_server(**server_options(config))
+    try:
+        conn = await _Conn.open(server)
+        for n in range(5):
+            conn.send(_get(f"/rest/ping.view?n={n}"))
+            status, headers, body = await conn.answer()
+            assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"n": str(n)}
+            assert "connection" not in headers  # the caller's connection stays open
+        conn.close()
+        assert _relay(server).relayed == 5
+        assert not server.app[proxy.POOL].pool._idle  # nothing kept of the upstream's
+    finally:
+        await server.close()
+        await up.close()
