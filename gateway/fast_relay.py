@@ -2,17 +2,17 @@
 
 A relayed ``ping`` through aiohttp's web layer costs a Request object, a task per
 request woken through a future, the router, the middleware chain and a
-StreamResponse, per request — on this project's 2-core VM about 0.27 ms of CPU
-against nginx's 0.05 ms for the whole relay (docs/benchmarks.md, "Pass-through:
-below the web layer"); a Python relay driven by protocol callbacks alone measured
-0.11 ms. This module takes that shorter path for the requests that need nothing of
-the web layer, and leaves every other request to aiohttp untouched.
+StreamResponse, per request — on this project's 2-core VM about 0.34 ms of CPU
+against nginx's 0.05 ms for the whole relay (docs/benchmarks.md, "Pass-through below
+the web layer"); a Python relay driven by protocol callbacks alone needs 0.12 ms. This
+module takes that shorter path for the requests that need nothing of the web layer,
+and leaves every other request to aiohttp untouched.
 
 :class:`FastRelayHandler` is aiohttp's connection protocol (``RequestHandler``) with
-one change: when bytes arrive on an idle connection that has only carried fast
-requests so far, and they are exactly one complete request head that qualifies,
-the request is relayed here — the upstream request leaves from the same callback's
-task, and the answer is written straight to the transport. A request qualifies when
+one change: when the bytes that arrive on an idle connection are exactly one complete
+request head that qualifies, the request is relayed here — the upstream request leaves
+from that callback, and the answer is written straight to the transport from the
+upstream socket's reader callback. A request qualifies when
 
 * its method is GET or HEAD, it has no body (no Content-Length other than 0, no
   Transfer-Encoding, no Expect, no Upgrade) and its head is plain (origin-form
@@ -23,8 +23,10 @@ task, and the answer is written straight to the transport. A request qualifies w
   the full path, which decides whether to believe them);
 * the server side is plain TCP (no TLS).
 
-Anything else — and every later request on a connection once one did not qualify —
-goes to aiohttp's own parser exactly as before, so intercepted endpoints, the API,
+Anything else goes to aiohttp's own parser exactly as before: a clean head that does not
+qualify (an intercepted call, the API) alone, and once bytes arrive that are not one
+clean bodiless head (a body, a partial or pipelined head: aiohttp's parser may hold state
+from then on) every later request on that connection too. So intercepted endpoints, the API,
 websockets, request bodies and pipelined bursts keep their full handling. What the
 full path adds to a relayed request is kept here: the same upstream request head
 (gateway.proxy builds it), the same answer headers as aiohttp's response preparation
