@@ -138,9 +138,15 @@ def gateway_bench_main(
                             help="only the pass-through latency and stream; print, do not write")
         parser.add_argument("--repeats", type=int, default=0,
                             help="downloads per target of the 200 MB stream (default 3)")
+        parser.add_argument("--before", metavar="TREE", default="",
+                            help="also measure musegate from this checkout of the code before "
+                                 "a change (variant mg-before; e.g. git archive BASE | tar -x "
+                                 "-C TREE)")
     args = parser.parse_args()
     if getattr(args, "repeats", 0):
         _STREAM_REPEATS.append(args.repeats)
+    if getattr(args, "before", ""):
+        PASSTHROUGH_VARIANTS["mg-before"] = code_before(Path(args.before).resolve())
     if getattr(args, "passthrough", False):
         assert passthrough is not None
         print(passthrough[1](asyncio.run(passthrough[0](args.quick))))
@@ -221,6 +227,7 @@ def children(pid: int) -> list[int]:
 # and a library scan would compete for the cores). Logs go to a file in the work directory.
 _SERVED = """
 import asyncio, json, logging, sys
+exec(sys.argv[5])  # a bench variant's switch (PASSTHROUGH_VARIANTS); empty for musegate as shipped
 from aiohttp import web
 from gateway.access_log import RedactingAccessLogger
 from gateway.app import DRAIN_SECONDS, create_app
@@ -228,14 +235,20 @@ from musegate.config import load_config
 config = load_config(None, env={}, overrides={
     "data_dir": sys.argv[1], "upstream_url": sys.argv[2], "port": int(sys.argv[3]),
     "host": "127.0.0.1", "library_path": "", **json.loads(sys.argv[4])})
-exec(sys.argv[5])  # a bench variant's switch (PASSTHROUGH_VARIANTS); empty for musegate as shipped
 logging.basicConfig(level=config.log_level,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 async def main():
-    runner = web.AppRunner(create_app(config), shutdown_timeout=DRAIN_SECONDS,
-                           access_log_class=RedactingAccessLogger)
+    try:  # serve's runner: the connection guard and the fast pass-through path
+        from gateway.app import server_options
+        from gateway.connection_limits import ConnectionGuard, ConnectionLimits, GuardedAppRunner
+        runner = GuardedAppRunner(create_app(config),
+                                  ConnectionGuard(ConnectionLimits.from_config(config)),
+                                  **server_options(config))
+    except ImportError:  # an older checkout (--before)
+        runner = web.AppRunner(create_app(config), shutdown_timeout=DRAIN_SECONDS,
+                               access_log_class=RedactingAccessLogger)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()
     print("READY", flush=True)
@@ -295,7 +308,18 @@ PASSTHROUGH_VARIANTS = {
     "mg-aiohttp": "import gateway.proxy as p; p._lean_target = lambda base: None",
     # The lean client with stream bodies still read into Python (no splice).
     "mg-lean": "import gateway.upstream_http as u; u.SPLICE_MIN = 1 << 62",
+    # Every request through aiohttp's web layer (no gateway.fast_relay path).
+    "mg-no-fast": "import gateway.fast_relay as f; f.ENABLED = False",
 }
+
+
+def code_before(tree: Path) -> str:
+    """A variant switch that runs musegate from another checkout: the code before a change.
+
+    ``tree`` is e.g. ``git archive <base> | tar -x -C tree``; its modules are found first
+    because nothing of musegate is imported before a variant's switch runs.
+    """
+    return f"sys.path.insert(0, {str(tree)!r})"
 
 
 @contextlib.asynccontextmanager

@@ -121,6 +121,9 @@ class ConnectionGuard:
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
         server.request_factory = request_factory
+        # gateway.fast_relay answers some requests without a request object: it says here
+        # that a complete head arrived, as request_factory does for the others.
+        server.head_arrived = self._head_arrived  # type: ignore[attr-defined]
         return server
 
     # -- events
@@ -177,11 +180,15 @@ class ConnectionGuard:
 
 
 class GuardedAppRunner(web.AppRunner):
-    """An ``AppRunner`` whose server is hooked by a ``ConnectionGuard`` before any site starts."""
+    """An ``AppRunner`` whose server is hooked by a ``ConnectionGuard`` before any site starts,
+    and whose plain pass-through requests take gateway.fast_relay's path."""
 
     def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
 
     async def _make_server(self) -> web.Server:
-        return self.guard.attach(await super()._make_server())
+        from gateway import fast_relay
+
+        server = self.guard.attach(await super()._make_server())
+        return fast_relay.install(server, self.app)

@@ -101,11 +101,22 @@ def _strip_mount(raw_path: str, mount: str) -> str | None:
 
 def middleware(config: Config) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Rewrite each request to what the handlers need: the real caller, and the path below the mount."""
-    trusted = parse_networks(config.trusted_proxies)
-    mount = config.mount_path
+    rewrite = rewriter(config)
 
     @web.middleware
     async def forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await handler(rewrite(request))
+
+    return forwarded
+
+
+def rewriter(config: Config) -> Callable[[web.Request], web.Request]:
+    """What :func:`middleware` does to a request, as a plain function (the pass-through's
+    fast path in gateway.app calls it without the middleware around it)."""
+    trusted = parse_networks(config.trusted_proxies)
+    mount = config.mount_path
+
+    def rewrite(request: web.Request) -> web.Request:
         peer = request.remote or ""
         headers = request.headers
         changes: dict[str, Any] = {}
@@ -135,9 +146,9 @@ def middleware(config: Config) -> Callable[[web.Request, Handler], Awaitable[web
         request[_PREFIX] = prefix + mount
         request[_PEER] = peer
         request[_DIRECT] = not present
-        return await handler(request)
+        return request
 
-    return forwarded
+    return rewrite
 
 
 def public_prefix(request: web.BaseRequest) -> str:

@@ -309,8 +309,7 @@ _REPLAYABLE_BODY = 65536
 async def _forward_lean(request: web.Request, lean: _Lean,
                         body: bytes | None) -> web.StreamResponse:
     """``_forward`` over gateway.upstream_http: same headers in and out, same errors."""
-    headers = request_headers(request)
-    headers.popall("Content-Length", None)  # the client frames the body itself
+    lines = _lean_request_lines(request, lean)
     data: upstream_http.BodySource = body
     length: int | None = None
     if body is None and request.body_exists:
@@ -320,11 +319,14 @@ async def _forward_lean(request: web.Request, lean: _Lean,
         else:
             content = request.content
             data = content.iter_any  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(request.app.get(HEADERS_TIMEOUT, DEFAULT_HEADERS_TIMEOUT)):
-            exchange = await upstream_http.request(
-                lean.pool, request.method, lean.path + request.raw_path, lean.host_header,
-                list(headers.items()), data, length)
+        failure = _fast_failure(request)
+        if failure is not None:
+            raise failure  # the fast path already asked the upstream (gateway.fast_relay)
+        exchange = await upstream_http.send(
+            lean.pool, request.method, lines, data, length,
+            loop.time() + request.app.get(HEADERS_TIMEOUT, DEFAULT_HEADERS_TIMEOUT))
     except TimeoutError:
         log.warning("upstream did not answer in time for %s", _redacted(request))
         return upstream_error(request, "the music server behind musegate did not answer in time",
@@ -342,7 +344,7 @@ async def _forward_lean(request: web.Request, lean: _Lean,
     head = exchange.head
     answer = exchange.body
     resp = _RelayResponse(status=head.status, reason=head.reason,
-                          headers=_public_headers(request, CIMultiDict(head.headers), lean.base))
+                          headers=_lean_response_headers(request, head, lean.base))
     try:
         await resp.prepare(request)
         if request.method == "HEAD":
@@ -371,6 +373,69 @@ async def _forward_lean(request: web.Request, lean: _Lean,
     finally:
         exchange.finish()
     return resp
+
+
+def _fast_failure(request: web.Request) -> BaseException | None:
+    """The upstream failure of this request's attempt on gateway.fast_relay's path, once.
+
+    That path hands a request it could not relay to aiohttp's with the failure noted on
+    the connection, so that the error is answered here without asking the upstream again.
+    """
+    protocol = request.protocol
+    failure = getattr(protocol, "_fast_failure", None)
+    if failure is not None:
+        protocol._fast_failure = None  # type: ignore[union-attr]
+    return failure
+
+
+# Request headers the lean path never relays, lower-cased: hop-by-hop, the ones the new hop
+# sets itself, the body framing (upstream_http frames the body) and X-Forwarded-For, which is
+# rebuilt below with the caller appended.
+_LEAN_DROP = HOP_BY_HOP | _REQUEST_DROP | {"content-length", "x-forwarded-for"}
+
+
+def _lean_request_lines(request: web.Request, lean: _Lean) -> list[bytes]:
+    """The upstream request head as lines of bytes, straight from the caller's raw headers.
+
+    The same headers as :func:`request_headers` (end-to-end ones in the caller's order and
+    bytes, then X-Forwarded-For/Proto/Host), without building a CIMultiDict twice per request.
+    """
+    target = lean.path + request.raw_path
+    if "\r" in target or "\n" in target:
+        raise upstream_http.UpstreamError("header with a line break")
+    lines = [f"{request.method} {target} HTTP/1.1".encode("utf-8", "surrogateescape"),
+             lean.host_header.encode("ascii").join((b"Host: ", b""))]
+    raw = request.raw_headers
+    drop: frozenset[str] | set[str] = _LEAN_DROP
+    chain: list[str] = []
+    proto = host = False
+    for name, value in raw:
+        lower = name.decode("latin-1").lower()
+        if lower == "connection":
+            drop = drop | {t.strip().lower() for t in value.decode("latin-1").split(",")
+                           if t.strip()}
+    for name, value in raw:
+        lower = name.decode("latin-1").lower()
+        if lower in drop:
+            if lower == "x-forwarded-for" and value:
+                chain.append(value.decode("utf-8", "surrogateescape"))
+            continue
+        if b"\r" in value or b"\n" in value:
+            raise upstream_http.UpstreamError("header with a line break")
+        if lower == "x-forwarded-proto":
+            proto = True
+        elif lower == "x-forwarded-host":
+            host = True
+        lines.append(b"%s: %s" % (name, value))
+    peer = forwarding.peer(request)
+    joined = ", ".join(chain)
+    xff = f"{joined}, {peer}" if joined and peer else (joined or peer)
+    lines.append(b"X-Forwarded-For: " + xff.encode("utf-8", "surrogateescape"))
+    if not proto:
+        lines.append(b"X-Forwarded-Proto: " + request.scheme.encode("ascii"))
+    if not host and request.host:
+        lines.append(b"X-Forwarded-Host: " + request.host.encode("utf-8", "surrogateescape"))
+    return lines
 
 
 def _spliceable(request: web.Request, answer: upstream_http.Body) -> Any:
@@ -452,6 +517,28 @@ def _public_headers(request: web.Request, upstream: CIMultiDictProxy[str] | CIMu
         for cookie in cookies:
             headers.add("Set-Cookie", cookie)
     return headers
+
+
+def _lean_response_headers(request: web.Request, head: upstream_http.ResponseHead,
+                           upstream_url: str) -> list[tuple[str, str]]:
+    """:func:`_public_headers` of a parsed head, in one pass when nothing needs rewriting.
+
+    Only an answer with a Location or Set-Cookie (rare on a pass-through) takes the
+    general path; the usual one is filtered without building a CIMultiDict first.
+    """
+    drop = HOP_BY_HOP | head.connection if head.connection else HOP_BY_HOP
+    kept = []
+    rewrite = False
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "location" or lower == "set-cookie":
+            rewrite = True
+        kept.append((name, value))
+    if rewrite:
+        return list(_public_headers(request, CIMultiDict(kept), upstream_url).items())
+    return kept
 
 
 class _RelayResponse(web.StreamResponse):

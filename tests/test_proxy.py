@@ -24,6 +24,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.app import create_app
 from gateway.proxy import SESSION, forward
+from tests.served_server import ServedTestServer
 from tests.store_factory import make_config
 from tests.upstream_stub import (
     BLOCK_SIZE,
@@ -50,15 +51,20 @@ async def stub(tmp_path: Path) -> AsyncIterator[Stub]:
         yield s
 
 
-async def _musegate(tmp_path: Path, upstream_url: str) -> AsyncIterator[TestServer]:
+async def _musegate(tmp_path: Path, upstream_url: str,
+                    served: bool = False) -> AsyncIterator[TestServer]:
     config = make_config(tmp_path, upstream_url=upstream_url)
-    async with TestServer(create_app(config, refresh_seconds=None)) as server:
+    server_class = ServedTestServer if served else TestServer
+    async with server_class(create_app(config, refresh_seconds=None)) as server:
         yield server
 
 
-@pytest.fixture
-async def gate(tmp_path: Path, stub: Stub) -> AsyncIterator[TestServer]:
-    async for server in _musegate(tmp_path, stub.url):
+# Every test on `gate` runs twice: through aiohttp's runner (every request on the full web
+# path) and through serve's runner, where plain GET/HEAD pass-throughs take gateway.fast_relay.
+@pytest.fixture(params=["full", "served"])
+async def gate(request: pytest.FixtureRequest, tmp_path: Path,
+               stub: Stub) -> AsyncIterator[TestServer]:
+    async for server in _musegate(tmp_path, stub.url, served=request.param == "served"):
         yield server
 
 
