@@ -18,7 +18,9 @@ upstream socket's reader callback. A request qualifies when
   Transfer-Encoding, no Expect, no Upgrade) and its head is plain (origin-form
   target, HTTP/1.0 or 1.1, no folded lines, within aiohttp's size limits);
 * the app's router sends it to the pass-through (route ``upstream-proxy``, outside
-  musegate's own prefix and API, no mount path) over the lean client (plain http);
+  musegate's own prefix and API, no mount path) over the lean client (plain http), or to
+  a handler that only looks at a request before relaying it (``OBSERVED``: Subsonic's
+  ``ping``, whose caller's songs get warmed), whose observer then runs first;
 * it carries none of the reverse-proxy headers gateway.forwarding judges (those take
   the full path, which decides whether to believe them);
 * the server side is plain TCP (no TLS).
@@ -45,7 +47,7 @@ import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -75,6 +77,13 @@ _EMPTY_STATUS = frozenset((204, 304, *range(100, 200)))
 _DROP = frozenset(proxy._LEAN_DROP)
 # How many path decisions (pass-through or not) are remembered; cleared when full.
 _DECISIONS = 4096
+
+# A relayed request musegate only looks at: ``app[OBSERVED][handler](app, query, headers)``
+# runs before the relay for a request routed to ``handler`` (Subsonic's ``ping``, which
+# notes the caller so their songs are warmed), which is otherwise relayed exactly as the
+# catch-all pass-through relays it. The observer must be cheap and must not raise.
+Observer = Callable[[web.Application, Any, Any], None]
+OBSERVED: web.AppKey[dict[Callable[..., Any], Observer]] = web.AppKey("fast_observed", dict)
 
 
 def _run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -270,15 +279,18 @@ class FastRelay:
         self._is_api = _is_api
         self._proxy = proxy
         self.metrics = app.get(metrics.METRICS)
-        self._decisions: dict[tuple[str, str], bool] = {}
+        # (method, path) -> False (full path), True (relay) or the observer to run first
+        self._decisions: dict[tuple[str, str], bool | Observer] = {}
         self.relayed = 0  # requests that took this path (tests and debugging read it)
 
     def lean(self) -> Any:
         lean = self.app.get(proxy.POOL)
         return lean if isinstance(lean, proxy._Lean) else None
 
-    def qualifies(self, target: _Target, path: str) -> bool:
-        """Whether the router sends this request to the pass-through (remembered by path)."""
+    def qualifies(self, target: _Target, path: str) -> bool | Observer:
+        """Whether the router sends this request to the pass-through (remembered by path).
+
+        An observed route (``OBSERVED``) answers with its observer, which is truthy."""
         key = (target.method, path)
         known = self._decisions.get(key)
         if known is not None:
@@ -289,7 +301,7 @@ class FastRelay:
         self._decisions[key] = decided
         return decided
 
-    def _decide(self, target: _Target) -> bool:
+    def _decide(self, target: _Target) -> bool | Observer:
         try:
             path = target.path
         except ValueError:
@@ -303,7 +315,12 @@ class FastRelay:
             return False
         match = _run_sync(self.app.router.resolve(target))  # type: ignore[arg-type]
         route = getattr(match, "route", None)
-        return route is not None and route.name == "upstream-proxy"
+        if route is None:
+            return False
+        if route.name == "upstream-proxy":
+            return True
+        observer = self.app.get(OBSERVED, {}).get(route.handler)
+        return observer if observer is not None else False
 
 
 class _Flight:
@@ -382,8 +399,14 @@ class FastRelayHandler(RequestHandler):
             return False
         target = _Target(parsed.method, parsed.target, parsed.version, parsed.raw_headers,
                          host, parsed.keep_alive)
-        if not relay.qualifies(target, parsed.path):
+        decided = relay.qualifies(target, parsed.path)
+        if not decided:
             return False
+        if decided is not True:
+            try:
+                decided(relay.app, target.query, target.headers)
+            except Exception:  # an observer never stops the relay
+                log.exception("a pass-through observer failed")
         transport = self.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         remote = target.remote = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else ""

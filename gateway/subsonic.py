@@ -65,7 +65,7 @@ from multidict import MultiDict
 
 from adapters.subsonic import FOLDER_KEY, shared_song
 from analysis.store import LibraryStore
-from gateway import keys, metrics, proxy, upstream_errors
+from gateway import fast_relay, keys, metrics, proxy, upstream_errors
 from gateway.subsonic_auth import (
     AuthChecker,
     CredentialCache,
@@ -781,10 +781,15 @@ async def _observed_login(request: web.Request) -> web.StreamResponse:
     with the upstream before asking anything else.
     """
     metrics.mark(request, metrics.PASSTHROUGH)
-    gw = request.app[GATEWAY]
-    if gw.warm.enabled:
-        gw.warm.notice(Credentials.of(request.query, request.headers), request.query)
-    return await proxy.forward(request, gw.upstream_url)
+    _notice_login(request.app, request.query, request.headers)
+    return await proxy.forward(request, request.app[GATEWAY].upstream_url)
+
+
+def _notice_login(app: web.Application, query: Any, headers: Any) -> None:
+    """Note a ``ping``'s caller for the warm; also run by gateway.fast_relay's fast path."""
+    gw = app.get(GATEWAY)
+    if gw is not None and gw.warm.enabled:
+        gw.warm.notice(Credentials.of(query, headers), query)
 
 
 # ---------------------------------------------------------------------------- wiring
@@ -825,3 +830,5 @@ def add_subsonic(app: web.Application, config: Config) -> None:
         for path in (f"/rest/{name}", f"/rest/{name}.view"):
             app.router.add_route("GET", path, handler)
             app.router.add_route("POST", path, handler)
+    # A GET ``ping`` keeps the pass-through's fast path (gateway.fast_relay), noted there too.
+    app.setdefault(fast_relay.OBSERVED, {})[_observed_login] = _notice_login

@@ -28,7 +28,7 @@ from gateway.app import create_app, server_options
 from gateway.connection_limits import ConnectionGuard, ConnectionLimits
 from tests.served_server import ServedTestServer
 from tests.store_factory import make_config
-from tests.upstream_stub import Stub
+from tests.upstream_stub import PING_JSON, Stub
 
 GUARD = 20.0  # a hang guard only
 
@@ -345,3 +345,29 @@ async def test_upstream_that_closes_every_connection(tmp_path: Path) -> None:
     finally:
         await server.close()
         await up.close()
+
+
+async def test_a_subsonic_ping_is_relayed_fast_and_its_caller_noted(tmp_path: Path,
+                                                                     stub: Stub) -> None:
+    """``ping`` is observed (a new caller's songs get warmed) without leaving the fast path."""
+    from gateway.subsonic import GATEWAY
+
+    server = await _served(tmp_path, stub, source="subsonic", upstream_user="u",
+                           upstream_password="p")
+    try:
+        warm = server.app[GATEWAY].warm
+        noted: list[tuple[str, str]] = []
+        warm.notice = lambda creds, client: noted.append((dict(creds.params)["u"], client["c"]))
+        conn = await _Conn.open(server)
+        conn.send(_get("/rest/ping.view?u=alice&p=secret&c=app&v=1.16.1&f=json"))
+        status, _, body = await conn.answer()
+        conn.send(_get("/rest/ping?u=bob&t=abc&s=salt&c=other&f=json"))
+        second = await conn.answer()
+        conn.close()
+        assert status == "HTTP/1.1 200 OK" and second[0] == "HTTP/1.1 200 OK"
+        # Relayed as it came, by the fast path, and both callers were noted on the way.
+        assert body == second[2] == PING_JSON
+        assert _relay(server).relayed == 2
+        assert noted == [("alice", "app"), ("bob", "other")]
+    finally:
+        await server.close()
