@@ -50,6 +50,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion, HttpVersion10, HttpVersion11
@@ -889,6 +890,22 @@ class _FastServer(web.Server):
 # False: every request takes aiohttp's full path (the bench's variant switch).
 ENABLED = True
 
+# aiohttp internals this module reads or drives (RequestHandler's state; web.Server's
+# ``_loop`` and ``_kwargs``, checked on the instance by install()). They are private: an aiohttp release that renames one turns the
+# fast path off (every request then takes the full path) instead of breaking requests.
+_HANDLER_STATE = ("_close", "_force_close", "_handler_waiter", "_keepalive",
+                  "_keepalive_handle", "_keepalive_timeout", "_logging_enabled", "_loop",
+                  "_manager", "_messages", "_next_keepalive_close_time", "_payload_parser",
+                  "_request_in_progress", "_upgraded", "_waiter")
+_HANDLER_METHODS = ("_process_keepalive", "_drain_helper", "data_received", "connection_lost")
+
+
+def compatible() -> bool:
+    """Whether the installed aiohttp still has every internal the fast path relies on."""
+    slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    return (all(name in slots for name in _HANDLER_STATE)
+            and all(callable(getattr(RequestHandler, name, None)) for name in _HANDLER_METHODS))
+
 
 def install(server: web.Server, app: web.Application) -> web.Server:
     """Make ``server`` (an AppRunner's, before it accepts) relay ``app``'s fast requests.
@@ -899,8 +916,15 @@ def install(server: web.Server, app: web.Application) -> web.Server:
     from gateway import keys
 
     config = app.get(keys.CONFIG)
-    if (ENABLED and type(server) is web.Server and config is not None
+    if (ENABLED and _COMPATIBLE and type(server) is web.Server and config is not None
+            and hasattr(server, "_loop") and hasattr(server, "_kwargs")
             and not config.mount_path and config.upstream_url):
         server.__class__ = _FastServer
         server._fast_relay = FastRelay(app)  # type: ignore[attr-defined]
     return server
+
+
+_COMPATIBLE = compatible()
+if not _COMPATIBLE:  # pragma: no cover - depends on the installed aiohttp
+    log.warning("aiohttp %s: the pass-through's fast path is off (its internals changed)",
+                aiohttp_version)

@@ -371,3 +371,19 @@ async def test_a_subsonic_ping_is_relayed_fast_and_its_caller_noted(tmp_path: Pa
         assert noted == [("alice", "app"), ("bob", "other")]
     finally:
         await server.close()
+
+
+async def test_an_aiohttp_without_the_internals_serves_everything_on_the_full_path(
+        tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fast_relay.compatible()  # the installed aiohttp: the fast path is on
+    monkeypatch.setattr(fast_relay, "_COMPATIBLE", False)
+    server = await _served(tmp_path, stub)
+    try:
+        conn = await _Conn.open(server)
+        conn.send(_get("/echo/one"))
+        status, _, body = await conn.answer()
+        conn.close()
+        assert status == "HTTP/1.1 200 OK" and json.loads(body)["raw_path"] == "/echo/one"
+        assert getattr(server.runner.server, "_fast_relay", None) is None
+    finally:
+        await server.close()
