@@ -54,21 +54,28 @@ class LibrarySnapshot:
     radius_status: str = ""  # where the CSLS radii came from: loaded, computed, carried over
 
     def ids_of_album(self, album: str, artist: str | None = None) -> list[int]:
-        """Analysed tracks of an album (matched loosely: case, accents and '(Remastered)' ignored)."""
+        """Analysed tracks of an album (matched loosely: case, accents and '(Remastered)' ignored).
+
+        Each distinct album and artist name is normalised once (the text columns' slots),
+        not once per track."""
         want = normalise_text(album)
+        if not want:
+            return []
         want_artist = normalise_text(artist) if artist else None
         cat = self.catalogue
-        return [
-            int(cat.ids[i])
-            for i, name in enumerate(cat.albums)
-            if want and normalise_text(name) == want
-            and (want_artist is None or normalise_text(cat.artists[i]) == want_artist)
-        ]
+        rows = cat.albums.rows_where(lambda name: normalise_text(name) == want)
+        if want_artist is not None and len(rows):
+            rows = np.intersect1d(
+                rows, cat.artists.rows_where(lambda a: normalise_text(a) == want_artist))
+        return [int(i) for i in cat.ids[rows].tolist()]
 
     def ids_of_artist(self, artist: str) -> list[int]:
         want = normalise_text(artist)
+        if not want:
+            return []
         cat = self.catalogue
-        return [int(cat.ids[i]) for i, a in enumerate(cat.artists) if want and normalise_text(a) == want]
+        rows = cat.artists.rows_where(lambda a: normalise_text(a) == want)
+        return [int(i) for i in cat.ids[rows].tolist()]
 
     def resolve_id(self, value: Any) -> int | None:
         """A musegate track id, or the source's own id (what AudioMuse-AI clients send)."""
