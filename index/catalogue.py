@@ -30,8 +30,11 @@ def normalise_text(text: str | None) -> str:
     """Lower-case, accents and punctuation removed, bracketed suffixes like '(Remastered)' dropped."""
     if not text:
         return ""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    if text.isascii():  # NFKD leaves ASCII as it is and none of it is combining
+        text = text.lower()
+    else:
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c)).lower()
     text = re.sub(r"[\(\[][^\)\]]*[\)\]]", " ", text)
     text = re.sub(r"[^a-z0-9]+", " ", text)
     return " ".join(text.split())

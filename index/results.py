@@ -19,6 +19,7 @@ import numpy as np
 from index import duplicates, hubness
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex
+from index.text_column import TextColumn
 
 # Measured on the dev corpus: the same recording as OGG and as 192k MP3 scores
 # >= 0.9997 (10 of 10 pairs), while 90 % of songs' nearest *other* song is below
@@ -29,30 +30,47 @@ DUPLICATE_COSINE = duplicates.FALLBACK_COSINE
 DUPLICATE_SECONDS = 3.0
 
 
+#: Called after a per-catalogue key cache was built (once per catalogue): the server
+#: registers musegate.services.release_free_memory, so the heap the build's temporaries
+#: (a str per track) used goes back to the system instead of staying in the idle RSS.
+on_cache_built: list[Callable[[], None]] = []
+
+
+def _built() -> None:
+    for hook in on_cache_built:
+        hook()
+
+
 @dataclass(frozen=True)
 class Match:
     track_id: int
     similarity: float  # cosine to the query, best first (CSLS on the cosine scale: index.hubness)
 
 
-def _text_keys(cat: Catalogue) -> list[str]:
-    """Normalised "title|artist" per row, cached on the catalogue (rebuilt, never mutated)."""
+def _text_keys(cat: Catalogue) -> TextColumn:
+    """Normalised "title|artist" per row ("" without a title), cached on the catalogue
+    (rebuilt, never mutated) as a packed column: a str per track would stay in the idle
+    server once the first request has built it (~100 bytes a track)."""
     cached = cat.__dict__.get("_musegate_text_keys")
     if cached is None or len(cached) != len(cat):
-        cached = [
-            f"{normalise_text(t)}|{normalise_text(a)}" if normalise_text(t) else ""
-            for t, a in zip(cat.titles, cat.artists, strict=True)
-        ]
+        artists = list(artist_keys(cat))  # one str per distinct artist, shared by its rows
+        cached = TextColumn([
+            f"{t}|{a}" if t else ""
+            for t, a in zip(map(normalise_text, cat.titles), artists, strict=True)
+        ])
         cat.__dict__["_musegate_text_keys"] = cached
+        _built()
     return cached
 
 
-def artist_keys(cat: Catalogue) -> list[str]:
-    """Normalised artist per row ("" = unknown, which is never capped: we cannot tell them apart)."""
+def artist_keys(cat: Catalogue) -> TextColumn:
+    """Normalised artist per row ("" = unknown, which is never capped: we cannot tell them
+    apart): each distinct artist normalised once, held as slot codes (index.text_column)."""
     cached = cat.__dict__.get("_musegate_artist_keys")
     if cached is None or len(cached) != len(cat):
-        cached = [normalise_text(a) for a in cat.artists]
+        cached = cat.artists.map(normalise_text)
         cat.__dict__["_musegate_artist_keys"] = cached
+        _built()
     return cached
 
 

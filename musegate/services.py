@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from analysis.store import LibraryStore
+from index import results
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
 from index.geometry import same_geometry
@@ -462,6 +463,8 @@ def _save_radii_quietly(path: Any, radius: np.ndarray, signature: dict[str, Any]
 
 async def open_service(store: LibraryStore, config: Config) -> LibraryService:
     map_large_blocks()  # before the first load: see there
+    if release_free_memory not in results.on_cache_built:
+        results.on_cache_built.append(release_free_memory)
     service = LibraryService(store, config)
     await service.refresh(force=True)
     return service
