@@ -31,7 +31,7 @@ DUPLICATE_SECONDS = 3.0
 
 
 #: Called after a per-catalogue key cache was built (once per catalogue): the server
-#: registers musegate.services.release_free_memory, so the heap the build's temporaries
+#: registers musegate.heap.release_free_memory, so the heap the build's temporaries
 #: (a str per track) used goes back to the system instead of staying in the idle RSS.
 on_cache_built: list[Callable[[], None]] = []
 

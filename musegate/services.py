@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from index.hubness import STALE_SHARE, K, carry_over, neighbourhood_radius
 from index.projection import project_2d
 from index.radii_file import load_radii, radii_path, radii_signature, save_radii
 from musegate.config import Config
+from musegate.heap import map_large_blocks, release_free_memory
 from musegate.library import analyzer_settings, library_geometry, load_catalogue
 from musegate.upstream_ids import UpstreamIds
 
@@ -126,6 +125,10 @@ class LibraryService:
     """Owns the current snapshot; ``refresh()`` reloads it when the analyses changed."""
 
     def __init__(self, store: LibraryStore, config: Config) -> None:
+        # before the first load (`musegate serve` does it at start-up already): musegate.heap
+        map_large_blocks()
+        if release_free_memory not in results.on_cache_built:
+            results.on_cache_built.append(release_free_memory)
         self.store = store
         self.config = config
         self.version = analyzer_settings(config).version
@@ -395,56 +398,6 @@ def _diff(old: Catalogue, new: Catalogue) -> tuple[np.ndarray, np.ndarray]:
     return gone.astype(np.int64), np.sort(changed).astype(np.int64)
 
 
-def release_free_memory() -> None:
-    """Hand the heap freed by a (re)load back to the system (glibc only; a no-op elsewhere).
-
-    Loading parses every stored row in worker threads; glibc keeps what they freed in
-    per-thread arenas, counted in the idle server's RSS, until ``malloc_trim`` returns it.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
-
-
-#: glibc's mallopt parameter number for the mmap threshold (malloc.h)
-_M_MMAP_THRESHOLD = -3
-#: Blocks from this size up get their own mapping, returned to the system when freed.
-MMAP_THRESHOLD = 128 * 1024
-
-
-def map_large_blocks() -> bool:
-    """Fix glibc's mmap threshold at 128 KiB, so every block from that size up is its own
-    mapping, unmapped when freed (glibc only; False, a no-op, elsewhere).
-
-    glibc starts at 128 KiB but raises the threshold each time a mapped block is freed, up
-    to 32 MiB: after the load's first chunk temporaries (a 5,000-row embedding buffer is
-    4 MB) are freed, the later ones and the catalogue's mid-sized columns come from the
-    heap, where long-lived blocks pin the freed space around them (~15 MiB of the idle
-    RSS at 100k tracks, bench/memory.py). Fixing the threshold also stops that adjustment.
-    Requests' large temporaries (scores over the library) then cost an mmap each: a few
-    microseconds against their milliseconds of work.
-    """
-    global _large_blocks_mapped
-    if _large_blocks_mapped:
-        return True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - glibc's own symbol: musl's mallopt is a stub
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _large_blocks_mapped = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    return _large_blocks_mapped
-
-
-_large_blocks_mapped = False
-
-
 def _save_quietly(index: SimilarityIndex, path: Any) -> None:
     try:
         index.save(path)
@@ -462,9 +415,6 @@ def _save_radii_quietly(path: Any, radius: np.ndarray, signature: dict[str, Any]
 
 
 async def open_service(store: LibraryStore, config: Config) -> LibraryService:
-    map_large_blocks()  # before the first load: see there
-    if release_free_memory not in results.on_cache_built:
-        results.on_cache_built.append(release_free_memory)
     service = LibraryService(store, config)
     await service.refresh(force=True)
     return service

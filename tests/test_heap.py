@@ -1,4 +1,4 @@
-"""glibc's mmap threshold is fixed before the library load (musegate.services.map_large_blocks)."""
+"""glibc's mmap threshold is fixed before the library load (musegate.heap.map_large_blocks)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from musegate.services import map_large_blocks
+from musegate.heap import map_large_blocks
 
 PROBE = """
 import sys
 import numpy as np
-from musegate.services import map_large_blocks
+from musegate.heap import map_large_blocks
 
 if sys.argv[1] == "fixed":
     assert map_large_blocks()
