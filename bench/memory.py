@@ -128,6 +128,21 @@ def store_for(n: int, version: str) -> Path:
     return path
 
 
+def prepared_data(n: int, version: str, music: Path) -> Path:
+    """A cached data directory with the store of ``n`` tracks and the index and CSLS radii
+    its first start saved (built once, by this checkout's server), for restart-only runs."""
+    path = CACHE / f"serve-n{n}-{version.replace('/', '_')}"
+    if not (path / ".prepared").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        shutil.copyfile(store_for(n, version), path / "musegate.db")
+        t0 = time.monotonic()
+        serve_once(path, music)
+        (path / ".prepared").write_text(f"{time.monotonic() - t0:.0f} s\n")
+        print(f"  prepared {path} in {time.monotonic() - t0:.0f} s", flush=True)
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -250,6 +265,12 @@ def main() -> int:
     parser.add_argument("--label", default="", help="a note for the results line (e.g. a commit)")
     parser.add_argument("--repo", type=Path, default=REPO,
                         help="run the server from this checkout (before/after figures)")
+    parser.add_argument("--prepared", action="store_true",
+                        help="restart only, from a data directory whose index and CSLS radii a "
+                             "first start already saved (cached; built on first use): at 1M the "
+                             "first start takes ~15 minutes")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="with --prepared: build the cached data directories, measure nothing")
     parser.add_argument("--requests", type=int, default=0,
                         help="after the restart, answer this many similar-songs requests and "
                              "read the idle RSS again")
@@ -266,9 +287,16 @@ def main() -> int:
         print(f"  empty store: {base}", flush=True)
         for n in sizes:
             data = Path(tmp) / f"n{n}"
-            data.mkdir()
-            shutil.copyfile(store_for(n, version), data / "musegate.db")
-            first = serve_once(data, music, args.repo)
+            first: dict[str, object] | None = None
+            if args.prepared:
+                shutil.copytree(prepared_data(n, version, music), data)
+            else:
+                data.mkdir()
+                shutil.copyfile(store_for(n, version), data / "musegate.db")
+                first = serve_once(data, music, args.repo)
+            if args.prepare_only:
+                shutil.rmtree(data)
+                continue
             again = serve_once(data, music, args.repo, args.requests)
             rows.append((n, first, again))
             print(f"  {n:,}: first start {first}; restart {again}", flush=True)
@@ -281,7 +309,8 @@ def main() -> int:
     ]
     for n, first, again in rows:
         per = (again["rss"] - base["rss"]) / n
-        table.append(f"| {n:,} | {mib(first['rss'])} | {mib(again['rss'])} | {mib(again['hwm'])} "
+        built = mib(first["rss"]) if first else "— (prepared)"
+        table.append(f"| {n:,} | {built} | {mib(again['rss'])} | {mib(again['hwm'])} "
                      f"| {per / 1024:.2f} KiB | {again['ready_s']:.1f} s |")
     if args.requests:
         table.append("")
@@ -293,6 +322,8 @@ def main() -> int:
                 table.append(f"| {n:,} | {mib(again['rss'])} | {mib(again['rss_after'])} "
                              f"| {mib(again['hwm_after'])} | {again['first_request_s']:.2f} s "
                              f"| {again['later_request_s'] * 1000:.0f} ms |")
+    if args.prepare_only:
+        return 0
     heavy = sorted({m for _, _, again in rows for m in again["heavy"]} | set(base["heavy"]))
     print("\n".join(table))
     print(f"analysis-only libraries mapped in the idle server: {heavy or 'none'}")
