@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 #: glibc's mallopt parameter number for the mmap threshold (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -38,11 +39,16 @@ def map_large_blocks() -> bool:
     freed space around them. Fixed as early as possible (before the imports) this was
     ~20 MiB of the idle RSS at 100k tracks (bench/memory.py); fixed only before the load,
     nothing measurable. Requests' large temporaries then cost an mmap each: microseconds
-    against their milliseconds of work.
+    against their milliseconds of work. A threshold the environment sets
+    (``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...``) is
+    left as it is (False).
     """
     global _large_blocks_mapped
     if _large_blocks_mapped:
         return True
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
+            "GLIBC_TUNABLES", ""):
+        return False
     libc = _glibc()
     if libc is None:
         return False

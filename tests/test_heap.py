@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
-
-from musegate.heap import map_large_blocks
 
 PROBE = """
 import sys
@@ -31,12 +30,13 @@ print(sum(any(lo <= b.ctypes.data < hi for lo, hi in heap) for b in blocks))
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_large_blocks_get_their_own_mapping_once_fixed() -> None:
-    assert map_large_blocks() and map_large_blocks()  # idempotent
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
 
     def in_heap(mode: str) -> int:
         """How many of 64 live 320 KB blocks the heap holds (the rest are mappings)."""
         return int(subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True,
-                                  text=True, check=True).stdout)
+                                  text=True, check=True, env=env).stdout)
 
     # glibc's own behaviour, which is what the fix is for: the freed 8 MiB block moved the
     # threshold above 320 KB, so every later block grows the heap
@@ -44,3 +44,15 @@ def test_large_blocks_get_their_own_mapping_once_fixed() -> None:
     # fixed: only what free heap space already there can hold (glibc serves a block from
     # free heap before it maps one), the rest are mappings of their own
     assert in_heap("fixed") < 16
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_a_threshold_from_the_environment_is_kept() -> None:
+    code = "from musegate.heap import map_large_blocks as m; print(m(), m())"
+    for extra in ({}, {"MALLOC_MMAP_THRESHOLD_": "65536"},
+                  {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")} | extra
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=env).stdout.split()
+        assert out == (["True", "True"] if not extra else ["False", "False"])
