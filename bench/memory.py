@@ -10,7 +10,10 @@ another source, so its start-up scan leaves them alone). Once ``/ready``
 answers 200 and the start-up scan has finished (``/api/progress``), the
 process's VmRSS and VmHWM are read from /proc/<pid>/status. Each size is
 started twice: the first start builds the FAISS index and saves it, the
-second (the everyday restart) loads it from the file.
+second (the everyday restart) loads it from the file. With ``--requests K`` the
+restarted server then answers K similar-songs requests (``/api/similar``, seeds
+spread over the library, one by artist name) and its RSS is read again: the first
+request builds the playlist rules' per-catalogue key caches, which stay.
 
 The baseline in the same run is the same server on an empty store, so the
 per-track figure is (RSS - empty RSS) / N. The stores are cached in
@@ -125,6 +128,21 @@ def store_for(n: int, version: str) -> Path:
     return path
 
 
+def prepared_data(n: int, version: str, music: Path) -> Path:
+    """A cached data directory with the store of ``n`` tracks and the index and CSLS radii
+    its first start saved (built once, by this checkout's server), for restart-only runs."""
+    path = CACHE / f"serve-n{n}-{version.replace('/', '_')}"
+    if not (path / ".prepared").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        shutil.copyfile(store_for(n, version), path / "musegate.db")
+        t0 = time.monotonic()
+        serve_once(path, music)
+        (path / ".prepared").write_text(f"{time.monotonic() - t0:.0f} s\n")
+        print(f"  prepared {path} in {time.monotonic() - t0:.0f} s", flush=True)
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,8 +184,24 @@ def base_path() -> str:
     return load_config(env={}).base_path
 
 
-def serve_once(data_dir: Path, music: Path, repo: Path = REPO) -> dict[str, object]:
-    """Start `musegate serve`, wait until it is ready and idle, read its memory, stop it."""
+def similar_requests(base: str, n: int, count: int) -> list[float]:
+    """``count`` similar-songs requests on a library of ``n`` synthetic tracks (seconds each)."""
+    took = []
+    for k in range(count):
+        query = (f"artist=Synthetic+Artist+{(k * 37) % max(1, n // 120)}" if k == 1
+                 else f"id=s{(k * 7919 + 11) % n:07d}")
+        t0 = time.monotonic()
+        status, body = _get(f"{base}/api/similar?{query}&n=20")
+        took.append(time.monotonic() - t0)
+        if status != 200 or not body.get("tracks"):
+            raise RuntimeError(f"similar request {query} answered {status}: {body}")
+    return took
+
+
+def serve_once(data_dir: Path, music: Path, repo: Path = REPO, requests: int = 0
+               ) -> dict[str, object]:
+    """Start `musegate serve`, wait until it is ready and idle, read its memory (and again
+    after ``requests`` similar-songs requests), stop it."""
     port = _free_port()
     env = {**os.environ, "MUSEGATE_DATA_DIR": str(data_dir), "MUSEGATE_LIBRARY_PATH": str(music),
            "MUSEGATE_SOURCE": "folder", "MUSEGATE_HOST": "127.0.0.1", "MUSEGATE_PORT": str(port),
@@ -201,9 +235,16 @@ def serve_once(data_dir: Path, music: Path, repo: Path = REPO) -> dict[str, obje
             time.sleep(0.2)
         mem = proc_status(proc.pid)
         _, status = _get(f"{base}/api/status")  # how the index and CSLS radii were obtained
-        return {"rss": mem["VmRSS"], "hwm": mem["VmHWM"], "ready_s": ready_s,
-                "indexed": body.get("index_tracks"), "heavy": heavy_modules(proc.pid),
-                "index": status.get("index", {})}
+        out: dict[str, object] = {
+            "rss": mem["VmRSS"], "hwm": mem["VmHWM"], "ready_s": ready_s,
+            "indexed": body.get("index_tracks"), "heavy": heavy_modules(proc.pid),
+            "index": status.get("index", {})}
+        if requests and body.get("index_tracks"):
+            took = similar_requests(base, int(body["index_tracks"]), requests)
+            after = proc_status(proc.pid)
+            out.update(rss_after=after["VmRSS"], hwm_after=after["VmHWM"],
+                       first_request_s=took[0], later_request_s=float(np.median(took[1:] or took)))
+        return out
     finally:
         proc.terminate()
         try:
@@ -224,6 +265,15 @@ def main() -> int:
     parser.add_argument("--label", default="", help="a note for the results line (e.g. a commit)")
     parser.add_argument("--repo", type=Path, default=REPO,
                         help="run the server from this checkout (before/after figures)")
+    parser.add_argument("--prepared", action="store_true",
+                        help="restart only, from a data directory whose index and CSLS radii a "
+                             "first start already saved (cached; built on first use): at 1M the "
+                             "first start takes ~15 minutes")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="with --prepared: build the cached data directories, measure nothing")
+    parser.add_argument("--requests", type=int, default=0,
+                        help="after the restart, answer this many similar-songs requests and "
+                             "read the idle RSS again")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     version = analysis_version()
@@ -237,10 +287,17 @@ def main() -> int:
         print(f"  empty store: {base}", flush=True)
         for n in sizes:
             data = Path(tmp) / f"n{n}"
-            data.mkdir()
-            shutil.copyfile(store_for(n, version), data / "musegate.db")
-            first = serve_once(data, music, args.repo)
-            again = serve_once(data, music, args.repo)
+            first: dict[str, object] | None = None
+            if args.prepared:
+                shutil.copytree(prepared_data(n, version, music), data)
+            else:
+                data.mkdir()
+                shutil.copyfile(store_for(n, version), data / "musegate.db")
+                first = serve_once(data, music, args.repo)
+            if args.prepare_only:
+                shutil.rmtree(data)
+                continue
+            again = serve_once(data, music, args.repo, args.requests)
             rows.append((n, first, again))
             print(f"  {n:,}: first start {first}; restart {again}", flush=True)
             shutil.rmtree(data)
@@ -252,8 +309,21 @@ def main() -> int:
     ]
     for n, first, again in rows:
         per = (again["rss"] - base["rss"]) / n
-        table.append(f"| {n:,} | {mib(first['rss'])} | {mib(again['rss'])} | {mib(again['hwm'])} "
+        built = mib(first["rss"]) if first else "— (prepared)"
+        table.append(f"| {n:,} | {built} | {mib(again['rss'])} | {mib(again['hwm'])} "
                      f"| {per / 1024:.2f} KiB | {again['ready_s']:.1f} s |")
+    if args.requests:
+        table.append("")
+        table.append(f"| tracks | idle RSS, restart | idle RSS after {args.requests} similar requests "
+                     "| peak RSS after them | first request | later requests (median) |")
+        table.append("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for n, _, again in rows:
+            if "rss_after" in again:
+                table.append(f"| {n:,} | {mib(again['rss'])} | {mib(again['rss_after'])} "
+                             f"| {mib(again['hwm_after'])} | {again['first_request_s']:.2f} s "
+                             f"| {again['later_request_s'] * 1000:.0f} ms |")
+    if args.prepare_only:
+        return 0
     heavy = sorted({m for _, _, again in rows for m in again["heavy"]} | set(base["heavy"]))
     print("\n".join(table))
     print(f"analysis-only libraries mapped in the idle server: {heavy or 'none'}")

@@ -356,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("musegate: role = replica reads the writer's store and cannot analyse; run "
               "`musegate analyze` with the writer's configuration", file=sys.stderr)
         return 2
+    if args.command == "serve":  # before the engine's imports allocate: musegate.heap
+        from musegate.heap import map_large_blocks
+
+        map_large_blocks()
     # The engine is imported only for the commands that use it (`health` must start fast).
     from analysis.store import StorageFullError
     from cli.duplicates import cmd_duplicates

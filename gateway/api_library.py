@@ -192,8 +192,8 @@ def _map_body(snap: Any, coords: Any, names: list[str], member: dict[int, int],
     xy = np.round(coords[idx].astype(np.float64), 5) if len(idx) else np.zeros((0, 2))
     points = {
         "id": ids.tolist(),
-        "title": [cat.titles[i] for i in idx.tolist()],
-        "artist": [cat.artists[i] for i in idx.tolist()],
+        "title": cat.titles.values(idx),
+        "artist": cat.artists.values(idx),
         "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
         "tag": top.tolist(),
         "cluster": [member.get(t, -1) for t in ids.tolist()],

@@ -60,8 +60,8 @@ def ingredient_rows(cat: Catalogue, ing: Ingredient) -> np.ndarray:
             raise ValueError(f"unknown song {ing.value!r}: not in the analysed library") from None
     if ing.kind == "artist":
         wanted = normalise_text(str(ing.value))
-        rows = np.array([i for i, a in enumerate(artist_keys(cat)) if wanted and a == wanted],
-                        np.int64)
+        rows = (artist_keys(cat).rows_where(lambda a: a == wanted) if wanted
+                else np.zeros(0, np.int64))
         if not len(rows):
             raise ValueError(f"unknown artist {ing.value!r}: no analysed songs by that name")
         return rows

@@ -18,6 +18,7 @@ import numpy as np
 
 from analysis.labels import MSD_LABELS
 from index.geometry import RAW, Geometry, same_geometry
+from index.text_column import TextColumn
 
 #: How tag scores are held in memory (see Catalogue.tags).
 TAG_DTYPE = np.float16
@@ -29,8 +30,11 @@ def normalise_text(text: str | None) -> str:
     """Lower-case, accents and punctuation removed, bracketed suffixes like '(Remastered)' dropped."""
     if not text:
         return ""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    if text.isascii():  # NFKD leaves ASCII as it is and none of it is combining
+        text = text.lower()
+    else:
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c)).lower()
     text = re.sub(r"[\(\[][^\)\]]*[\)\]]", " ", text)
     text = re.sub(r"[^a-z0-9]+", " ", text)
     return " ".join(text.split())
@@ -64,9 +68,11 @@ class Catalogue:
     key: np.ndarray  # int8 [N] index into KEYS, -1 unknown
     minor: np.ndarray  # bool [N]
     duration: np.ndarray  # float32 [N] seconds
-    titles: list[str]
-    artists: list[str]
-    albums: list[str]
+    #: packed UTF-8 columns (index.text_column), read like lists of str: one str object
+    #: per track cost ~100 bytes of fragmented heap each (a list given here is packed)
+    titles: TextColumn
+    artists: TextColumn
+    albums: TextColumn
     #: encoded duplicate fingerprints per row (None: analysed before fingerprints); see index.duplicates
     fingerprints: list[bytes | None] = field(default_factory=list)
     #: the transform ``vectors`` were made with; raw cosines (duplicates) are recovered through it
@@ -80,6 +86,9 @@ class Catalogue:
     _sorted_rows: np.ndarray | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.titles = TextColumn.of(self.titles)
+        self.artists = TextColumn.of(self.artists)
+        self.albums = TextColumn.of(self.albums)
         ids = np.asarray(self.ids, dtype=np.int64)
         if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
             self._sorted_ids, self._sorted_rows = ids, None  # the store's order: rows are positions
@@ -173,9 +182,9 @@ class Catalogue:
         key: np.ndarray,
         minor: np.ndarray,
         duration: np.ndarray,
-        titles: list[str],
-        artists: list[str],
-        albums: list[str],
+        titles: Sequence[str],
+        artists: Sequence[str],
+        albums: Sequence[str],
         fingerprints: list[bytes | None],
         geometry: Geometry | None = None,
     ) -> Catalogue:
@@ -193,7 +202,8 @@ class Catalogue:
             loudness=np.asarray(loudness, dtype=np.float32),
             key=np.asarray(key, dtype=np.int8), minor=np.asarray(minor, dtype=bool),
             duration=np.asarray(duration, dtype=np.float32),
-            titles=_shared(titles), artists=_shared(artists), albums=_shared(albums),
+            titles=TextColumn.of(titles), artists=TextColumn.of(artists),
+            albums=TextColumn.of(albums),
             fingerprints=list(fingerprints),
             geometry=geometry,
         )
@@ -208,7 +218,7 @@ class Catalogue:
         return replace(self, vectors=geometry.apply(self.vectors), geometry=geometry)
 
     def take(self, rows: np.ndarray) -> Catalogue:
-        """The catalogue of these rows, in this order (columns are copied, strings shared)."""
+        """The catalogue of these rows, in this order (columns are copied)."""
         rows = np.asarray(rows, dtype=np.int64)
         pick = rows.tolist()
         fingerprints = self.fingerprints
@@ -216,8 +226,8 @@ class Catalogue:
             ids=self.ids[rows], vectors=self.vectors[rows], tags=self.tags[rows],
             tempo=self.tempo[rows], energy=self.energy[rows], loudness=self.loudness[rows],
             key=self.key[rows], minor=self.minor[rows], duration=self.duration[rows],
-            titles=[self.titles[i] for i in pick], artists=[self.artists[i] for i in pick],
-            albums=[self.albums[i] for i in pick],
+            titles=self.titles.take(rows), artists=self.artists.take(rows),
+            albums=self.albums.take(rows),
             fingerprints=[fingerprints[i] for i in pick] if fingerprints else [],
             geometry=self.geometry,
         )
@@ -245,12 +255,6 @@ def key_code(name: str | None) -> int:
 _KEY_INDEX = {k: i for i, k in enumerate(KEYS)}
 
 
-def _shared(values: Sequence[str]) -> list[str]:
-    """One string object per distinct value: an artist's name is stored once, not per track."""
-    seen: dict[str, str] = {}
-    return [seen.setdefault(v, v) for v in values]
-
-
 def _concat(a: Catalogue, b: Catalogue) -> Catalogue:
     def fps(c: Catalogue) -> list[bytes | None]:
         return c.fingerprints if c.fingerprints else [None] * len(c)
@@ -264,7 +268,8 @@ def _concat(a: Catalogue, b: Catalogue) -> Catalogue:
         loudness=np.concatenate([a.loudness, b.loudness]), key=np.concatenate([a.key, b.key]),
         minor=np.concatenate([a.minor, b.minor]),
         duration=np.concatenate([a.duration, b.duration]),
-        titles=a.titles + b.titles, artists=a.artists + b.artists, albums=a.albums + b.albums,
+        titles=a.titles.concat(b.titles), artists=a.artists.concat(b.artists),
+        albums=a.albums.concat(b.albums),
         fingerprints=fps(a) + fps(b),
         geometry=a.geometry,
     )

@@ -31,7 +31,7 @@ from index.faiss_index import SimilarityIndex
 from index.results import (
     DUPLICATE_SECONDS,
     PlaylistBuilder,
-    _text_keys,
+    _text_groups,
     artist_keys,
 )
 
@@ -302,8 +302,8 @@ class _Improver:
         # pool rows with any close (raw cosine) partner: the only ones a copy check can reject
         self.close = (self.copies.pending.any(axis=1) if self.copies is not None
                       else np.zeros(len(pool), bool))
-        texts = _text_keys(cat)
-        self.text = _codes([texts[int(r)] for r in pool] if hide_duplicates else [""] * len(pool))
+        self.text = (_renumbered(_text_groups(cat)[pool]) if hide_duplicates
+                     else np.full(len(pool), -1, np.int64))
         self.n_texts = int(self.text.max()) + 1 if len(pool) else 0
         self.duration = cat.duration[pool].astype(np.float64)
         # same title+artist within 3 s: one pool x pool table, as the rule does not change
@@ -530,6 +530,14 @@ class _Improver:
                 s += 1
             if not changed:
                 break
+
+
+def _renumbered(groups: np.ndarray) -> np.ndarray:
+    """The same groups numbered 0..k-1 (int64), -1 kept: only equality between them counts."""
+    out = np.full(len(groups), -1, np.int64)
+    known = groups >= 0
+    out[known] = np.unique(groups[known], return_inverse=True)[1].reshape(-1)
+    return out
 
 
 def _codes(keys: list[str]) -> np.ndarray:

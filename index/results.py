@@ -19,6 +19,7 @@ import numpy as np
 from index import duplicates, hubness
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex
+from index.text_column import TextColumn
 
 # Measured on the dev corpus: the same recording as OGG and as 192k MP3 scores
 # >= 0.9997 (10 of 10 pairs), while 90 % of songs' nearest *other* song is below
@@ -29,30 +30,51 @@ DUPLICATE_COSINE = duplicates.FALLBACK_COSINE
 DUPLICATE_SECONDS = 3.0
 
 
+#: Called after a per-catalogue key cache was built (once per catalogue): the server
+#: registers musegate.heap.release_free_memory, so the heap the build's temporaries
+#: (a str per track) used goes back to the system instead of staying in the idle RSS.
+on_cache_built: list[Callable[[], None]] = []
+
+
+def _built() -> None:
+    for hook in on_cache_built:
+        hook()
+
+
 @dataclass(frozen=True)
 class Match:
     track_id: int
     similarity: float  # cosine to the query, best first (CSLS on the cosine scale: index.hubness)
 
 
-def _text_keys(cat: Catalogue) -> list[str]:
-    """Normalised "title|artist" per row, cached on the catalogue (rebuilt, never mutated)."""
-    cached = cat.__dict__.get("_musegate_text_keys")
+def _text_groups(cat: Catalogue) -> np.ndarray:
+    """int32 per row: rows whose normalised "title|artist" is the same share one number,
+    -1 for a row without a title (never the same as anything). Cached on the catalogue
+    (rebuilt, never mutated). The rules only compare keys, so the numbers are all they
+    keep: 4 bytes a track, where the key strings stayed in the idle server once the first
+    request had built them (~100 bytes a track as str, ~50 packed)."""
+    cached = cat.__dict__.get("_musegate_text_groups")
     if cached is None or len(cached) != len(cat):
-        cached = [
-            f"{normalise_text(t)}|{normalise_text(a)}" if normalise_text(t) else ""
-            for t, a in zip(cat.titles, cat.artists, strict=True)
-        ]
-        cat.__dict__["_musegate_text_keys"] = cached
+        artists = list(artist_keys(cat))  # one str per distinct artist, shared by its rows
+        seen: dict[str, int] = {}
+        cached = np.fromiter(
+            (seen.setdefault(f"{t}|{a}", len(seen)) if t else -1
+             for t, a in zip(map(normalise_text, cat.titles), artists, strict=True)),
+            np.int32, len(cat))
+        del seen, artists
+        cat.__dict__["_musegate_text_groups"] = cached
+        _built()
     return cached
 
 
-def artist_keys(cat: Catalogue) -> list[str]:
-    """Normalised artist per row ("" = unknown, which is never capped: we cannot tell them apart)."""
+def artist_keys(cat: Catalogue) -> TextColumn:
+    """Normalised artist per row ("" = unknown, which is never capped: we cannot tell them
+    apart): each distinct artist normalised once, held as slot codes (index.text_column)."""
     cached = cat.__dict__.get("_musegate_artist_keys")
     if cached is None or len(cached) != len(cat):
-        cached = [normalise_text(a) for a in cat.artists]
+        cached = cat.artists.map(normalise_text)
         cat.__dict__["_musegate_artist_keys"] = cached
+        _built()
     return cached
 
 
@@ -60,10 +82,10 @@ def duplicate_of(cat: Catalogue, row_a: int, row_b: int) -> bool:
     """Same recording (index.duplicates), or same title+artist within 3 s of duration."""
     if duplicates.is_duplicate(cat, row_a, row_b):
         return True
-    keys = _text_keys(cat)
+    groups = _text_groups(cat)
     return (
-        bool(keys[row_a])
-        and keys[row_a] == keys[row_b]
+        int(groups[row_a]) >= 0
+        and groups[row_a] == groups[row_b]
         and abs(float(cat.duration[row_a]) - float(cat.duration[row_b])) <= DUPLICATE_SECONDS
     )
 
@@ -89,10 +111,10 @@ class PlaylistBuilder:
         self.max_per_artist = max_per_artist
         self.hide_duplicates = hide_duplicates
         self._artists = artist_keys(cat)
-        self._texts = _text_keys(cat)
+        self._texts = _text_groups(cat)
         self._used: set[int] = set()
         self._per_artist: dict[str, int] = {}
-        self._by_text: dict[str, list[float]] = {}
+        self._by_text: dict[int, list[float]] = {}
         # vectors of every guarded row in a growing buffer: one GEMV per duplicate check
         self._guard_vecs = np.zeros((16, cat.vectors.shape[1]), np.float32)
         self._guard_rows = np.zeros(16, np.int64)
@@ -112,8 +134,9 @@ class PlaylistBuilder:
         self._guard_vecs[self._n_guard] = self.cat.vectors[row]
         self._guard_rows[self._n_guard] = row
         self._n_guard += 1
-        if self._texts[row]:
-            self._by_text.setdefault(self._texts[row], []).append(float(self.cat.duration[row]))
+        group = int(self._texts[row])
+        if group >= 0:
+            self._by_text.setdefault(group, []).append(float(self.cat.duration[row]))
 
     def _count_artist(self, row: int, delta: int) -> None:
         artist = self._artists[row]
@@ -128,8 +151,8 @@ class PlaylistBuilder:
             return False
         if not self.hide_duplicates:
             return True
-        key = self._texts[row]
-        if key and key in self._by_text:
+        key = int(self._texts[row])
+        if key >= 0 and key in self._by_text:
             duration = float(self.cat.duration[row])
             if any(abs(duration - d) <= DUPLICATE_SECONDS for d in self._by_text[key]):
                 return False

@@ -31,6 +31,7 @@ from index.catalogue import TAG_DTYPE, Catalogue, key_code
 from index.faiss_index import SimilarityIndex
 from index.geometry import Geometry, current_geometry
 from index.instant import Interpretation
+from index.text_column import TextColumn
 from musegate.config import Config
 
 
@@ -237,9 +238,10 @@ class _Columns:
     keys: np.ndarray
     minor: np.ndarray
     upstream: list[str]
-    titles: list[str]
-    artists: list[str]
-    albums: list[str]
+    # packed per chunk, so no str object per track outlives its chunk's parse
+    titles: TextColumn
+    artists: TextColumn
+    albums: TextColumn
     fingerprints: list[bytes | None]
 
 
@@ -263,8 +265,9 @@ def _chunk_columns(chunk: Sequence[tuple[Any, ...]]) -> _Columns:
         ids=np.fromiter((r[0] for r in chunk), np.int64, count=n),
         embeddings=np.frombuffer(b"".join(r[7] for r in chunk), dtype="<f4").reshape(n, -1),
         tags=tags, scalars=scalars, keys=keys, minor=minor,
-        upstream=[r[1] for r in chunk], titles=[r[2] or "" for r in chunk],
-        artists=[r[3] or "" for r in chunk], albums=[r[4] or "" for r in chunk],
+        upstream=[r[1] for r in chunk], titles=TextColumn([r[2] or "" for r in chunk]),
+        artists=TextColumn([r[3] or "" for r in chunk]),
+        albums=TextColumn([r[4] or "" for r in chunk]),
         fingerprints=[r[8] for r in chunk],
     )
 
@@ -279,9 +282,9 @@ def _join_columns(parts: Sequence[_Columns]) -> Catalogue:
         loudness=scalars[:, 2].copy(), duration=scalars[:, 3].copy(),
         key=np.concatenate([p.keys for p in parts]),
         minor=np.concatenate([p.minor for p in parts]),
-        titles=[t for p in parts for t in p.titles],
-        artists=[a for p in parts for a in p.artists],
-        albums=[a for p in parts for a in p.albums],
+        titles=TextColumn.joined([p.titles for p in parts]),
+        artists=TextColumn.joined([p.artists for p in parts]),
+        albums=TextColumn.joined([p.albums for p in parts]),
         fingerprints=[f for p in parts for f in p.fingerprints],
     )
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from analysis.store import LibraryStore
+from index import results
 from index.catalogue import Catalogue, normalise_text
 from index.faiss_index import SimilarityIndex, load_or_build
 from index.geometry import same_geometry
@@ -29,6 +28,7 @@ from index.hubness import STALE_SHARE, K, carry_over, neighbourhood_radius
 from index.projection import project_2d
 from index.radii_file import load_radii, radii_path, radii_signature, save_radii
 from musegate.config import Config
+from musegate.heap import map_large_blocks, release_free_memory
 from musegate.library import analyzer_settings, library_geometry, load_catalogue
 from musegate.upstream_ids import UpstreamIds
 
@@ -54,21 +54,28 @@ class LibrarySnapshot:
     radius_status: str = ""  # where the CSLS radii came from: loaded, computed, carried over
 
     def ids_of_album(self, album: str, artist: str | None = None) -> list[int]:
-        """Analysed tracks of an album (matched loosely: case, accents and '(Remastered)' ignored)."""
+        """Analysed tracks of an album (matched loosely: case, accents and '(Remastered)' ignored).
+
+        Each distinct album and artist name is normalised once (the text columns' slots),
+        not once per track."""
         want = normalise_text(album)
+        if not want:
+            return []
         want_artist = normalise_text(artist) if artist else None
         cat = self.catalogue
-        return [
-            int(cat.ids[i])
-            for i, name in enumerate(cat.albums)
-            if want and normalise_text(name) == want
-            and (want_artist is None or normalise_text(cat.artists[i]) == want_artist)
-        ]
+        rows = cat.albums.rows_where(lambda name: normalise_text(name) == want)
+        if want_artist is not None and len(rows):
+            rows = np.intersect1d(
+                rows, cat.artists.rows_where(lambda a: normalise_text(a) == want_artist))
+        return [int(i) for i in cat.ids[rows].tolist()]
 
     def ids_of_artist(self, artist: str) -> list[int]:
         want = normalise_text(artist)
+        if not want:
+            return []
         cat = self.catalogue
-        return [int(cat.ids[i]) for i, a in enumerate(cat.artists) if want and normalise_text(a) == want]
+        rows = cat.artists.rows_where(lambda a: normalise_text(a) == want)
+        return [int(i) for i in cat.ids[rows].tolist()]
 
     def resolve_id(self, value: Any) -> int | None:
         """A musegate track id, or the source's own id (what AudioMuse-AI clients send)."""
@@ -118,6 +125,10 @@ class LibraryService:
     """Owns the current snapshot; ``refresh()`` reloads it when the analyses changed."""
 
     def __init__(self, store: LibraryStore, config: Config) -> None:
+        # before the first load (`musegate serve` does it at start-up already): musegate.heap
+        map_large_blocks()
+        if release_free_memory not in results.on_cache_built:
+            results.on_cache_built.append(release_free_memory)
         self.store = store
         self.config = config
         self.version = analyzer_settings(config).version
@@ -385,21 +396,6 @@ def _diff(old: Catalogue, new: Catalogue) -> tuple[np.ndarray, np.ndarray]:
     else:
         changed = added
     return gone.astype(np.int64), np.sort(changed).astype(np.int64)
-
-
-def release_free_memory() -> None:
-    """Hand the heap freed by a (re)load back to the system (glibc only; a no-op elsewhere).
-
-    Loading parses every stored row in worker threads; glibc keeps what they freed in
-    per-thread arenas, counted in the idle server's RSS, until ``malloc_trim`` returns it.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
 
 
 def _save_quietly(index: SimilarityIndex, path: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -262,8 +263,9 @@ def test_artist_cap_size_and_determinism(cat: Catalogue) -> None:
 
 def test_duplicates_collapse_and_impossible_constraints_are_empty() -> None:
     cat = make_catalogue(n=50)
-    cat.titles[1] = cat.titles[0]
-    cat.artists[1] = cat.artists[0]
+    titles, artists = list(cat.titles), list(cat.artists)
+    titles[1], artists[1] = titles[0], artists[0]
+    cat = replace(cat, titles=titles, artists=artists)
     ids = [m.track_id for m in instant_playlist(cat, Constraints(), n=50, max_per_artist=0)]
     assert not (int(cat.ids[0]) in ids and int(cat.ids[1]) in ids)
     assert instant_playlist(cat, Constraints(tempo_min=290), n=10) == []
