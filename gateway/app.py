@@ -140,8 +140,6 @@ def passthrough_middleware(config: Config) -> Callable[..., Awaitable[web.Stream
         finally:
             if counters is not None:
                 counters.count_request(metrics.route_class(request, metrics.PASSTHROUGH), status)
-                if status in metrics.UPSTREAM_STATUSES:
-                    counters.upstream_errors.inc()
 
     return middleware
 

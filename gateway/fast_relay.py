@@ -687,8 +687,6 @@ class FastRelayHandler(RequestHandler):
             return  # the caller hung up before any answer: nothing to count or log
         if relay is not None and relay.metrics is not None:
             relay.metrics.count_request(metrics.PASSTHROUGH, sent.status)
-            if sent.status in metrics.UPSTREAM_STATUSES:
-                relay.metrics.upstream_errors.inc()
         if self.access_logger is not None and self._logging_enabled:
             with contextlib.suppress(Exception):
                 self.log_access(flight.target, sent, flight.start)  # type: ignore[arg-type]

@@ -81,11 +81,14 @@ class Metrics:
         self._request_counters: dict[tuple[str, int], Any] = {}
 
     def count_request(self, kind: str, status: int) -> None:
+        """One answered request; a 502/503/504 also counts as an upstream error."""
         counter = self._request_counters.get((kind, status))
         if counter is None:
             counter = self._request_counters[(kind, status)] = self.requests.labels(
                 kind, str(status))
         counter.inc()
+        if status in UPSTREAM_STATUSES:
+            self.upstream_errors.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -125,8 +128,6 @@ def middleware(classify: Callable[[web.Request], str]
             metrics.count_request(kind, status)
             if kind == INTERCEPTED:
                 metrics.intercepted_seconds.observe(time.perf_counter() - start)
-            if status in UPSTREAM_STATUSES:
-                metrics.upstream_errors.inc()
 
     return count
 
