@@ -128,18 +128,8 @@ def passthrough_middleware(config: Config) -> Callable[..., Awaitable[web.Stream
             return await handler(request)
         request = rewrite(request)
         request[metrics.ROUTE_CLASS] = metrics.PASSTHROUGH
-        counters = request.app.get(metrics.METRICS)
-        status = 500
-        try:
-            resp = await match_info.handler(request)
-            status = resp.status
-            return resp
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            if counters is not None:
-                counters.count_request(metrics.route_class(request, metrics.PASSTHROUGH), status)
+        return await metrics.counted(request.app.get(metrics.METRICS), request,
+                                     match_info.handler)
 
     return middleware
 
