@@ -2,13 +2,14 @@
 
 Both helpers are no-ops away from glibc (musl, macOS, Windows). They import nothing but
 ctypes, so `musegate serve` can apply the threshold before it imports numpy, FAISS or
-aiohttp (cli.features.cmd_serve).
+aiohttp (cli.main, for `serve`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 #: glibc's mallopt parameter number for the mmap threshold (malloc.h)
@@ -19,7 +20,9 @@ MMAP_THRESHOLD = 128 * 1024
 _large_blocks_mapped = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc, looked up once (find_library runs ldconfig)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 - glibc's own symbol: musl's mallopt is a stub
